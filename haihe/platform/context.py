@@ -1,0 +1,39 @@
+"""The platform's runtime context: settings, database and clients, built once by the app factory."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from haihe.errors import InvalidInput
+from haihe.platform.db import Database
+from haihe.platform.settings import Settings
+from haihe.schedulers.base import Scheduler
+from haihe.schedulers.registry import SchedulerRegistry
+
+
+@dataclass
+class PlatformContext:
+    settings: Settings
+    db: Database
+    registry: SchedulerRegistry = field(default_factory=SchedulerRegistry)
+    _schedulers: dict[str, Scheduler] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PlatformContext:
+        return cls(settings=settings, db=Database(settings.effective_database_url))
+
+    def scheduler(self, name: str) -> Scheduler:
+        """The named scheduler, built on first use (its SDK is imported then, not at start-up)."""
+        url = self.settings.schedulers.get(name)
+        if url is None:
+            valid = ", ".join(sorted(self.settings.schedulers)) or "none configured"
+            raise InvalidInput(f"unknown scheduler {name!r}; valid: {valid}", field="scheduler")
+        with self._lock:
+            if name not in self._schedulers:
+                self._schedulers[name] = self.registry.create(url)
+            return self._schedulers[name]
+
+    def close(self) -> None:
+        self.db.dispose()

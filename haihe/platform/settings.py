@@ -1,0 +1,122 @@
+"""The one Settings class: every knob of the platform, from ``HAIHE_*`` environment variables and a TOML file.
+
+Precedence: explicit arguments > environment (``HAIHE_…``) > the TOML file (``HAIHE_CONFIG`` or
+``$HAIHE_HOME/haihe.toml``) > defaults. Defaults are safe for development on one machine; outside development mode
+the default secret and insecure cookies are refused at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEV_SECRET = "dev-insecure-secret-change-me"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("HAIHE_HOME") or Path.home() / ".local/share/haihe")
+
+
+def _config_file() -> Path:
+    explicit = os.environ.get("HAIHE_CONFIG")
+    return Path(explicit) if explicit else default_home() / "haihe.toml"
+
+
+class Settings(BaseSettings):
+    """Platform settings. Each field's description is the documentation (``haihe config --help`` prints them)."""
+
+    model_config = SettingsConfigDict(env_prefix="HAIHE_", extra="ignore", validate_default=True)
+
+    mode: Literal["development", "production"] = Field(
+        "development", description="development allows the built-in secret and plain-HTTP cookies; production does not."
+    )
+    home: Path = Field(default_factory=default_home, description="State directory of the embedded stack.")
+    database_url: str = Field(
+        "", description="SQLAlchemy URL. Empty: SQLite (WAL) at $HAIHE_HOME/haihe.db. PostgreSQL: postgresql+psycopg://…"
+    )
+    secret_key: str = Field(DEV_SECRET, description="Signs sessions and CSRF tokens. Required outside development.")
+    public_url: str = Field("http://127.0.0.1:8000", description="Where users reach the API and portal.")
+
+    # services the platform talks to
+    s3_endpoint: str = Field("", description="S3/MinIO endpoint URL, e.g. http://127.0.0.1:9000. Empty: none.")
+    s3_access_key: str = Field("", description="S3 access key of the platform.")
+    s3_secret_key: str = Field("", description="S3 secret key of the platform (never logged).")
+    s3_region: str = Field("us-east-1", description="S3 region name used for signing.")
+    datasets_bucket: str = Field("haihe-datasets", description="Bucket holding dataset versions.")
+    code_bucket: str = Field("haihe-code", description="Bucket holding job code bundles and checkpoints.")
+    mlflow_url: str = Field("", description="MLflow tracking server URL. Empty: tracking disabled.")
+    schedulers: dict[str, str] = Field(
+        default_factory=dict,
+        description='Named schedulers by URL, e.g. {"ray": "ray://127.0.0.1:8265", "slurm": "slurm+cli://"}.',
+    )
+    default_scheduler: str = Field("", description="Name of the scheduler used when a job names none.")
+
+    # API behaviour
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted by JSON routes.")
+    token_ttl_hours: int = Field(24 * 7, ge=1, description="Lifetime of tokens issued by `haihe login`.")
+    session_ttl_hours: int = Field(12, ge=1, description="Lifetime of a portal session cookie.")
+    cookie_secure: bool | None = Field(None, description="Secure flag on cookies; default: on outside development.")
+    login_max_failures: int = Field(5, ge=1, description="Failed logins per user and address before throttling.")
+    login_lockout_s: int = Field(300, ge=1, description="How long a throttled login stays refused.")
+    readiness_timeout_s: float = Field(2.0, gt=0, description="Timeout of each /readyz probe.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file())
+        return (init_settings, env_settings, toml)
+
+    @field_validator("schedulers", mode="before")
+    @classmethod
+    def _schedulers_from_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            import json
+
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> Settings:
+        if self.mode != "development":
+            if self.secret_key == DEV_SECRET or len(self.secret_key) < 32:
+                raise ValueError("HAIHE_SECRET_KEY must be set to 32+ random characters outside development mode")
+            if self.cookie_secure is False:
+                raise ValueError("HAIHE_COOKIE_SECURE=false is refused outside development mode")
+        if self.default_scheduler and self.default_scheduler not in self.schedulers:
+            raise ValueError(
+                f"default_scheduler {self.default_scheduler!r} is not one of the configured schedulers "
+                f"({', '.join(sorted(self.schedulers)) or 'none'})"
+            )
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'haihe.db'}"
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.cookie_secure if self.cookie_secure is not None else self.mode != "development"
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(env var, default, description) for every setting — the generated documentation."""
+    rows = []
+    for name, info in Settings.model_fields.items():
+        default = "" if info.default_factory is not None else repr(info.default)
+        rows.append((f"HAIHE_{name.upper()}", default, info.description or ""))
+    return rows
