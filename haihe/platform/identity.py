@@ -15,12 +15,19 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from haihe.errors import AuthenticationRequired, Conflict, InvalidInput, NotFound, PermissionDenied, RateLimited
+from haihe.errors import (
+    AuthenticationRequired,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+)
 from haihe.platform import access, audit, security
 from haihe.platform.access import Principal
 from haihe.platform.models import (
-    CredentialKind,
     Credential,
+    CredentialKind,
     LoginThrottle,
     Membership,
     Org,
@@ -213,10 +220,11 @@ def get_user(session: Session, principal: Principal, username: str) -> User:
 
 def set_user_status(session: Session, principal: Principal, username: str, status: Status) -> User:
     user = _visible_user(session, principal, username)
-    if not principal.is_platform_admin:
-        # an org admin may disable only users all of whose memberships are in orgs they administer
-        if not user.memberships or any(principal.role_in(m.org_id) != Role.ORG_ADMIN for m in user.memberships):
-            raise PermissionDenied(f"only a platform admin may change {username!r}")
+    # an org admin may change only users all of whose memberships are in orgs they administer
+    if not principal.is_platform_admin and (
+        not user.memberships or any(principal.role_in(m.org_id) != Role.ORG_ADMIN for m in user.memberships)
+    ):
+        raise PermissionDenied(f"only a platform admin may change {username!r}")
     if user.id == principal.user_id and status != Status.ACTIVE:
         raise InvalidInput("you cannot disable yourself", field="username")
     user.status = status.value

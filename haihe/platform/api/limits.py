@@ -13,7 +13,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class _TooLarge(BaseException):  # noqa: N818 - BaseException so FastAPI body parsing cannot turn it into a 400
+class _TooLarge(BaseException):
     pass
 
 

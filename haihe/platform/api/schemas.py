@@ -48,7 +48,7 @@ class MembershipPublic(Out):
 
     @classmethod
     def of(cls, m: Membership) -> MembershipPublic:
-        return cls(org=m.org.name, role=m.role)  # type: ignore[arg-type]
+        return cls(org=m.org.name, role=m.role)
 
 
 class UserPublic(Out):

@@ -1,0 +1,281 @@
+"""Typed client of Haihe's REST API: used by the CLI, and the Python SDK.
+
+    from haihe.client import HaiheClient
+    hh = HaiheClient("http://127.0.0.1:8000", token="hhk_…")
+    hh.create_project("acme", "vision")
+
+Errors come back as the same :mod:`haihe.errors` classes the server raised (by their ``code``), carrying the
+server's message and the field it names. Credentials from ``haihe login`` live in
+``~/.config/haihe/credentials.json`` (mode 600); ``HAIHE_URL`` and ``HAIHE_TOKEN`` override them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, TypedDict
+
+import httpx
+
+from haihe import errors
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class Membership(TypedDict):
+    org: str
+    role: str
+
+
+class User(TypedDict):
+    username: str
+    display_name: str
+    email: str
+    is_platform_admin: bool
+    is_service_account: bool
+    status: str
+    created_at: str
+    memberships: list[Membership]
+
+
+class Org(TypedDict):
+    name: str
+    display_name: str
+    status: str
+    created_at: str
+
+
+class Project(TypedDict):
+    org: str
+    name: str
+    description: str
+    status: str
+    created_at: str
+
+
+class Key(TypedDict):
+    prefix: str
+    name: str
+    owner: str
+    org: str | None
+    scopes: list[str]
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+    last_used_at: str | None
+
+
+class IssuedKey(Key):
+    key: str
+
+
+class Token(TypedDict):
+    token: str
+    prefix: str
+    expires_at: str | None
+
+
+class AuditEvent(TypedDict):
+    id: int
+    at: str
+    actor: str
+    action: str
+    target_type: str
+    target: str
+    source_ip: str
+    outcome: str
+    details: dict[str, Any]
+
+
+_BY_CODE: dict[str, type[errors.HaiheError]] = {
+    cls.code: cls
+    for cls in (
+        errors.InvalidInput, errors.PayloadTooLarge, errors.AuthenticationRequired, errors.PermissionDenied,
+        errors.NotFound, errors.Conflict, errors.QuotaExceeded, errors.Unsupported, errors.ServiceUnavailable,
+        errors.SchedulerUnavailable, errors.StorageUnavailable, errors.TrackingUnavailable,
+    )
+}
+_BY_STATUS: dict[int, type[errors.HaiheError]] = {400: errors.InvalidInput, 401: errors.AuthenticationRequired,
+                                                  403: errors.PermissionDenied, 404: errors.NotFound,
+                                                  409: errors.Conflict, 413: errors.PayloadTooLarge,
+                                                  422: errors.InvalidInput, 503: errors.ServiceUnavailable}
+
+
+def credentials_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "haihe" / "credentials.json"
+
+
+def load_credentials() -> dict[str, str]:
+    try:
+        data = json.loads(credentials_path().read_text())
+        return {k: str(v) for k, v in data.items()}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_credentials(url: str, token: str, username: str) -> Path:
+    path = credentials_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": url, "token": token, "username": username}, f)
+    tmp.replace(path)
+    return path
+
+
+def raise_for_error(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json().get("error", {})
+    except ValueError:
+        body = {}
+    message = body.get("message") or f"HTTP {response.status_code}: {response.text[:200]}"
+    code = body.get("code", "")
+    if response.status_code == 429:
+        retry = float(response.headers.get("retry-after", "1"))
+        raise errors.RateLimited(message, retry_after=retry)
+    cls = _BY_CODE.get(code) or _BY_STATUS.get(response.status_code, errors.HaiheError)
+    exc = cls(message, field=body.get("field"), **(body.get("details") or {}))
+    exc.status_code = response.status_code  # type: ignore[attr-defined]
+    raise exc
+
+
+class HaiheClient:
+    """One method per API operation; returns typed dicts; raises :mod:`haihe.errors`."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        saved = load_credentials()
+        self.url = (url or os.environ.get("HAIHE_URL") or saved.get("url") or DEFAULT_URL).rstrip("/")
+        self.token = token or os.environ.get("HAIHE_TOKEN") or saved.get("token")
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> HaiheClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise errors.ServiceUnavailable(f"cannot reach Haihe at {self.url}: {exc}") from exc
+        raise_for_error(response)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    # -- system and auth --------------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/healthz"))
+
+    def readiness(self) -> dict[str, Any]:
+        response = self._http.get("/readyz")
+        return dict(response.json())
+
+    def setup(self, username: str, password: str) -> User:
+        result: User = self.request("POST", "/api/v1/setup", json={"username": username, "password": password})
+        return result
+
+    def login(self, username: str, password: str) -> Token:
+        token: Token = self.request("POST", "/api/v1/auth/token", json={"username": username, "password": password})
+        self.token = token["token"]
+        self._http.headers["Authorization"] = f"Bearer {self.token}"
+        return token
+
+    def logout(self) -> None:
+        self.request("POST", "/api/v1/auth/logout")
+
+    def whoami(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/api/v1/me"))
+
+    # -- orgs, projects, users --------------------------------------------------------------------------------
+    def create_org(self, name: str, display_name: str = "") -> Org:
+        result: Org = self.request("POST", "/api/v1/orgs", json={"name": name, "display_name": display_name})
+        return result
+
+    def list_orgs(self) -> list[Org]:
+        return list(self.request("GET", "/api/v1/orgs"))
+
+    def get_org(self, name: str) -> Org:
+        result: Org = self.request("GET", f"/api/v1/orgs/{name}")
+        return result
+
+    def set_org_status(self, name: str, status: str) -> Org:
+        result: Org = self.request("PUT", f"/api/v1/orgs/{name}/status", json={"status": status})
+        return result
+
+    def create_project(self, org: str, name: str, description: str = "") -> Project:
+        result: Project = self.request("POST", f"/api/v1/orgs/{org}/projects",
+                                       json={"name": name, "description": description})
+        return result
+
+    def list_projects(self, org: str) -> list[Project]:
+        return list(self.request("GET", f"/api/v1/orgs/{org}/projects"))
+
+    def get_project(self, org: str, name: str) -> Project:
+        result: Project = self.request("GET", f"/api/v1/orgs/{org}/projects/{name}")
+        return result
+
+    def set_project_status(self, org: str, name: str, status: str) -> Project:
+        result: Project = self.request("PUT", f"/api/v1/orgs/{org}/projects/{name}/status", json={"status": status})
+        return result
+
+    def create_user(self, org: str, username: str, role: str = "researcher", password: str | None = None,
+                    display_name: str = "", email: str = "") -> User:
+        body = {"username": username, "role": role, "password": password, "display_name": display_name,
+                "email": email}
+        result: User = self.request("POST", f"/api/v1/orgs/{org}/users", json=body)
+        return result
+
+    def add_member(self, org: str, username: str, role: str = "researcher") -> User:
+        result: User = self.request("POST", f"/api/v1/orgs/{org}/members", json={"username": username, "role": role})
+        return result
+
+    def list_users(self, org: str | None = None) -> list[User]:
+        return list(self.request("GET", f"/api/v1/orgs/{org}/users" if org else "/api/v1/users"))
+
+    def get_user(self, username: str) -> User:
+        result: User = self.request("GET", f"/api/v1/users/{username}")
+        return result
+
+    def set_user_status(self, username: str, status: str) -> User:
+        result: User = self.request("PUT", f"/api/v1/users/{username}/status", json={"status": status})
+        return result
+
+    # -- keys and audit ---------------------------------------------------------------------------------------
+    def create_key(self, org: str, name: str, username: str | None = None, scopes: list[str] | None = None,
+                   expires_in_days: int | None = None) -> IssuedKey:
+        body: dict[str, Any] = {"org": org, "name": name, "username": username, "expires_in_days": expires_in_days}
+        if scopes is not None:
+            body["scopes"] = scopes
+        result: IssuedKey = self.request("POST", "/api/v1/keys", json=body)
+        return result
+
+    def list_keys(self, org: str | None = None) -> list[Key]:
+        return list(self.request("GET", "/api/v1/keys", params={"org": org} if org else None))
+
+    def revoke_key(self, prefix: str) -> Key:
+        result: Key = self.request("DELETE", f"/api/v1/keys/{prefix}")
+        return result
+
+    def audit(self, org: str | None = None, action: str | None = None, actor: str | None = None,
+              before: int | None = None, limit: int = 50) -> list[AuditEvent]:
+        params = {k: v for k, v in {"org": org, "action": action, "actor": actor, "before": before,
+                                    "limit": limit}.items() if v is not None}
+        return list(self.request("GET", "/api/v1/audit", params=params))

@@ -1,0 +1,221 @@
+"""``haihe up``: the embedded default on one machine — S3 server, MLflow, Ray head, (Slurm), API and portal.
+
+The services come from :mod:`haihe.cluster` (the same code the test fixtures use); the API runs as its own process
+(``uvicorn haihe.server:create_app --factory``) configured through ``HAIHE_*`` variables. On the first run a
+platform admin is created and its password printed once (and kept in ``$HAIHE_HOME/admin.json``, mode 600).
+Ctrl-C stops every child; a second run reuses all state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from haihe.cluster.ports import PortPlan
+from haihe.cluster.procs import ManagedProcess, StartupError, tail, wait_until
+
+Echo = Callable[[str], Any]
+HOST = "127.0.0.1"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("HAIHE_HOME") or Path.home() / ".local/share/haihe")
+
+
+@dataclass(frozen=True)
+class EmbeddedOptions:
+    home: Path | None = None
+    api_port: int = 8000
+    port_base: int = 20000
+    with_ray: bool = True
+    with_slurm: bool = False
+    detach: bool = False
+    admin_username: str = "admin"
+
+    @property
+    def resolved_home(self) -> Path:
+        return (self.home or default_home()).expanduser().resolve()
+
+
+def _write_private(path: Path, data: dict[str, Any]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+
+
+def _api_process(home: Path, port: int, env: dict[str, str]) -> ManagedProcess:
+    argv = [sys.executable, "-m", "uvicorn", "haihe.server:create_app", "--factory", "--host", HOST,
+            "--port", str(port), "--no-access-log", "--timeout-keep-alive", "30"]
+    return ManagedProcess("api", argv, log_path=home / "api" / "api.log", pid_path=home / "api" / "api.pid",
+                          env=env, cwd=home)
+
+
+def _stack(options: EmbeddedOptions) -> Any:
+    from haihe.cluster.stack import LocalStack, StackConfig
+
+    home = options.resolved_home
+    return LocalStack(StackConfig(home=home / "services", ports=PortPlan(options.port_base), ray=options.with_ray))
+
+
+def _api_env(options: EmbeddedOptions, stack: Any, slurm: Any | None) -> dict[str, str]:
+    home = options.resolved_home
+    endpoints = stack.endpoints()
+    client = stack.client_env()
+    schedulers: dict[str, str] = {}
+    if "ray" in endpoints:
+        schedulers["ray"] = "ray://" + endpoints["ray"].split("://", 1)[-1]
+    env = {**os.environ, **client}
+    if slurm is not None:
+        schedulers["slurm"] = slurm.scheduler_url("cli")
+        env.update(slurm.env)
+    env.update({
+        "HAIHE_HOME": str(home),
+        "HAIHE_MODE": "development",
+        "HAIHE_SECRET_KEY": stack.secrets.app_secret,
+        "HAIHE_PUBLIC_URL": f"http://{HOST}:{options.api_port}",
+        "HAIHE_S3_ENDPOINT": endpoints.get("s3", ""),
+        "HAIHE_S3_ACCESS_KEY": client.get("AWS_ACCESS_KEY_ID", ""),
+        "HAIHE_S3_SECRET_KEY": client.get("AWS_SECRET_ACCESS_KEY", ""),
+        "HAIHE_MLFLOW_URL": endpoints.get("mlflow", ""),
+        "HAIHE_SCHEDULERS": json.dumps(schedulers),
+        "HAIHE_DEFAULT_SCHEDULER": "ray" if "ray" in schedulers else next(iter(schedulers), ""),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    })
+    return env
+
+
+def _first_admin(options: EmbeddedOptions, url: str, echo: Echo) -> None:
+    """Create the first platform admin once; print its password once; sign the CLI in."""
+    from haihe import errors
+    from haihe.client import HaiheClient, save_credentials
+
+    path = options.resolved_home / "admin.json"
+    if path.exists():
+        echo(f"admin credentials: {path}")
+        return
+    import secrets as _secrets
+
+    password = _secrets.token_urlsafe(15)
+    with HaiheClient(url, token="") as c:
+        try:
+            c.setup(options.admin_username, password)
+        except errors.Conflict:
+            echo("platform already has an admin (created elsewhere); not creating one")
+            return
+        token = c.login(options.admin_username, password)
+    _write_private(path, {"url": url, "username": options.admin_username, "password": password})
+    save_credentials(url, token["token"], options.admin_username)
+    echo(f"[bold]first run:[/] platform admin [cyan]{options.admin_username}[/], password [cyan]{password}[/]"
+         f" (saved in {path}, mode 600; the CLI is signed in)")
+
+
+def run_embedded(options: EmbeddedOptions, echo: Echo = print) -> int:
+    """Bring everything up; in the foreground, wait for Ctrl-C and stop it all. Returns an exit code."""
+    home = options.resolved_home
+    home.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    echo(f"Haihe home: {home}")
+    _write_private(home / "up.json", {"api_port": options.api_port, "port_base": options.port_base,
+                                      "with_ray": options.with_ray, "with_slurm": options.with_slurm})
+    stack = _stack(options)
+    slurm = None
+    api = None
+    try:
+        stack.start(progress=lambda m: echo(f"  {m}"))
+        if options.with_slurm:
+            from haihe.cluster.slurm import cluster_up
+
+            slurm = cluster_up(home / "slurm", PortPlan(options.port_base), accounting=False,
+                               description_path=None, progress=lambda m: echo(f"  slurm: {m}"))
+        api = _api_process(home, options.api_port, _api_env(options, stack, slurm))
+        if api.is_running():
+            api.stop()
+        api.start()
+        url = f"http://{HOST}:{options.api_port}"
+        wait_until(lambda: _ready(url), timeout=120, what="API /readyz", log_path=api.log_path,
+                   alive=api.is_running)
+        echo(f"  api: ready ({time.monotonic() - t0:.1f}s since start)")
+        _first_admin(options, url, echo)
+    except (StartupError, KeyboardInterrupt) as exc:
+        echo(f"[red]start-up failed:[/] {exc}")
+        _stop_all(api, slurm, stack, home, echo)
+        return 1
+    endpoints = stack.endpoints()
+    echo(f"\n[green]Haihe is up[/] in {time.monotonic() - t0:.1f}s")
+    echo(f"  portal and API   {url}/      (API reference {url}/docs, readiness {url}/readyz)")
+    for name, where in endpoints.items():
+        echo(f"  {name:<16} {where}")
+    if slurm is not None:
+        echo(f"  slurm            SLURM_CONF={slurm.slurm_conf}")
+    if options.detach:
+        echo("running in the background; stop with `haihe down`")
+        return 0
+    echo("press Ctrl-C to stop")
+    return _wait_and_stop(api, slurm, stack, home, echo)
+
+
+def _ready(url: str) -> bool:
+    import httpx
+
+    return httpx.get(url + "/readyz", timeout=5).status_code == 200
+
+
+def _wait_and_stop(api: ManagedProcess, slurm: Any, stack: Any, home: Path, echo: Echo) -> int:
+    stop = threading.Event()
+
+    def _handler(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        while not stop.wait(2.0):
+            if not api.is_running():
+                echo(f"[red]the API process exited[/]; last lines of {api.log_path}:\n{tail(api.log_path)}")
+                code = 1
+                break
+    finally:
+        echo("\nstopping…")
+        _stop_all(api, slurm, stack, home, echo)
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return code
+
+
+def _stop_all(api: ManagedProcess | None, slurm: Any, stack: Any, home: Path, echo: Echo) -> None:
+    if api is not None and api.stop():
+        echo("  api: stopped")
+    if slurm is not None:
+        from haihe.cluster.slurm import cluster_down
+
+        cluster_down(home / "slurm")
+        echo("  slurm: stopped")
+    stack.stop(progress=lambda m: echo(f"  {m}"))
+
+
+def stop_embedded(home: Path | None, echo: Echo = print) -> None:
+    """Stop a detached stack from another process (everything is found by pid files under home)."""
+    resolved = EmbeddedOptions(home=home).resolved_home
+    try:
+        saved = json.loads((resolved / "up.json").read_text())
+    except (OSError, ValueError):
+        saved = {}
+    options = EmbeddedOptions(home=home, api_port=int(saved.get("api_port", 8000)),
+                              port_base=int(saved.get("port_base", 20000)), with_ray=bool(saved.get("with_ray", True)))
+    api = _api_process(resolved, options.api_port, dict(os.environ))
+    slurm_dir = resolved / "slurm"
+    slurm_marker = slurm_dir if slurm_dir.exists() else None
+    _stop_all(api, None, _stack(options), resolved, echo)
+    if slurm_marker is not None:
+        from haihe.cluster.slurm import cluster_down
+
+        cluster_down(slurm_dir)
+        echo("  slurm: stopped")
