@@ -1,4 +1,4 @@
-"""Request body size limit as pure ASGI middleware: refuses early on Content-Length, and counts streamed bodies."""
+"""Request body size limit as pure ASGI middleware: refuses on Content-Length, and bounds chunked bodies."""
 
 from __future__ import annotations
 
@@ -11,10 +11,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class _TooLarge(BaseException):
-    pass
 
 
 class BodyLimit:
@@ -46,29 +42,43 @@ class BodyLimit:
                 if declared > limit:
                     await _reject(send, 413, "payload_too_large", f"request body over the {limit}-byte limit")
                     return
+        if any(name == b"content-length" for name, _ in scope.get("headers", [])):
+            # the server holds the client to its declared length, so the check above is enough
+            await self.app(scope, receive, send)
+            return
+        # no declared length (chunked): read the body up to the limit first, then replay it to the app
+        chunks: list[bytes] = []
         seen = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([], message), send)
+                return
+            body = message.get("body", b"")
+            seen += len(body)
+            if seen > limit:
                 await _reject(send, 413, "payload_too_large", f"request body over the {limit}-byte limit")
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(chunks, None), send)
+
+
+def _replay(chunks: list[bytes], first: Message | None) -> Receive:
+    """A receive() that hands back the buffered body as one message, then waits for the real disconnect."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if first is not None:
+            return first
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 async def _reject(send: Send, status: int, code: str, message: str) -> None:
