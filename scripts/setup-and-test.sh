@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on Debian 12 (Python 3.11), then run all of it.
+# The README's second set-up command; .ci/run calls it. Runs as root (apt) or with sudo available.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+t0=$(date +%s)
+step() { echo "=== [$(( $(date +%s) - t0 ))s] $*"; }
+
+step "apt: Slurm, munge, MPI, MariaDB, PostgreSQL, Chromium"
+APT_PKGS=(slurmctld slurmd slurm-client slurmrestd slurm-wlm-jwt-plugin slurmdbd munge
+          openmpi-bin libopenmpi-dev mariadb-server postgresql-15 chromium chromium-driver util-linux)
+missing=()
+for p in "${APT_PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+step "python: virtual environment with Haihe and the test extras"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[test]'
+export PATH="$ROOT/.venv/bin:$PATH"
+
+step "lint: ruff and mypy"
+ruff check haihe tests bench
+mypy haihe
+
+step "tests"
+mkdir -p test-artifacts
+set +e
+pytest -p no:cacheprovider --junitxml=test-artifacts/junit.xml "$@"
+rc=$?
+set -e
+if [ $rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; rc=1; fi
+step "done (pytest exit $rc)"
+exit $rc
