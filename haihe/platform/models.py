@@ -174,3 +174,61 @@ class AuditEvent(Base):
     source_ip: Mapped[str] = mapped_column(String(64), default="")
     outcome: Mapped[str] = mapped_column(String(16), default="ok")
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Job(Base):
+    """A job: its UUID is the scheduler tag, committed (PENDING) before any scheduler is called."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key", name="uq_jobs_user_idempotency"),
+        Index("ix_jobs_project_created", "project_id", "created_at", "id"),
+        Index("ix_jobs_org_created", "org_id", "created_at", "id"),
+        Index("ix_jobs_sched_state", "scheduler", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    kind: Mapped[str] = mapped_column(String(16))
+    scheduler: Mapped[str] = mapped_column(String(63))
+    native_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    array_size: Mapped[int] = mapped_column(Integer, default=1)
+    nodes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    queue_position: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    submit_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    resubmitted_from: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    submitted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    elapsed_s: Mapped[float | None] = mapped_column(nullable=True)
+    alloc_cpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    alloc_gpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    org: Mapped[Org] = relationship()
+    project: Mapped[Project] = relationship()
+    user: Mapped[User] = relationship()
+
+
+class JobEvent(Base):
+    """The timeline of a job: created, submitted, queued (reason, position), started on nodes, requeued, ended."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

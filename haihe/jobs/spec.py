@@ -1,0 +1,265 @@
+"""JobSpec: the YAML a researcher writes, in the sbatch vocabulary users know.
+
+    name: digits
+    kind: train                    # train | batch_infer | serve
+    project: vision                # a project of your org (or org/project)
+    scheduler: slurm               # default: the platform's default scheduler
+    resources: {nodes: 2, gpus_per_node: 0, cpus_per_task: 1, mem_gb: 2, time_limit: "00:30:00",
+                partition: cpu, qos: normal}
+    launcher: torchrun             # none | torchrun | mpi | ray_train
+    recipe: digits-cnn             # a built-in recipe, or: workdir + entrypoint
+    workdir: ./src                 # packed by the CLI (honours .gitignore and .haiheignore), uploaded, staged
+    entrypoint: python train.py --epochs 3
+    env: {LR: "0.1"}
+    dataset: {name: digits, version: 3, mount: /data}
+    model: {from_zoo: public/minilm-l6@production}
+    register: {name: digits-cnn}   # register the trained model in the zoo under your org
+    tracking: {experiment: vision}
+    checkpoint: {every: 100, keep: 3}
+    sweep: {lr: [0.1, 0.01]}       # a parameter grid: a Slurm job array, or N Ray jobs
+
+Every error names the file (when loaded from one), the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from haihe.errors import InvalidInput
+
+NAME = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_NAME_RE = re.compile(NAME)
+_ZOO_REF_RE = re.compile(rf"(?P<org>{NAME})/(?P<name>{NAME})(?:@(?P<alias>[a-z0-9][a-z0-9_-]{{0,62}})|:(?P<version>\d+))?")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RECIPES = ("digits-cnn", "finetune", "batch-infer")
+MAX_SWEEP = 1000
+RESERVED_ENV_PREFIXES = ("HAIHE_", "SLURM_", "MLFLOW_", "AWS_", "RAY_")
+
+
+def parse_time_limit(value: str | int) -> int:
+    """Minutes from sbatch's formats: ``M``, ``HH:MM:SS``, ``MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``."""
+    if isinstance(value, bool):
+        raise ValueError("time_limit must be minutes or HH:MM:SS")
+    if isinstance(value, int):
+        minutes = value
+    else:
+        text = value.strip()
+        days = 0
+        if "-" in text:
+            d, _, text = text.partition("-")
+            if not d.isdigit():
+                raise ValueError(f"invalid time_limit {value!r}")
+            days = int(d)
+        parts = text.split(":")
+        if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
+            raise ValueError(f"invalid time_limit {value!r}: use minutes or [D-]HH:MM:SS")
+        nums = [int(p) for p in parts]
+        if days:
+            h, m, s = (nums + [0, 0])[:3]
+        elif len(nums) == 3:
+            h, m, s = nums
+        elif len(nums) == 2:
+            h, m, s = 0, nums[0], nums[1]
+        else:
+            h, m, s = 0, nums[0], 0
+        minutes = days * 1440 + h * 60 + m + (1 if s else 0)
+    if minutes < 1:
+        raise ValueError("time_limit must be at least one minute")
+    if minutes > 366 * 1440:
+        raise ValueError("time_limit over one year")
+    return minutes
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ResourcesSpec(_Strict):
+    nodes: Annotated[int, Field(ge=1, le=1024)] = 1
+    tasks_per_node: Annotated[int, Field(ge=1, le=256)] = 1
+    cpus_per_task: Annotated[int, Field(ge=1, le=1024)] = 1
+    gpus_per_node: Annotated[int, Field(ge=0, le=64)] = 0
+    mem_gb: Annotated[float | None, Field(gt=0, le=65536)] = None
+    time_limit: Annotated[int, Field(description="minutes, or [D-]HH:MM:SS")] = 60
+    partition: Annotated[str | None, Field(pattern=NAME)] = None
+    qos: Annotated[str | None, Field(pattern=NAME)] = None
+
+    @field_validator("time_limit", mode="before")
+    @classmethod
+    def _time(cls, v: Any) -> int:
+        if not isinstance(v, str | int) or isinstance(v, bool):
+            raise ValueError("time_limit must be minutes or [D-]HH:MM:SS")
+        return parse_time_limit(v)
+
+
+class DatasetRef(_Strict):
+    name: Annotated[str, Field(pattern=rf"^(?:{NAME}/)?{NAME}$")]
+    version: Annotated[int | Literal["latest"], Field()] = "latest"
+    mount: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./-]{0,200}$")] = "/data"
+
+    @field_validator("mount")
+    @classmethod
+    def _no_dotdot(cls, v: str) -> str:
+        if ".." in v.split("/"):
+            raise ValueError("mount must not contain '..'")
+        return v
+
+
+class ModelRef(_Strict):
+    from_zoo: str
+
+    @field_validator("from_zoo")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        if not _ZOO_REF_RE.fullmatch(v):
+            raise ValueError("from_zoo must look like org/name@alias or org/name:version")
+        return v
+
+
+class RegisterSpec(_Strict):
+    name: Annotated[str, Field(pattern=f"^{NAME}$")]
+
+
+class TrackingSpec(_Strict):
+    experiment: Annotated[str | None, Field(max_length=200)] = None
+
+
+class CheckpointSpec(_Strict):
+    every: Annotated[int, Field(ge=1, le=10_000_000, description="steps between checkpoints")] = 100
+    keep: Annotated[int, Field(ge=1, le=100)] = 3
+
+
+class JobSpec(_Strict):
+    name: Annotated[str, Field(pattern=f"^{NAME}$")]
+    kind: Literal["train", "batch_infer", "serve"] = "train"
+    project: Annotated[str | None, Field(pattern=rf"^(?:{NAME}/)?{NAME}$")] = None
+    scheduler: Annotated[str | None, Field(pattern=f"^{NAME}$")] = None
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    launcher: Literal["none", "torchrun", "mpi", "ray_train"] = "none"
+    recipe: Literal["digits-cnn", "finetune", "batch-infer"] | None = None
+    workdir: Annotated[str | None, Field(max_length=4096)] = None
+    entrypoint: list[Annotated[str, Field(max_length=10_000)]] | None = None
+    env: dict[str, Annotated[str, Field(max_length=32_768)]] = Field(default_factory=dict, max_length=200)
+    dataset: DatasetRef | None = None
+    model: ModelRef | None = None
+    register: RegisterSpec | None = None
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    checkpoint: CheckpointSpec | None = None
+    sweep: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")],
+                Annotated[list[str | int | float | bool], Field(min_length=1, max_length=MAX_SWEEP)]] | None = None
+
+    @field_validator("entrypoint", mode="before")
+    @classmethod
+    def _split_entrypoint(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                parts = shlex.split(v)
+            except ValueError as exc:
+                raise ValueError(f"entrypoint is not a valid command line: {exc}") from exc
+            return parts
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not _ENV_NAME_RE.fullmatch(key):
+                raise ValueError(f"env name {key!r} is not a valid variable name")
+            if key.startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(f"env name {key!r} is reserved (prefixes {', '.join(RESERVED_ENV_PREFIXES)})")
+            if "\x00" in value:
+                raise ValueError(f"env value of {key!r} contains a NUL byte")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSpec:
+        if self.recipe is None and not self.entrypoint:
+            raise ValueError("give either recipe (one of: " + ", ".join(RECIPES) + ") or entrypoint")
+        if self.recipe is not None and self.entrypoint:
+            raise ValueError("give recipe or entrypoint, not both")
+        if self.entrypoint and any("\x00" in a for a in self.entrypoint):
+            raise ValueError("entrypoint contains a NUL byte")
+        if self.recipe == "finetune" and (self.model is None or self.dataset is None):
+            raise ValueError("recipe finetune needs model.from_zoo and dataset")
+        if self.recipe == "batch-infer" and (self.model is None or self.dataset is None):
+            raise ValueError("recipe batch-infer needs model.from_zoo and dataset")
+        if self.launcher == "ray_train" and self.resources.nodes > 1:
+            raise ValueError("launcher ray_train places its own workers: use resources.tasks_per_node, nodes: 1")
+        if self.sweep and self.sweep_size() > MAX_SWEEP:
+            raise ValueError(f"sweep expands to {self.sweep_size()} jobs; at most {MAX_SWEEP}")
+        return self
+
+    def sweep_size(self) -> int:
+        if not self.sweep:
+            return 1
+        n = 1
+        for values in self.sweep.values():
+            n *= len(values)
+        return n
+
+    def sweep_points(self) -> list[dict[str, Any]]:
+        """The grid, in a stable order: point i is what array task i runs with."""
+        if not self.sweep:
+            return [{}]
+        keys = sorted(self.sweep)
+        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(self.sweep[k] for k in keys))]
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "spec"
+
+
+def _allowed(err: dict[str, Any]) -> str:
+    ctx = err.get("ctx") or {}
+    if "expected" in ctx:
+        return f" (allowed: {ctx['expected']})"
+    return ""
+
+
+def validate_spec(data: Any, source: str | None = None) -> JobSpec:
+    """Validate a parsed spec; errors name the source, the field and the allowed values."""
+    where = f"{source}: " if source else ""
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{where}a job spec must be a mapping of fields", field="spec")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            path = _field_path(tuple(err["loc"]))
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            elif err["type"] == "missing":
+                msg = "field required"
+            else:
+                msg = str(err["msg"]).removeprefix("Value error, ")
+            problems.append({"field": path, "message": msg + _allowed(dict(err))})
+        first = problems[0]
+        raise InvalidInput(f"{where}{first['field']}: {first['message']}", field=first["field"],
+                           problems=problems) from None
+
+
+def load_spec(path: Path) -> JobSpec:
+    """Read a YAML (or JSON) job spec file."""
+    import yaml
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read ({exc.strerror})", field="spec") from exc
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise InvalidInput(f"{path}: not valid YAML: {exc}", field="spec") from exc
+    return validate_spec(data, str(path))
+
+
+def check_name(value: str) -> bool:
+    return bool(_NAME_RE.fullmatch(value))
