@@ -36,7 +36,9 @@ from haihe.errors import InvalidInput
 
 NAME = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _NAME_RE = re.compile(NAME)
-_ZOO_REF_RE = re.compile(rf"(?P<org>{NAME})/(?P<name>{NAME})(?:@(?P<alias>[a-z0-9][a-z0-9_-]{{0,62}})|:(?P<version>\d+))?")
+_ZOO_REF_RE = re.compile(
+    rf"(?P<org>{NAME})/(?P<name>{NAME})(?:@(?P<alias>[a-z0-9][a-z0-9_-]{{0,62}})|:(?P<version>\d+))?"
+)
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RECIPES = ("digits-cnn", "finetune", "batch-infer")
 MAX_SWEEP = 1000
@@ -62,7 +64,7 @@ def parse_time_limit(value: str | int) -> int:
             raise ValueError(f"invalid time_limit {value!r}: use minutes or [D-]HH:MM:SS")
         nums = [int(p) for p in parts]
         if days:
-            h, m, s = (nums + [0, 0])[:3]
+            h, m, s = [*nums, 0, 0][:3]
         elif len(nums) == 3:
             h, m, s = nums
         elif len(nums) == 2:
@@ -78,7 +80,7 @@ def parse_time_limit(value: str | int) -> int:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class ResourcesSpec(_Strict):
@@ -149,7 +151,7 @@ class JobSpec(_Strict):
     env: dict[str, Annotated[str, Field(max_length=32_768)]] = Field(default_factory=dict, max_length=200)
     dataset: DatasetRef | None = None
     model: ModelRef | None = None
-    register: RegisterSpec | None = None
+    registration: RegisterSpec | None = Field(None, alias="register")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     checkpoint: CheckpointSpec | None = None
     sweep: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")],

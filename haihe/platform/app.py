@@ -12,29 +12,37 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from haihe import __version__
-from haihe.platform.api import auth, errors, keys, system, tenancy
+from haihe.platform.api import auth, errors, jobs, keys, system, tenancy
 from haihe.platform.api.limits import BodyLimit
 from haihe.platform.context import PlatformContext
 from haihe.platform.metrics import Metrics, MetricsMiddleware
+from haihe.platform.reconciler import ReconcilerThread
 from haihe.platform.settings import Settings
 
 log = logging.getLogger(__name__)
 
-API_ROUTERS = (system.router, auth.router, tenancy.router, keys.router)
+API_ROUTERS = (system.router, auth.router, tenancy.router, keys.router, jobs.router)
 
 
-def create_platform_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
-    settings = settings or Settings()
-    ctx = PlatformContext.from_settings(settings)
+def create_platform_app(settings: Settings | None = None, *, migrate: bool = True,
+                        ctx: PlatformContext | None = None) -> FastAPI:
+    settings = settings or (ctx.settings if ctx else Settings())
+    ctx = ctx or PlatformContext.from_settings(settings)
     if migrate:
         ctx.db.migrate()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("haihe %s up (database %s)", __version__, ctx.db.engine.dialect.name)
+        loop = None
+        if settings.reconcile_interval_s > 0 and settings.schedulers:
+            loop = ReconcilerThread(ctx, settings.reconcile_interval_s)
+            loop.start()
         try:
             yield
         finally:
+            if loop is not None:
+                loop.stop()
             ctx.close()
 
     app = FastAPI(

@@ -8,6 +8,7 @@ the default secret and insecure cookies are refused at start-up.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +60,12 @@ class Settings(BaseSettings):
         description='Named schedulers by URL, e.g. {"ray": "ray://127.0.0.1:8265", "slurm": "slurm+cli://"}.',
     )
     default_scheduler: str = Field("", description="Name of the scheduler used when a job names none.")
+
+    node_python: str = Field(
+        default_factory=lambda: sys.executable,
+        description="Python on the compute nodes that has Haihe installed (runs python -m haihe.jobs.runtime).",
+    )
+    reconcile_interval_s: float = Field(2.0, ge=0, description="Seconds between reconciler cycles; 0 disables it.")
 
     # API behaviour
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted by JSON routes.")

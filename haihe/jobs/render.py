@@ -1,0 +1,103 @@
+"""Render a validated JobSpec into the scheduler's neutral Launch (pure: no I/O, no database).
+
+The job's code runs under the node runtime (``python -m haihe.jobs.runtime``), which reads its instructions from
+``HAIHE_*`` environment variables: the contract between the platform and what runs on compute nodes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from haihe.jobs.spec import JobSpec
+from haihe.schedulers.base import Launch, Launcher, Resources
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """What the platform knows that the spec does not: identity, endpoints, credentials, resolved references."""
+
+    job_id: str
+    org: str
+    project: str
+    user: str
+    node_python: str
+    mlflow_url: str = ""
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    code_uri: str | None = None  # s3://bucket/key of the packed workdir
+    checkpoint_uri: str | None = None
+    dataset: str | None = None  # org/name@vN, resolved from the spec's "latest"
+    account: str | None = None  # Slurm account of the org/project when the cluster has accounting
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+def runtime_env(spec: JobSpec, ctx: RenderContext) -> dict[str, str]:
+    env: dict[str, str] = {
+        "HAIHE_JOB_ID": ctx.job_id,
+        "HAIHE_ORG": ctx.org,
+        "HAIHE_PROJECT": ctx.project,
+        "HAIHE_USER": ctx.user,
+        "HAIHE_JOB_NAME": spec.name,
+        "HAIHE_EXPERIMENT": spec.tracking.experiment or f"{ctx.org}/{ctx.project}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if ctx.mlflow_url:
+        env["MLFLOW_TRACKING_URI"] = ctx.mlflow_url
+    if ctx.s3_endpoint:
+        env.update({
+            "HAIHE_S3_ENDPOINT": ctx.s3_endpoint,
+            "AWS_ENDPOINT_URL": ctx.s3_endpoint,
+            "MLFLOW_S3_ENDPOINT_URL": ctx.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": ctx.s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": ctx.s3_secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        })
+    if ctx.code_uri:
+        env["HAIHE_CODE_URI"] = ctx.code_uri
+    if ctx.dataset and spec.dataset:
+        env["HAIHE_DATASET"] = ctx.dataset
+        env["HAIHE_DATASET_MOUNT"] = spec.dataset.mount
+    if spec.model:
+        env["HAIHE_FROM_ZOO"] = spec.model.from_zoo
+    if spec.registration:
+        env["HAIHE_REGISTER_AS"] = f"{ctx.org}/{spec.registration.name}"
+    if spec.checkpoint:
+        env["HAIHE_CHECKPOINT_EVERY"] = str(spec.checkpoint.every)
+        env["HAIHE_CHECKPOINT_KEEP"] = str(spec.checkpoint.keep)
+        if ctx.checkpoint_uri:
+            env["HAIHE_CHECKPOINT_URI"] = ctx.checkpoint_uri
+    if spec.sweep:
+        env["HAIHE_SWEEP"] = json.dumps(spec.sweep_points(), separators=(",", ":"))
+    env.update(ctx.extra_env)
+    env.update(spec.env)  # user values last; reserved prefixes are refused by the spec
+    return env
+
+
+def command(spec: JobSpec, ctx: RenderContext) -> tuple[str, ...]:
+    base = (ctx.node_python, "-m", "haihe.jobs.runtime")
+    if spec.recipe:
+        return (*base, "--recipe", spec.recipe)
+    assert spec.entrypoint
+    return (*base, "--", *spec.entrypoint)
+
+
+def render_launch(spec: JobSpec, ctx: RenderContext) -> Launch:
+    r = spec.resources
+    return Launch(
+        tag=ctx.job_id,
+        name=spec.name,
+        command=command(spec, ctx),
+        resources=Resources(nodes=r.nodes, tasks_per_node=r.tasks_per_node, cpus_per_task=r.cpus_per_task,
+                            gpus_per_node=r.gpus_per_node, mem_gb=r.mem_gb, time_limit_min=r.time_limit),
+        launcher=Launcher(spec.launcher),
+        env=runtime_env(spec, ctx),
+        account=ctx.account,
+        partition=r.partition,
+        qos=r.qos,
+        array_size=spec.sweep_size() if spec.sweep else None,
+        requeue=spec.checkpoint is not None,
+        signal_before_end_s=120 if spec.checkpoint is not None else None,
+    )

@@ -1,0 +1,306 @@
+"""The job service: submit (idempotent, quota-gated, never a ghost), list, show, timeline, logs, cancel, resubmit.
+
+Submission order, and why: validate the spec and check it against the scheduler's abilities (4xx, nothing stored);
+take the quota reservation and commit the job row as PENDING with its UUID (so a crash after this point leaves a
+job the reconciler can find by tag); call the scheduler; store the native id as SUBMITTED. If the scheduler cannot
+be reached the job stays PENDING with a visible reason and the reconciler submits it later (after asking the
+scheduler whether the tag already exists, so it is never submitted twice).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from haihe.errors import Conflict, HaiheError, InvalidInput, NotFound, PermissionDenied, ServiceUnavailable
+from haihe.jobs.render import RenderContext, render_launch
+from haihe.jobs.spec import JobSpec, validate_spec
+from haihe.platform import access, audit
+from haihe.platform.access import Principal
+from haihe.platform.context import PlatformContext
+from haihe.platform.models import Job, JobEvent, Org, Project, Role, User, utcnow
+from haihe.schedulers.base import JobState, Launch, LogChunk
+
+log = logging.getLogger(__name__)
+
+
+def add_event(session: Session, job: Job, kind: str, message: str = "", **data: Any) -> None:
+    session.add(JobEvent(job_id=job.id, kind=kind, state=job.state, message=message[:2000], data=data))
+
+
+def _render_context(ctx: PlatformContext, job: Job, org: Org, project: Project, user: User) -> RenderContext:
+    s = ctx.settings
+    return RenderContext(
+        job_id=job.id,
+        org=org.name,
+        project=project.name,
+        user=user.username,
+        node_python=s.node_python,
+        mlflow_url=s.mlflow_url,
+        s3_endpoint=s.s3_endpoint,
+        s3_access_key=s.s3_access_key,
+        s3_secret_key=s.s3_secret_key,
+        code_uri=job.spec.get("_code_uri"),
+        checkpoint_uri=f"s3://{s.code_bucket}/checkpoints/{org.name}/{job.id}" if s.s3_endpoint else None,
+        dataset=job.spec.get("_dataset"),
+    )
+
+
+def launch_for(ctx: PlatformContext, session: Session, job: Job) -> Launch:
+    spec = validate_spec({k: v for k, v in job.spec.items() if not k.startswith("_")})
+    org = session.get(Org, job.org_id)
+    project = session.get(Project, job.project_id)
+    user = session.get(User, job.user_id)
+    assert org is not None and project is not None and user is not None
+    return render_launch(spec, _render_context(ctx, job, org, project, user))
+
+
+def _scheduler_name(ctx: PlatformContext, spec: JobSpec) -> str:
+    name = spec.scheduler or ctx.settings.default_scheduler
+    if not name:
+        raise InvalidInput("no scheduler named and the platform has no default scheduler", field="scheduler")
+    if name not in ctx.settings.schedulers:
+        valid = ", ".join(sorted(ctx.settings.schedulers)) or "none configured"
+        raise InvalidInput(f"unknown scheduler {name!r}; valid: {valid}", field="scheduler")
+    return name
+
+
+def submit(
+    ctx: PlatformContext,
+    session: Session,
+    principal: Principal,
+    org_name: str,
+    project_name: str,
+    raw_spec: dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    code_uri: str | None = None,
+    resubmitted_from: str | None = None,
+) -> Job:
+    spec = validate_spec(raw_spec)
+    project = access.project_for_write(session, principal, org_name, project_name)
+    if principal.role_in(project.org_id) is None and not principal.is_platform_admin:
+        raise PermissionDenied("only members of the org may submit jobs")
+    if idempotency_key:
+        if len(idempotency_key) > 128:
+            raise InvalidInput("Idempotency-Key is longer than 128 characters", field="idempotency_key")
+        existing = session.scalar(select(Job).where(Job.user_id == principal.user_id,
+                                                    Job.idempotency_key == idempotency_key))
+        if existing is not None:
+            if existing.project_id != project.id or existing.spec.get("name") != spec.name:
+                raise Conflict("Idempotency-Key already used for a different job", field="idempotency_key")
+            return existing
+    if code_uri is not None and not code_uri.startswith(f"s3://{ctx.settings.code_bucket}/code/{org_name}/"):
+        raise InvalidInput("code_uri must be an upload made for this org", field="code_uri")
+    if spec.workdir and code_uri is None:
+        raise InvalidInput("workdir is packed and uploaded by the CLI; submit with its code_uri", field="workdir")
+    scheduler_name = _scheduler_name(ctx, spec)
+    scheduler = ctx.scheduler(scheduler_name)
+    stored = spec.model_dump(mode="json", exclude_none=True, by_alias=True)
+    if code_uri:
+        stored["_code_uri"] = code_uri
+    if spec.dataset is not None:
+        stored["_dataset"] = _resolve_dataset(org_name, spec)
+    job = Job(
+        id=str(uuid.uuid4()),
+        org_id=project.org_id,
+        project_id=project.id,
+        user_id=principal.user_id,
+        name=spec.name,
+        kind=spec.kind,
+        scheduler=scheduler_name,
+        state=JobState.PENDING.value,
+        spec=stored,
+        idempotency_key=idempotency_key,
+        array_size=spec.sweep_size(),
+        resubmitted_from=resubmitted_from,
+    )
+    launch = launch_for_new(ctx, session, job, project, principal)
+    scheduler.check(launch)  # refuse what the backend cannot do: a 4xx, nothing stored
+    session.add(job)
+    try:
+        session.flush()
+    except IntegrityError as exc:  # a concurrent request with the same key won the race
+        session.rollback()
+        raise Conflict("a job with this Idempotency-Key is being submitted", field="idempotency_key") from exc
+    ctx.quota.reserve(session, job, launch)
+    add_event(session, job, "created", f"job {spec.name} created", scheduler=scheduler_name)
+    audit.record(session, principal, "job.submit", target_type="job", target=job.id, org_id=job.org_id,
+                 details={"name": spec.name, "scheduler": scheduler_name})
+    session.commit()  # the row exists before the scheduler hears of it
+    dispatch(ctx, session, job, launch)
+    return job
+
+
+def launch_for_new(ctx: PlatformContext, session: Session, job: Job, project: Project, principal: Principal) -> Launch:
+    org = session.get(Org, project.org_id)
+    user = session.get(User, principal.user_id)
+    assert org is not None and user is not None
+    spec = validate_spec({k: v for k, v in job.spec.items() if not k.startswith("_")})
+    return render_launch(spec, _render_context(ctx, job, org, project, user))
+
+
+def _resolve_dataset(org_name: str, spec: JobSpec) -> str:
+    assert spec.dataset is not None
+    name = spec.dataset.name if "/" in spec.dataset.name else f"{org_name}/{spec.dataset.name}"
+    version = spec.dataset.version
+    return f"{name}@v{version}" if version != "latest" else f"{name}@latest"
+
+
+def dispatch(ctx: PlatformContext, session: Session, job: Job, launch: Launch | None = None) -> None:
+    """Hand a PENDING job to its scheduler; on an outage leave it PENDING with the reason (the reconciler retries)."""
+    scheduler = ctx.scheduler(job.scheduler)
+    launch = launch or launch_for(ctx, session, job)
+    job.submit_attempts += 1
+    try:
+        ref = scheduler.submit(launch)
+    except ServiceUnavailable as exc:
+        job.reason = f"waiting to submit: {exc.message}"
+        add_event(session, job, "submit_deferred", job.reason)
+        session.commit()
+        return
+    except HaiheError as exc:  # the scheduler refused it: a clear final state, nothing running
+        _finish(session, job, JobState.FAILED, f"scheduler refused the job: {exc.message}")
+        ctx.quota.release(session, job)
+        session.commit()
+        return
+    job.native_id = ref
+    job.state = JobState.SUBMITTED.value
+    job.submitted_at = utcnow()
+    job.reason = ""
+    job.updated_at = utcnow()
+    add_event(session, job, "submitted", f"submitted to {job.scheduler} as {ref}", native_id=ref)
+    session.commit()
+
+
+def _finish(session: Session, job: Job, state: JobState, reason: str, exit_code: int | None = None) -> None:
+    job.state = state.value
+    job.reason = reason
+    job.exit_code = exit_code
+    job.ended_at = job.ended_at or utcnow()
+    job.updated_at = utcnow()
+    add_event(session, job, "finished", reason or state.value.lower(), exit_code=exit_code)
+
+
+# -- reading ----------------------------------------------------------------------------------------------------
+def get_job(session: Session, principal: Principal, job_id: str) -> Job:
+    try:
+        uuid.UUID(job_id)
+    except ValueError:
+        raise NotFound(f"job {job_id!r} not found", field="job_id") from None
+    job = session.get(Job, job_id)
+    if job is None or not principal.can_see_org(job.org_id):
+        raise NotFound(f"job {job_id!r} not found", field="job_id")
+    return job
+
+
+@dataclass(frozen=True)
+class Page:
+    items: Sequence[Job]
+    next_cursor: str | None
+
+
+def _encode_cursor(job: Job) -> str:
+    return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return dt.datetime.fromisoformat(created), job_id
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("invalid cursor", field="cursor") from None
+
+
+def list_jobs(
+    session: Session,
+    principal: Principal,
+    *,
+    org: str | None = None,
+    project: str | None = None,
+    states: Sequence[str] = (),
+    mine: bool = False,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> Page:
+    """Newest first, keyset-paginated on (created_at, id) so page N costs the same as page 1."""
+    q = select(Job)
+    if org is not None:
+        org_row = access.org_for_read(session, principal, org)
+        q = q.where(Job.org_id == org_row.id)
+        if project is not None:
+            proj = access.project_for_read(session, principal, org, project)
+            q = q.where(Job.project_id == proj.id)
+    else:
+        visible = principal.visible_org_ids()
+        if visible is not None:
+            q = q.where(Job.org_id.in_(visible))
+        if project is not None:
+            raise InvalidInput("filtering by project needs org", field="project")
+    if mine:
+        q = q.where(Job.user_id == principal.user_id)
+    valid = {s.value for s in JobState}
+    for s in states:
+        if s not in valid:
+            raise InvalidInput(f"unknown state {s!r}; valid: {', '.join(sorted(valid))}", field="state")
+    if states:
+        q = q.where(Job.state.in_(states))
+    if cursor:
+        created, job_id = _decode_cursor(cursor)
+        q = q.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+    rows = session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
+    items = rows[:limit]
+    return Page(items, _encode_cursor(items[-1]) if len(rows) > limit else None)
+
+
+def events(session: Session, principal: Principal, job_id: str) -> Sequence[JobEvent]:
+    job = get_job(session, principal, job_id)
+    return session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id)).all()
+
+
+def logs(ctx: PlatformContext, session: Session, principal: Principal, job_id: str, offset: int) -> LogChunk:
+    job = get_job(session, principal, job_id)
+    if job.native_id is None:
+        return LogChunk("", offset, complete=JobState(job.state).is_terminal())
+    chunk = ctx.scheduler(job.scheduler).logs(job.native_id, offset)
+    if JobState(job.state).is_terminal() and not chunk.data:
+        return LogChunk("", chunk.offset, complete=True)
+    return chunk
+
+
+def cancel(ctx: PlatformContext, session: Session, principal: Principal, job_id: str) -> Job:
+    job = get_job(session, principal, job_id)
+    role = principal.role_in(job.org_id)
+    if job.user_id != principal.user_id and role != Role.ORG_ADMIN and not principal.is_platform_admin:
+        raise PermissionDenied("only the job's owner or an org admin may cancel it")
+    if JobState(job.state).is_terminal():
+        return job
+    if job.native_id is not None:
+        ctx.scheduler(job.scheduler).cancel(job.native_id)
+        add_event(session, job, "cancel_requested", f"cancel sent to {job.scheduler}")
+    else:
+        _finish(session, job, JobState.CANCELLED, "cancelled before it reached the scheduler")
+        ctx.quota.release(session, job)
+    audit.record(session, principal, "job.cancel", target_type="job", target=job.id, org_id=job.org_id)
+    session.commit()
+    return job
+
+
+def resubmit(ctx: PlatformContext, session: Session, principal: Principal, job_id: str,
+             idempotency_key: str | None = None) -> Job:
+    old = get_job(session, principal, job_id)
+    org = session.get(Org, old.org_id)
+    project = session.get(Project, old.project_id)
+    assert org is not None and project is not None
+    raw = {k: v for k, v in old.spec.items() if not k.startswith("_")}
+    return submit(ctx, session, principal, org.name, project.name, raw, idempotency_key=idempotency_key,
+                  code_uri=old.spec.get("_code_uri"), resubmitted_from=old.id)

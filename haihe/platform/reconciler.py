@@ -1,0 +1,214 @@
+"""The reconciler: one loop per scheduler, one batched status call per cycle, the job state machine in one place.
+
+Each cycle, per scheduler:
+1. PENDING jobs (committed, not yet accepted by the scheduler): ask the scheduler which of their tags it already
+   knows (``find``: one call) and adopt those native ids — the platform may have crashed between the scheduler's
+   accept and its own commit; submit the rest, so no job is lost and none is submitted twice.
+2. Live jobs: ONE ``status(refs)`` call; apply each answer through :func:`transition` (terminal states are final),
+   writing the timeline (queued with reason and position, started on nodes, requeued, finished with exit code) and
+   settling the quota reservation of every job that ended — exactly once, because settling happens in the same
+   transaction that makes the job terminal.
+A scheduler that cannot be reached leaves its jobs as they are and is retried next cycle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from haihe.errors import HaiheError, ServiceUnavailable
+from haihe.platform.context import PlatformContext
+from haihe.platform.jobs import add_event, dispatch
+from haihe.platform.models import Job, utcnow
+from haihe.schedulers.base import JobState, JobStatus
+
+log = logging.getLogger(__name__)
+
+LIVE_STATES = (JobState.SUBMITTED.value, JobState.QUEUED.value, JobState.RUNNING.value, JobState.PREEMPTED.value)
+SUBMIT_GRACE = dt.timedelta(seconds=20)  # a PENDING job younger than this may still be inside its submit request
+MISSES_BEFORE_LOST = 3
+
+
+@dataclass
+class CycleReport:
+    scheduler: str
+    live: int = 0
+    adopted: int = 0
+    submitted: int = 0
+    transitions: int = 0
+    lost: int = 0
+    error: str | None = None
+    scheduler_calls: int = 0
+
+
+def transition(session: Session, ctx: PlatformContext, job: Job, st: JobStatus) -> bool:
+    """Apply a scheduler's view of a job; returns True if anything changed. Terminal states are never left."""
+    current = JobState(job.state)
+    if current.is_terminal():
+        return False
+    new = st.state
+    changed = False
+    now = utcnow()
+    if st.queue_position != job.queue_position and new == JobState.QUEUED:
+        job.queue_position = st.queue_position
+        changed = True
+    if new != current:
+        if new == JobState.QUEUED and current == JobState.RUNNING:
+            add_event(session, job, "requeued", st.reason or "requeued by the scheduler")
+        job.state = new.value
+        changed = True
+        if new == JobState.QUEUED:
+            job.reason = st.reason or ""
+            add_event(session, job, "queued", _queued_message(st), reason=st.reason, position=st.queue_position)
+        elif new == JobState.RUNNING:
+            job.started_at = job.started_at or _ts(st.started_at) or now
+            job.nodes = list(st.nodes)
+            job.queue_position = None
+            job.reason = ""
+            add_event(session, job, "started", f"started on {', '.join(st.nodes) or 'the cluster'}",
+                      nodes=list(st.nodes))
+        elif new == JobState.PREEMPTED:
+            add_event(session, job, "requeued", st.reason or "preempted; will run again", reason=st.reason)
+        elif new.is_terminal():
+            job.ended_at = _ts(st.ended_at) or now
+            job.started_at = job.started_at or _ts(st.started_at)
+            job.exit_code = st.exit_code
+            job.elapsed_s = st.elapsed_s
+            job.alloc_cpus = st.alloc_cpus
+            job.alloc_gpus = st.alloc_gpus
+            job.queue_position = None
+            job.reason = st.reason or ("" if new == JobState.SUCCEEDED else new.value.lower())
+            add_event(session, job, "finished", _finished_message(new, st), exit_code=st.exit_code,
+                      elapsed_s=st.elapsed_s)
+            ctx.quota.settle(session, job, st)
+    elif new == JobState.QUEUED and (st.reason or "") != job.reason:
+        job.reason = st.reason or ""
+        add_event(session, job, "queued", _queued_message(st), reason=st.reason, position=st.queue_position)
+        changed = True
+    if changed:
+        job.updated_at = now
+    return changed
+
+
+def _ts(value: float | None) -> dt.datetime | None:
+    return dt.datetime.fromtimestamp(value, dt.UTC) if value else None
+
+
+def _queued_message(st: JobStatus) -> str:
+    pos = f", position {st.queue_position}" if st.queue_position else ""
+    return f"queued ({st.reason or 'waiting for resources'}{pos})"
+
+
+def _finished_message(state: JobState, st: JobStatus) -> str:
+    code = f" with exit code {st.exit_code}" if st.exit_code is not None else ""
+    why = f": {st.reason}" if st.reason and state != JobState.SUCCEEDED else ""
+    return f"{state.value.lower()}{code}{why}"
+
+
+@dataclass
+class Reconciler:
+    ctx: PlatformContext
+    _misses: dict[str, int] = field(default_factory=dict)
+
+    def cycle(self, scheduler_name: str) -> CycleReport:
+        report = CycleReport(scheduler_name)
+        try:
+            scheduler = self.ctx.scheduler(scheduler_name)
+        except HaiheError as exc:
+            report.error = exc.message
+            return report
+        with self.ctx.db.sessions() as session:
+            try:
+                self._pending(session, scheduler_name, report)
+                self._live(session, scheduler_name, report)
+            except ServiceUnavailable as exc:
+                session.rollback()
+                report.error = exc.message
+                log.warning("reconcile %s: %s", scheduler_name, exc.message)
+            del scheduler
+        return report
+
+    def _pending(self, session: Session, name: str, report: CycleReport) -> None:
+        cutoff = utcnow() - SUBMIT_GRACE
+        pending = session.scalars(select(Job).where(Job.scheduler == name, Job.state == JobState.PENDING.value,
+                                                    Job.created_at < cutoff)).all()
+        if not pending:
+            return
+        scheduler = self.ctx.scheduler(name)
+        found = scheduler.find([j.id for j in pending])
+        report.scheduler_calls += 1
+        for job in pending:
+            ref = found.get(job.id)
+            if ref is not None:
+                job.native_id = ref
+                job.state = JobState.SUBMITTED.value
+                job.submitted_at = job.submitted_at or utcnow()
+                job.reason = ""
+                add_event(session, job, "submitted", f"found on {name} as {ref} after a restart (not resubmitted)",
+                          native_id=ref)
+                report.adopted += 1
+        session.commit()
+        for job in pending:
+            if job.native_id is None:
+                dispatch(self.ctx, session, job)
+                report.submitted += 1
+
+    def _live(self, session: Session, name: str, report: CycleReport) -> None:
+        jobs: Sequence[Job] = session.scalars(
+            select(Job).where(Job.scheduler == name, Job.state.in_(LIVE_STATES), Job.native_id.is_not(None))
+        ).all()
+        report.live = len(jobs)
+        if not jobs:
+            return
+        statuses = self.ctx.scheduler(name).status([j.native_id for j in jobs if j.native_id])
+        report.scheduler_calls += 1
+        for job in jobs:
+            assert job.native_id is not None
+            st = statuses.get(job.native_id)
+            if st is None:
+                misses = self._misses.get(job.id, 0) + 1
+                self._misses[job.id] = misses
+                if misses >= MISSES_BEFORE_LOST:
+                    lost = JobStatus(ref=job.native_id, state=JobState.FAILED,
+                                     reason=f"lost: {name} has no record of job {job.native_id}")
+                    transition(session, self.ctx, job, lost)
+                    self._misses.pop(job.id, None)
+                    report.lost += 1
+                continue
+            self._misses.pop(job.id, None)
+            if transition(session, self.ctx, job, st):
+                report.transitions += 1
+        session.commit()
+
+    def run_once(self) -> list[CycleReport]:
+        return [self.cycle(name) for name in self.ctx.settings.schedulers]
+
+
+class ReconcilerThread:
+    """Runs the reconciler every ``interval`` seconds in a daemon thread (started by the app's lifespan)."""
+
+    def __init__(self, ctx: PlatformContext, interval: float) -> None:
+        self.reconciler = Reconciler(ctx)
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="haihe-reconciler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.reconciler.run_once()
+            except Exception:  # never let one bad cycle end the loop
+                log.exception("reconciler cycle failed")

@@ -1,0 +1,211 @@
+"""Jobs end to end through the API with a fake scheduler: submit, idempotency, tenancy, reconciler, recovery."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from haihe.platform.context import PlatformContext
+from haihe.platform.models import Job
+from haihe.platform.reconciler import MISSES_BEFORE_LOST, Reconciler
+from haihe.platform.settings import Settings
+from haihe.schedulers.base import JobState
+from tests.fixtures.fake_scheduler import FakeFactory, FakeScheduler
+from tests.fixtures.platform import Tenancy
+
+SPEC = {"name": "digits", "recipe": "digits-cnn", "resources": {"nodes": 2, "time_limit": "00:10:00"},
+        "launcher": "torchrun"}
+
+
+class Env:
+    def __init__(self, client: TestClient, ctx: PlatformContext, fake: FakeScheduler) -> None:
+        self.client, self.ctx, self.fake = client, ctx, fake
+        self.t = Tenancy(client).bootstrap()
+        self.org = self.t.org()
+        self.project = self.t.project(self.org)
+        self.user = self.t.login(self.t.user(self.org))
+        self.reconciler = Reconciler(ctx)
+
+    def submit(self, spec: dict[str, object] | None = None, headers: dict[str, str] | None = None,
+               key: str | None = None) -> dict[str, object]:
+        h = dict(headers or self.user)
+        if key:
+            h["Idempotency-Key"] = key
+        r = self.client.post(f"/api/v1/orgs/{self.org}/projects/{self.project}/jobs", json={"spec": spec or SPEC},
+                             headers=h)
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    def job(self, job_id: object) -> dict[str, object]:
+        return dict(self.client.get(f"/api/v1/jobs/{job_id}", headers=self.user).json())
+
+    def count_jobs(self) -> int:
+        with self.ctx.db.session() as s:
+            return int(s.scalar(select(func.count()).select_from(Job)) or 0)
+
+    def age_pending(self) -> None:
+        """Make PENDING jobs older than the reconciler's submit grace (instead of sleeping)."""
+        import datetime as dt
+
+        with self.ctx.db.session() as s:
+            for job in s.scalars(select(Job).where(Job.state == "PENDING")):
+                job.created_at = job.created_at - dt.timedelta(minutes=5)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    from haihe.server import create_app
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", schedulers={"fake": "fake://"},
+                        default_scheduler="fake", reconcile_interval_s=0)
+    ctx = PlatformContext.from_settings(settings)
+    factory = FakeFactory()
+    ctx.registry.register("fake", factory)
+    with TestClient(create_app(settings, ctx=ctx)) as client:
+        yield Env(client, ctx, factory.instance)
+
+
+def test_submit_stores_then_dispatches_with_tag(env: Env) -> None:
+    job = env.submit()
+    assert job["state"] == "SUBMITTED" and job["native_id"] == "1000"
+    launch = env.fake.jobs["1000"].launch
+    assert launch.tag == job["id"]
+    assert launch.command[-2:] == ("--recipe", "digits-cnn")
+    assert launch.resources.nodes == 2 and launch.resources.time_limit_min == 10
+    assert launch.env["HAIHE_JOB_ID"] == job["id"] and launch.env["HAIHE_ORG"] == env.org
+    kinds = [e["kind"] for e in env.client.get(f"/api/v1/jobs/{job['id']}/events", headers=env.user).json()]
+    assert kinds == ["created", "submitted"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({**SPEC, "colour": "red"}, "colour"),
+        ({**SPEC, "resources": {"gpus_per_node": -1}}, "resources.gpus_per_node"),
+        ({**SPEC, "launcher": "slurmrun"}, "launcher"),
+        ({**SPEC, "resources": {"time_limit": "soon"}}, "resources.time_limit"),
+        ({**SPEC, "resources": {"qos": "high"}}, "qos"),  # the fake backend has no QoS: refused, named
+        ({"name": "x", "entrypoint": "python a.py", "env": {"SLURM_JOB_ID": "1"}}, "env"),
+        ({"name": "x"}, "spec"),
+    ],
+)
+def test_bad_specs_are_refused_and_nothing_is_stored(env: Env, spec: dict[str, object], field: str) -> None:
+    r = env.client.post(f"/api/v1/orgs/{env.org}/projects/{env.project}/jobs", json={"spec": spec}, headers=env.user)
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["field"] == field or field in err["message"], err
+    assert env.count_jobs() == 0 and env.fake.submits == 0
+
+
+def test_unknown_launcher_message_lists_allowed_values(env: Env) -> None:
+    r = env.client.post(f"/api/v1/orgs/{env.org}/projects/{env.project}/jobs",
+                        json={"spec": {**SPEC, "launcher": "slurmrun"}}, headers=env.user)
+    assert "torchrun" in r.json()["error"]["message"]
+
+
+def test_idempotency_key_returns_the_same_job(env: Env) -> None:
+    a = env.submit(key="abc-1")
+    b = env.submit(key="abc-1")
+    assert a["id"] == b["id"] and env.fake.submits == 1
+    assert env.submit(key="abc-2")["id"] != a["id"]
+
+
+def test_other_orgs_cannot_see_or_cancel_jobs(env: Env) -> None:
+    job = env.submit()
+    other_org = env.t.org()
+    outsider = env.t.login(env.t.user(other_org))
+    assert env.client.get(f"/api/v1/jobs/{job['id']}", headers=outsider).status_code == 404
+    assert env.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=outsider).status_code == 404
+    assert env.client.get(f"/api/v1/jobs/{job['id']}/logs", headers=outsider).status_code == 404
+    assert env.client.get("/api/v1/jobs", headers=outsider).json()["items"] == []
+    r = env.client.post(f"/api/v1/orgs/{env.org}/projects/{env.project}/jobs", json={"spec": SPEC}, headers=outsider)
+    assert r.status_code == 404
+
+
+def test_reconciler_walks_the_state_machine_with_one_status_call(env: Env) -> None:
+    ids = [env.submit()["id"] for _ in range(5)]
+    refs = list(env.fake.jobs)
+    env.fake.calls.clear()
+    env.reconciler.run_once()
+    assert env.fake.calls == ["status"]  # five jobs, one call
+    assert env.job(ids[0])["state"] == "QUEUED" and env.job(ids[0])["queue_position"] == 1
+    env.fake.set(refs[0], JobState.RUNNING, nodes=("cn1", "cn2"))
+    env.reconciler.run_once()
+    assert env.job(ids[0])["nodes"] == ["cn1", "cn2"]
+    env.fake.set(refs[0], JobState.SUCCEEDED, exit_code=0, elapsed_s=12.0)
+    env.reconciler.run_once()
+    env.fake.set(refs[0], JobState.RUNNING)  # a stale report after the end changes nothing: terminal is final
+    env.reconciler.run_once()
+    job = env.job(ids[0])
+    assert job["state"] == "SUCCEEDED" and job["exit_code"] == 0 and job["elapsed_s"] == 12.0
+    kinds = [e["kind"] for e in env.client.get(f"/api/v1/jobs/{ids[0]}/events", headers=env.user).json()]
+    assert kinds == ["created", "submitted", "queued", "started", "finished"]
+
+
+def test_scheduler_outage_at_submit_leaves_a_pending_job_that_is_submitted_later(env: Env) -> None:
+    env.fake.down = True
+    job = env.submit()
+    assert job["state"] == "PENDING" and "waiting to submit" in job["reason"]
+    env.age_pending()
+    env.reconciler.run_once()  # still down: nothing changes, nothing raised
+    assert env.job(job["id"])["state"] == "PENDING"
+    env.fake.down = False
+    env.reconciler.run_once()
+    assert env.job(job["id"])["state"] in ("SUBMITTED", "QUEUED") and env.fake.submits == 1
+
+
+def test_job_accepted_before_a_crash_is_adopted_not_resubmitted(env: Env) -> None:
+    job = env.submit()
+    with env.ctx.db.session() as s:  # the platform "crashed" before storing the native id
+        row = s.get(Job, job["id"])
+        assert row is not None
+        row.state, row.native_id = "PENDING", None
+    env.age_pending()
+    env.reconciler.run_once()
+    after = env.job(job["id"])
+    assert after["state"] in ("SUBMITTED", "QUEUED") and after["native_id"] == "1000"
+    assert env.fake.submits == 1
+
+
+def test_a_job_the_scheduler_forgot_is_marked_failed_with_a_reason(env: Env) -> None:
+    job = env.submit()
+    env.fake.jobs.clear()
+    for _ in range(MISSES_BEFORE_LOST):
+        env.reconciler.run_once()
+    after = env.job(job["id"])
+    assert after["state"] == "FAILED" and "no record" in after["reason"]
+
+
+def test_cancel_reaches_the_scheduler(env: Env) -> None:
+    job = env.submit()
+    r = env.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=env.user)
+    assert r.status_code == 200
+    env.reconciler.run_once()
+    assert env.job(job["id"])["state"] == "CANCELLED"
+
+
+def test_resubmit_makes_a_new_job_linked_to_the_old(env: Env) -> None:
+    job = env.submit()
+    r = env.client.post(f"/api/v1/jobs/{job['id']}/resubmit", headers=env.user)
+    assert r.status_code == 201
+    assert r.json()["resubmitted_from"] == job["id"] and r.json()["id"] != job["id"]
+
+
+def test_keyset_pagination_has_no_overlap_or_gap(env: Env) -> None:
+    ids = {env.submit()["id"] for _ in range(23)}
+    seen: list[str] = []
+    cursor = None
+    while True:
+        url = "/api/v1/jobs?limit=10" + (f"&cursor={cursor}" if cursor else "")
+        page = env.client.get(url, headers=env.user).json()
+        seen += [j["id"] for j in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == 23 and set(seen) == ids
+    r = env.client.get("/api/v1/jobs?state=BOGUS", headers=env.user)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "state"
