@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from haihe.cli_jobs import jobs_app
+from haihe.cli_jobs import submit as submit_job
+
 if TYPE_CHECKING:
     from haihe.client import HaiheClient
 
@@ -29,6 +32,8 @@ users = typer.Typer(help="Users and service accounts (org admins).", no_args_is_
 keys = typer.Typer(help="API keys: created once-shown, listed by prefix, revoked.", no_args_is_help=True)
 cluster = typer.Typer(help="The local Slurm cluster (bring-up on this machine).", no_args_is_help=True)
 app.add_typer(admin, name="admin")
+app.add_typer(jobs_app, name="jobs")
+app.command("submit")(submit_job)
 app.add_typer(cluster, name="cluster")
 admin.add_typer(orgs, name="orgs")
 admin.add_typer(projects, name="projects")

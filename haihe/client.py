@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypedDict
+from urllib.parse import quote
 
 import httpx
 
@@ -100,6 +102,11 @@ _BY_STATUS: dict[int, type[errors.HaiheError]] = {400: errors.InvalidInput, 401:
                                                   403: errors.PermissionDenied, 404: errors.NotFound,
                                                   409: errors.Conflict, 413: errors.PayloadTooLarge,
                                                   422: errors.InvalidInput, 503: errors.ServiceUnavailable}
+
+
+def _seg(value: str) -> str:
+    """One URL path segment: a name holding '/' or '..' can never address another route."""
+    return quote(value, safe="")
 
 
 def credentials_path() -> Path:
@@ -213,49 +220,51 @@ class HaiheClient:
         return list(self.request("GET", "/api/v1/orgs"))
 
     def get_org(self, name: str) -> Org:
-        result: Org = self.request("GET", f"/api/v1/orgs/{name}")
+        result: Org = self.request("GET", f"/api/v1/orgs/{_seg(name)}")
         return result
 
     def set_org_status(self, name: str, status: str) -> Org:
-        result: Org = self.request("PUT", f"/api/v1/orgs/{name}/status", json={"status": status})
+        result: Org = self.request("PUT", f"/api/v1/orgs/{_seg(name)}/status", json={"status": status})
         return result
 
     def create_project(self, org: str, name: str, description: str = "") -> Project:
-        result: Project = self.request("POST", f"/api/v1/orgs/{org}/projects",
+        result: Project = self.request("POST", f"/api/v1/orgs/{_seg(org)}/projects",
                                        json={"name": name, "description": description})
         return result
 
     def list_projects(self, org: str) -> list[Project]:
-        return list(self.request("GET", f"/api/v1/orgs/{org}/projects"))
+        return list(self.request("GET", f"/api/v1/orgs/{_seg(org)}/projects"))
 
     def get_project(self, org: str, name: str) -> Project:
-        result: Project = self.request("GET", f"/api/v1/orgs/{org}/projects/{name}")
+        result: Project = self.request("GET", f"/api/v1/orgs/{_seg(org)}/projects/{_seg(name)}")
         return result
 
     def set_project_status(self, org: str, name: str, status: str) -> Project:
-        result: Project = self.request("PUT", f"/api/v1/orgs/{org}/projects/{name}/status", json={"status": status})
+        result: Project = self.request("PUT", f"/api/v1/orgs/{_seg(org)}/projects/{_seg(name)}/status",
+                                       json={"status": status})
         return result
 
     def create_user(self, org: str, username: str, role: str = "researcher", password: str | None = None,
                     display_name: str = "", email: str = "") -> User:
         body = {"username": username, "role": role, "password": password, "display_name": display_name,
                 "email": email}
-        result: User = self.request("POST", f"/api/v1/orgs/{org}/users", json=body)
+        result: User = self.request("POST", f"/api/v1/orgs/{_seg(org)}/users", json=body)
         return result
 
     def add_member(self, org: str, username: str, role: str = "researcher") -> User:
-        result: User = self.request("POST", f"/api/v1/orgs/{org}/members", json={"username": username, "role": role})
+        result: User = self.request("POST", f"/api/v1/orgs/{_seg(org)}/members",
+                                    json={"username": username, "role": role})
         return result
 
     def list_users(self, org: str | None = None) -> list[User]:
-        return list(self.request("GET", f"/api/v1/orgs/{org}/users" if org else "/api/v1/users"))
+        return list(self.request("GET", f"/api/v1/orgs/{_seg(org)}/users" if org else "/api/v1/users"))
 
     def get_user(self, username: str) -> User:
-        result: User = self.request("GET", f"/api/v1/users/{username}")
+        result: User = self.request("GET", f"/api/v1/users/{_seg(username)}")
         return result
 
     def set_user_status(self, username: str, status: str) -> User:
-        result: User = self.request("PUT", f"/api/v1/users/{username}/status", json={"status": status})
+        result: User = self.request("PUT", f"/api/v1/users/{_seg(username)}/status", json={"status": status})
         return result
 
     # -- keys and audit ---------------------------------------------------------------------------------------
@@ -271,8 +280,59 @@ class HaiheClient:
         return list(self.request("GET", "/api/v1/keys", params={"org": org} if org else None))
 
     def revoke_key(self, prefix: str) -> Key:
-        result: Key = self.request("DELETE", f"/api/v1/keys/{prefix}")
+        result: Key = self.request("DELETE", f"/api/v1/keys/{_seg(prefix)}")
         return result
+
+    # -- jobs -------------------------------------------------------------------------------------------------
+    def submit_job(self, org: str, project: str, spec: dict[str, Any], code_uri: str | None = None,
+                   idempotency_key: str | None = None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return dict(self.request("POST", f"/api/v1/orgs/{_seg(org)}/projects/{_seg(project)}/jobs",
+                                 json={"spec": spec, "code_uri": code_uri}, headers=headers))
+
+    def create_code_upload(self, org: str, project: str, size: int, sha256: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/api/v1/orgs/{_seg(org)}/projects/{_seg(project)}/code",
+                                 json={"size": size, "sha256": sha256}))
+
+    def upload_bytes(self, url: str, data: bytes, progress: Callable[[int], None] | None = None) -> None:
+        """PUT ``data`` to a presigned URL (straight to S3), reporting bytes sent."""
+
+        def chunks() -> Iterator[bytes]:
+            step = 1 << 20
+            for i in range(0, len(data), step):
+                yield data[i:i + step]
+                if progress:
+                    progress(min(i + step, len(data)))
+
+        try:
+            r = httpx.put(url, content=chunks(), headers={"Content-Length": str(len(data))}, timeout=300)
+        except httpx.TransportError as exc:
+            raise errors.StorageUnavailable(f"upload to storage failed: {exc}") from exc
+        if r.status_code >= 300:
+            raise errors.StorageUnavailable(f"storage refused the upload: HTTP {r.status_code}")
+
+    def list_jobs(self, org: str | None = None, project: str | None = None, states: list[str] | None = None,
+                  mine: bool = False, cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, "mine": mine}
+        for k, v in (("org", org), ("project", project), ("cursor", cursor), ("state", states)):
+            if v:
+                params[k] = v
+        return dict(self.request("GET", "/api/v1/jobs", params=params))
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/api/v1/jobs/{_seg(job_id)}"))
+
+    def job_events(self, job_id: str) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/api/v1/jobs/{_seg(job_id)}/events"))
+
+    def job_logs(self, job_id: str, offset: int = 0) -> dict[str, Any]:
+        return dict(self.request("GET", f"/api/v1/jobs/{_seg(job_id)}/logs", params={"offset": offset}))
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/api/v1/jobs/{_seg(job_id)}/cancel"))
+
+    def resubmit_job(self, job_id: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/api/v1/jobs/{_seg(job_id)}/resubmit"))
 
     def audit(self, org: str | None = None, action: str | None = None, actor: str | None = None,
               before: int | None = None, limit: int = 50) -> list[AuditEvent]:
