@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from haihe.cli_datasets import datasets_app
 from haihe.cli_jobs import jobs_app
 from haihe.cli_jobs import submit as submit_job
 
@@ -33,6 +34,7 @@ keys = typer.Typer(help="API keys: created once-shown, listed by prefix, revoked
 cluster = typer.Typer(help="The local Slurm cluster (bring-up on this machine).", no_args_is_help=True)
 app.add_typer(admin, name="admin")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(datasets_app, name="datasets")
 app.command("submit")(submit_job)
 app.add_typer(cluster, name="cluster")
 admin.add_typer(orgs, name="orgs")

@@ -21,6 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from haihe import errors
+from haihe.client_datasets import DatasetsClientMixin
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -151,7 +152,7 @@ def raise_for_error(response: httpx.Response) -> None:
     raise exc
 
 
-class HaiheClient:
+class HaiheClient(DatasetsClientMixin):
     """One method per API operation; returns typed dicts; raises :mod:`haihe.errors`."""
 
     def __init__(

@@ -104,7 +104,9 @@ class MlflowServer:
         proc = self._process()
         if not proc.is_running():
             if port_open(self.host, self.port):
-                raise StartupError(f"mlflow: port {self.host}:{self.port} is already taken by another process")
+                raise StartupError(
+                    f"mlflow: port {self.host}:{self.port} is already taken by another process"
+                )
             proc.start()
         try:
             wait_until(

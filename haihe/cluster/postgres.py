@@ -7,6 +7,7 @@ and ``fsync=off``: a throwaway cluster for tests, never a place for data that mu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -129,7 +130,9 @@ class PostgresServer:
         proc = self._process()
         if not proc.is_running():
             if port_open(self.host, self.port):
-                raise StartupError(f"postgres: port {self.host}:{self.port} is already taken by another process")
+                raise StartupError(
+                    f"postgres: port {self.host}:{self.port} is already taken by another process"
+                )
             self.init()
             proc.start()
         try:
@@ -146,7 +149,9 @@ class PostgresServer:
         if not proc.is_running():
             return proc.stop()
         subprocess.run(
-            self._as_user([str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"]),
+            self._as_user(
+                [str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"]
+            ),
             capture_output=True,
             check=False,
             timeout=60,
@@ -186,10 +191,9 @@ class PostgresServer:
         with psycopg.connect(self._conninfo("postgres"), autocommit=True, connect_timeout=10) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
             if not exists:
-                try:
+                # another caller may create it meanwhile
+                with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-                except psycopg.errors.DuplicateDatabase:
-                    pass  # created meanwhile by another caller
         return self.url(name)
 
     def drop_database(self, name: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import sys
@@ -59,7 +60,7 @@ def default_object_store_bytes() -> int:
 
 
 class RayHead:
-    """One Ray head node under ``home``; ``start``/``stop`` are idempotent and safe to call from another run."""
+    """One Ray head under ``home``; ``start``/``stop`` are idempotent and safe to call from another run."""
 
     def __init__(
         self,
@@ -82,7 +83,7 @@ class RayHead:
             cwd=self.home,
         )
 
-    # -- addresses ---------------------------------------------------------------------------------------------
+    # -- addresses --------------------------------------------------------------------------------------
     @property
     def dashboard_port(self) -> int:
         return self.ports.ray(DASHBOARD)
@@ -100,7 +101,7 @@ class RayHead:
         """The URL the scheduler registry takes for this head."""
         return f"ray://{HOST}:{self.dashboard_port}"
 
-    # -- command line ------------------------------------------------------------------------------------------
+    # -- command line -----------------------------------------------------------------------------------
     def _short_temp_dir(self) -> Path:
         preferred = self.home / "ray"
         if len(str(preferred)) <= _MAX_TEMP_DIR:
@@ -144,7 +145,7 @@ class RayHead:
         env.pop("RAY_ADDRESS", None)  # an inherited address would make `ray start` join another cluster
         return env
 
-    # -- lifecycle ---------------------------------------------------------------------------------------------
+    # -- lifecycle --------------------------------------------------------------------------------------
     def is_running(self) -> bool:
         return self.process.is_running()
 
@@ -180,33 +181,77 @@ class RayHead:
             raise
 
     def stop(self, timeout: float = 20.0) -> bool:
-        """SIGTERM the head's process group; then SIGKILL the strays that detached into their own sessions."""
+        """SIGTERM the head's process group; then SIGKILL the strays that detached into their own sessions.
+
+        Ray puts workers in their own process groups and job drivers in their own sessions, so the group
+        signal does not reach them; we note the head's whole process tree first and finish it off by pid.
+        """
+        pid = self.process.pid()
+        tree = _descendants(pid) if pid is not None and pid_alive(pid) else {}
         stopped = self.process.stop(timeout=timeout)
-        strays = self._strays()
-        for pid in strays:
+        strays = {p: t for p, t in tree.items() if _start_time(p) == t}
+        for p, t in self._marked().items():
+            strays.setdefault(p, t)
+        for p in strays:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(p, signal.SIGKILL)
         deadline = time.monotonic() + 5.0
         while any(pid_alive(p) for p in strays) and time.monotonic() < deadline:
             time.sleep(0.1)
         return stopped or bool(strays)
 
-    def _strays(self) -> list[int]:
-        """Processes of this head still alive: Ray puts its temp dir (or a session dir under it) on argv."""
-        marker = str(self.temp_dir)
-        found: list[int] = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if marker in cmdline:
-                found.append(int(entry.name))
+    def _marked(self) -> dict[int, int]:
+        """This head's processes by argv: Ray puts its temp dir (or a session dir below it) on argv."""
+        marker = re.compile(re.escape(str(self.temp_dir)) + r"(/|\s|$)")
+        found: dict[int, int] = {}
+        for p, (_, cmdline, start) in _proc_table().items():
+            if p != os.getpid() and marker.search(cmdline):
+                found[p] = start
         return found
 
     def wipe(self) -> None:
         """Remove the head's temp dir (sessions, logs, spilled objects); only when stopped."""
         if not self.is_running():
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _proc_table() -> dict[int, tuple[int, str, int]]:
+    """pid -> (ppid, cmdline, start time in clock ticks) for every process we can read."""
+    table: dict[int, tuple[int, str, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        # the command name in parentheses may hold spaces: split after the last ')'
+        fields = stat[stat.rindex(")") + 2 :].split()
+        table[int(entry.name)] = (int(fields[1]), cmdline, int(fields[19]))
+    return table
+
+
+def _start_time(pid: int) -> int | None:
+    """A process's start time, to tell it from a later process that reused its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+def _descendants(root: int) -> dict[int, int]:
+    """Every process below ``root`` (pid -> start time), ``root`` included."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for p, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(p)
+    out: dict[int, int] = {}
+    todo = [root]
+    while todo:
+        p = todo.pop()
+        if p in table and p not in out:
+            out[p] = table[p][2]
+            todo.extend(children.get(p, []))
+    return out

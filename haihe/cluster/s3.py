@@ -150,14 +150,18 @@ class S3Server:
         """Format if needed, start the gateway and wait for a real S3 call to succeed; reuse a running one."""
         proc = self._process()
         if proc.is_running():
-            wait_until(self.is_ready, timeout=timeout, what="s3", log_path=self.log_path, alive=proc.is_running)
+            wait_until(
+                self.is_ready, timeout=timeout, what="s3", log_path=self.log_path, alive=proc.is_running
+            )
             return
         if port_open(self.host, self.port):
             raise StartupError(f"s3: port {self.host}:{self.port} is already taken by another process")
         self.format()
         proc.start()
         try:
-            wait_until(self.is_ready, timeout=timeout, what="s3", log_path=self.log_path, alive=proc.is_running)
+            wait_until(
+                self.is_ready, timeout=timeout, what="s3", log_path=self.log_path, alive=proc.is_running
+            )
         except StartupError:
             proc.stop()
             raise
@@ -207,7 +211,7 @@ class S3Server:
         client = self.client()
         for name in names:
             try:
-                check_bucket_name(name)
+                check_bucket_name(name, strict=True)
             except ValueError as exc:
                 raise InvalidInput(f"invalid bucket name {name!r}", field="bucket") from exc
             try:

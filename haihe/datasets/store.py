@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -77,7 +78,8 @@ class ObjectStore(Protocol):
         ...
 
     def list(self, prefix: str, *, recursive: bool = True) -> Iterator[ObjectInfo]:
-        """Objects under ``prefix`` in key order; non-recursive listings also yield sub-prefixes (``is_dir``)."""
+        """Objects under ``prefix`` (recursive: in key order); non-recursive listings also yield sub-prefixes
+        (``is_dir``), possibly apart from the objects."""
         ...
 
     def delete(self, keys: Iterable[str]) -> None:
@@ -211,21 +213,44 @@ class MinioStore:
         retries: int = 2,
         pool_size: int = 32,
     ) -> None:
-        import urllib3
-        from minio import Minio
-
         parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InvalidInput(f"S3 endpoint {endpoint!r} must look like http://host:port", field="endpoint")
         self.endpoint = f"{parts.scheme}://{parts.netloc}"
         self.bucket = bucket
+        self._config: dict[str, Any] = {
+            "access_key": access_key,
+            "secret_key": secret_key,
+            "region": region,
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+            "retries": retries,
+            "pool_size": pool_size,
+        }
+        self._client: Minio | None = None
+        self._pid = 0
+
+    @property
+    def client(self) -> Minio:
+        """The minio client, rebuilt in a forked child (DataLoader workers): sharing a parent's pooled sockets
+        across processes would interleave their HTTP streams."""
+        if self._client is None or self._pid != os.getpid():
+            self._client = self._build()
+            self._pid = os.getpid()
+        return self._client
+
+    def _build(self) -> Minio:
+        import urllib3
+        from minio import Minio
+
+        c = self._config
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-            maxsize=pool_size,
+            timeout=urllib3.Timeout(connect=c["connect_timeout"], read=c["read_timeout"]),
+            maxsize=c["pool_size"],
             retries=urllib3.Retry(
-                total=retries,
-                connect=retries,
-                read=retries,
+                total=c["retries"],
+                connect=c["retries"],
+                read=c["retries"],
                 backoff_factor=0.2,
                 backoff_max=2.0,
                 status_forcelist=[500, 502, 503, 504],
@@ -233,15 +258,21 @@ class MinioStore:
                 raise_on_status=False,
             ),
         )
+        parts = urlsplit(self.endpoint)
         # a fixed region keeps presigning local: without it minio asks the server for the bucket's location
-        self.client: Minio = Minio(
+        return Minio(
             parts.netloc,
-            access_key=access_key,
-            secret_key=secret_key,
+            access_key=c["access_key"],
+            secret_key=c["secret_key"],
             secure=parts.scheme == "https",
-            region=region,
+            region=c["region"],
             http_client=http,
         )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_client"] = None  # rebuilt on first use in the process that unpickles it
+        return state
 
     def __repr__(self) -> str:
         return f"MinioStore({self.endpoint!r}, bucket={self.bucket!r})"
@@ -286,7 +317,7 @@ class MinioStore:
         upload_id: str | None = None,
         part_number: int | None = None,
     ) -> str:
-        query: dict[str, str] = {}
+        query: dict[str, Any] = {}
         if upload_id is not None:
             query = {"uploadId": upload_id, "partNumber": str(part_number or 1)}
         with _translated(f"presign {key}"):

@@ -185,7 +185,7 @@ def _prepare(cl: SlurmCluster, db_password: str) -> None:
     (s / "jobs").chmod(0o1777)
     for node, _ in desc.all_nodes():
         (s / "spool" / node).mkdir(parents=True, exist_ok=True)
-        (s / "tmp" / node).mkdir(parents=True, exist_ok=True)
+        (s / "nodetmp" / node).mkdir(parents=True, exist_ok=True)
     for i in range(max((nt.gpus for nt in desc.node_types), default=0)):
         dev = lay.fakedev / f"nvidia{i}"
         if not dev.exists():

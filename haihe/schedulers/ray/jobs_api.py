@@ -61,7 +61,7 @@ class RayNode:
     resources_total: Mapping[str, float]
 
 
-# node id -> resource -> (used, total), from the autoscaler monitor's load report (refreshed every few seconds)
+# node id -> resource -> (used, total), from the autoscaler monitor's load report (refreshed every ~5 s)
 Usage = dict[str, dict[str, tuple[float, float]]]
 
 
@@ -94,13 +94,13 @@ class JobsApi:
             reason = _last_line(r.text)
             if "already exists" in reason:
                 raise AlreadyExists(reason)
-            # The head wraps the job agent's 400 (a bad runtime_env, say) in a 500 carrying the agent's traceback.
+            # The head wraps the job agent's 400 (a bad runtime_env, say) in a 500 with the agent's traceback.
             if r.status_code == 400 or "status code 400" in r.text or "ValueError" in reason:
                 raise InvalidInput(f"Ray refused the request: {reason}", field="launch")
             raise SchedulerUnavailable(f"Ray dashboard error {r.status_code}: {reason}", component="ray")
         return r
 
-    # -- jobs ----------------------------------------------------------------------------------------------------
+    # -- jobs -------------------------------------------------------------------------------------------
     def submit(self, body: Mapping[str, Any]) -> str:
         r = self._request("POST", "/api/jobs/", json=dict(body))
         return str(r.json()["submission_id"])
@@ -112,7 +112,7 @@ class JobsApi:
             return None
         return RayJob.parse(r.json())
 
-    def list(self) -> list[RayJob]:
+    def list_jobs(self) -> list[RayJob]:
         """Every submission job in one call (driver-only jobs, e.g. Serve's, are left out)."""
         r = self._request("GET", "/api/jobs/")
         return [RayJob.parse(j) for j in r.json() if j.get("type", "SUBMISSION") == "SUBMISSION"]
@@ -125,7 +125,7 @@ class JobsApi:
         r = self._request("GET", f"/api/jobs/{submission_id}/logs")
         return str(r.json().get("logs") or "")
 
-    # -- runtime-env packages --------------------------------------------------------------------------------------
+    # -- runtime-env packages ---------------------------------------------------------------------------
     def package_exists(self, name: str) -> bool:
         try:
             self._request("GET", f"/api/packages/gcs/{name}")
@@ -136,7 +136,7 @@ class JobsApi:
     def upload_package(self, name: str, data: bytes) -> None:
         self._request("PUT", f"/api/packages/gcs/{name}", content=data, timeout=httpx.Timeout(120.0, connect=2.0))
 
-    # -- cluster ---------------------------------------------------------------------------------------------------
+    # -- cluster ----------------------------------------------------------------------------------------
     def nodes(self) -> list[RayNode]:
         r = self._request("GET", "/api/v0/nodes", params={"detail": "1", "limit": "10000"})
         rows = r.json()["data"]["result"]["result"]
@@ -152,7 +152,7 @@ class JobsApi:
         ]
 
     def usage(self) -> Usage:
-        """Used/total resources per node; empty until the monitor's first report (a few seconds after start)."""
+        """Used/total resources per node; empty until the monitor's first report (seconds after start)."""
         r = self._request("GET", "/api/cluster_status")
         data = r.json().get("data") or {}
         report = ((data.get("clusterStatus") or {}).get("loadMetricsReport")) or {}

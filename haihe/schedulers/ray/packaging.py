@@ -1,8 +1,8 @@
 """Zip a job's working directory into a Ray ``gcs://`` package, named by the hash of its content.
 
-The Jobs REST API only takes remote URIs for ``runtime_env.working_dir``; the SDK uploads local directories as
-content-addressed zips through ``PUT /api/packages/gcs/<name>``. We do the same with plain HTTP, so an unchanged
-code bundle is uploaded once and every later submit only checks that it exists.
+The Jobs REST API only takes remote URIs for ``runtime_env.working_dir``; the SDK uploads local directories
+as content-addressed zips through ``PUT /api/packages/gcs/<name>``. We do the same with plain HTTP, so an
+unchanged code bundle is uploaded once and every later submit only checks that it exists.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from haihe.errors import InvalidInput, PayloadTooLarge
 
-# Ray's GCS stores a package as one gRPC message (~512 MiB); code bundles should be far smaller. Data belongs in S3.
+# Ray's GCS stores a package as one gRPC message (~512 MiB); code bundles are far smaller. Data goes to S3.
 MAX_PACKAGE_BYTES = 100 * 2**20
 _SKIP_DIRS = frozenset({".git", "__pycache__", ".venv", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
 # Fixed timestamp: the zip's bytes depend only on names and contents, so its hash is stable.
@@ -55,8 +55,8 @@ def package_dir(workdir: str | Path, *, max_bytes: int = MAX_PACKAGE_BYTES) -> P
             total += path.stat().st_size
             if total > max_bytes:
                 raise PayloadTooLarge(
-                    f"workdir {root} holds more than {max_bytes // 2**20} MiB; put data in a dataset, not the "
-                    "code bundle",
+                    f"workdir {root} holds more than {max_bytes // 2**20} MiB; "
+                    "put data in a dataset, not the code bundle",
                     field="workdir",
                 )
             info = zipfile.ZipInfo(path.relative_to(root).as_posix(), date_time=_EPOCH)

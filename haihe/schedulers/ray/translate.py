@@ -1,7 +1,7 @@
 """Pure translation between Haihe's neutral records and Ray Jobs: Launch → submit body, Ray job → JobStatus.
 
-Kept free of I/O so the whole mapping (the resource table, the entrypoint line, the state table) is unit-tested
-without a cluster.
+Kept free of I/O so the whole mapping (the resource table, the entrypoint line, the state table) is unit
+tested without a cluster.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ TIMEOUT_EXIT = 124
 KILL_AFTER_S = 30
 TRAIN_LAUNCHER_MODULE = "haihe.schedulers.ray.train_launcher"
 METADATA_KEY = "haihe_name"
+TRAIN_ENV = {
+    "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
+    "AWS_RESPONSE_CHECKSUM_VALIDATION": "WHEN_REQUIRED",
+}
 
 _STATE = {
     "PENDING": JobState.QUEUED,
@@ -72,8 +76,8 @@ def need(launch: Launch) -> Need:
 def entrypoint(launch: Launch) -> str:
     """The shell line Ray runs (``/bin/sh -c``), every user value quoted; walltime enforced in the job itself.
 
-    ``exec timeout`` makes coreutils' timeout the process Ray watches: at the walltime it SIGTERMs the command's
-    process group, SIGKILLs it ``KILL_AFTER_S`` later, and exits 124, which :func:`to_status` reports as TIMEOUT.
+    ``exec timeout`` makes coreutils' timeout the process Ray watches: at the walltime it SIGTERMs the
+    command's process group, SIGKILLs it ``KILL_AFTER_S`` later and exits 124, reported as TIMEOUT.
     """
     r = launch.resources
     try:
@@ -96,13 +100,19 @@ def entrypoint(launch: Launch) -> str:
 
 
 def submit_body(launch: Launch, working_dir_uri: str | None) -> dict[str, Any]:
-    """The ``POST /api/jobs/`` body; Ray jobs do not inherit the submitter's env, so env goes in runtime_env."""
+    """The ``POST /api/jobs/`` body; Ray jobs do not inherit the submitter's env: it goes in runtime_env."""
     n = need(launch)
     runtime_env: dict[str, Any] = {}
     if working_dir_uri:
         runtime_env["working_dir"] = working_dir_uri
-    if launch.env:
-        runtime_env["env_vars"] = {str(k): str(v) for k, v in launch.env.items()}
+    env_vars = {str(k): str(v) for k, v in launch.env.items()}
+    if launch.launcher is Launcher.RAY_TRAIN:
+        # Train workers write checkpoints with pyarrow's S3 client, which S3 gateways (JuiceFS, older MinIO)
+        # answer with HTTP 411 unless it skips the new default checksums.
+        for key, value in TRAIN_ENV.items():
+            env_vars.setdefault(key, value)
+    if env_vars:
+        runtime_env["env_vars"] = env_vars
     body: dict[str, Any] = {
         "entrypoint": entrypoint(launch),
         "submission_id": launch.tag,
@@ -168,4 +178,5 @@ def describe_need(n: Need) -> str:
 
 
 def free_text(free: Mapping[str, float], total: Mapping[str, float]) -> str:
-    return ", ".join(f"{free.get(k, 0):g} of {total.get(k, 0):g} {k} free" for k in ("CPU", "GPU") if k in total)
+    keys = [k for k in ("CPU", "GPU") if total.get(k) or k == "CPU"]
+    return ", ".join(f"{free.get(k, 0):g} of {total.get(k, 0):g} {k} free" for k in keys)

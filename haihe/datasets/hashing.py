@@ -1,0 +1,86 @@
+"""sha256 of files and streams, and the verified download every reader goes through (stage, pull, loader)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from haihe.datasets.store import ReadStream
+from haihe.errors import HaiheError
+
+CHUNK = 1024 * 1024
+DOWNLOAD_CHUNK = 8 * 1024 * 1024  # fewer, larger reads: urllib3 costs per read() call
+
+
+class IntegrityError(HaiheError):
+    """Bytes read back from storage do not match the manifest (changed or corrupted behind the platform's back)."""
+
+    status = 502
+    code = "integrity_error"
+
+
+def sha256_file(path: Path, chunk: int = CHUNK) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_bytes(data: bytes, *, name: str, size: int, sha256: str) -> None:
+    """Raise IntegrityError naming the file when ``data`` is not the manifest's bytes."""
+    check_digest(
+        hashlib.sha256(data).hexdigest() if len(data) == size else "", len(data), name=name, size=size, sha256=sha256
+    )
+
+
+def check_digest(actual: str, length: int, *, name: str, size: int, sha256: str) -> None:
+    """Raise IntegrityError naming the file when a length and digest read back differ from the manifest's."""
+    if length != size:
+        raise IntegrityError(f"{name}: got {length} bytes, the manifest says {size}", field=name)
+    if actual != sha256:
+        raise IntegrityError(
+            f"{name}: sha256 {actual} does not match the manifest ({sha256}); the object is corrupted",
+            field=name,
+            expected=sha256,
+            actual=actual,
+        )
+
+
+def download_verified(
+    stream: ReadStream,
+    dest: Path,
+    *,
+    name: str,
+    size: int,
+    sha256: str,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Copy ``stream`` to ``dest`` through a temporary file in the same directory, hashing as it goes; ``dest``
+    appears (atomically) only if size and sha256 match, so a half-written or corrupted file is never left behind."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    written = 0
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                while block := stream.read(DOWNLOAD_CHUNK):
+                    digest.update(block)
+                    out.write(block)
+                    written += len(block)
+                    if progress is not None:
+                        progress(len(block))
+            finally:
+                stream.close()
+        check_digest(digest.hexdigest(), written, name=name, size=size, sha256=sha256)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

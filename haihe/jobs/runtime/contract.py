@@ -1,0 +1,367 @@
+"""The contract between the platform and the job runtime: environment variables in, exit codes out.
+
+The platform (the jobs service, when it renders a spec into a Launch) builds a :class:`RuntimeEnv` and passes
+``to_environ()`` as the job's environment; the runtime on the compute node reads it back with
+``RuntimeEnv.from_environ()``. When the job ends, the reconciler turns its exit code into a reason with
+:func:`describe_exit`. This module is a leaf (standard library and ``haihe.errors`` only), so the platform may
+import it without pulling in torch or MLflow.
+
+=========================  ==============================================================================
+variable                   meaning
+=========================  ==============================================================================
+HAIHE_JOB_ID               the platform's job UUID (also the scheduler tag); MLflow tag ``haihe.job_id``
+HAIHE_ORG                  organisation name (tag ``haihe.org``)
+HAIHE_PROJECT              project name (tag ``haihe.project``)
+HAIHE_USER                 submitting user (tag ``haihe.user``)
+HAIHE_EXPERIMENT           MLflow experiment, ``<org>/<project>`` by default
+MLFLOW_TRACKING_URI        MLflow server (unset: no tracking, a warning)
+HAIHE_DATASET              dataset version ``org/name@vN`` (optional; ``@latest`` or no ``@``: the newest)
+HAIHE_DATASET_MOUNT        path where the staged version appears (a symlink into the cache; optional)
+HAIHE_DATASETS_BUCKET      bucket holding datasets (default ``haihe-datasets``)
+HAIHE_CACHE_DIR            node-local cache (datasets; default ``$TMPDIR/haihe-cache``)
+HAIHE_S3_ENDPOINT          S3 endpoint ``http(s)://host:port`` (keys: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)
+HAIHE_CHECKPOINT_URI       ``s3://bucket/prefix`` or a local directory (unset: no checkpoints)
+HAIHE_CHECKPOINT_EVERY     checkpoint every N optimizer steps (0: only on SIGTERM/SIGUSR1)
+HAIHE_CHECKPOINT_KEEP      keep the newest K checkpoints (default 2)
+HAIHE_OUTPUT_URI           ``s3://bucket/prefix`` or a local directory for outputs (batch-infer predictions)
+HAIHE_REGISTER_AS          zoo model ``org/name`` to register on success (optional)
+HAIHE_FROM_ZOO             zoo model ``org/name@alias`` or ``org/name:version`` to start from (optional)
+HAIHE_ARRAY_INDEX          index of this task in a sweep/array (optional)
+HAIHE_PARAMS               JSON object of recipe parameters (default ``{}``)
+HAIHE_SWEEP                JSON list of parameter objects, one per array index; ``params`` merges
+                           ``HAIHE_SWEEP[HAIHE_ARRAY_INDEX]`` over ``HAIHE_PARAMS``
+HAIHE_CODE_URI             ``s3://bucket/key.tar.gz``: the packed workdir, unpacked on the node as the command's cwd
+HAIHE_JOB_NAME             the job's name (MLflow run name)
+=========================  ==============================================================================
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+import signal
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from haihe.errors import HaiheError, InvalidInput, NotFound, StorageUnavailable, TrackingUnavailable
+from haihe.model_zoo.names import ZooRef
+
+DEFAULT_DATASETS_BUCKET = "haihe-datasets"
+DEFAULT_CHECKPOINT_KEEP = 2
+
+_NAME = r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?"
+_DATASET_RE = re.compile(rf"^(?P<org>{_NAME})/(?P<name>{_NAME})(?:@(?P<version>v[1-9][0-9]{{0,8}}|latest))?$")
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes of ``python -m haihe.jobs.runtime``; the reconciler maps them with :func:`describe_exit`."""
+
+    OK = 0
+    FAILED = 1  # the training code raised (a bug, a NaN, an OOM ...)
+    USAGE = 2  # the runtime's own command line was wrong (argparse)
+    BAD_INPUT = 3  # an environment variable, parameter, recipe name or zoo/dataset reference is malformed
+    DATA_ERROR = 4  # the dataset version is missing, corrupt (sha256) or unreadable
+    TRACKING_UNAVAILABLE = 5  # MLflow could not be reached and the job needed it (model registration)
+    STORAGE_UNAVAILABLE = 6  # S3 could not be reached for checkpoints or outputs
+    REGISTRY_ERROR = 7  # the model zoo refused the registration or the source model is missing
+    DIST_INIT_FAILED = 8  # torch.distributed could not form the process group (rendezvous, network)
+    REQUEUE = 75  # EX_TEMPFAIL: checkpoint written after SIGTERM/SIGUSR1; requeue and resume
+
+
+EXIT_REASONS: dict[int, str] = {
+    ExitCode.OK: "succeeded",
+    ExitCode.FAILED: "the training code failed (see the log's traceback)",
+    ExitCode.USAGE: "the runtime was started with a wrong command line",
+    ExitCode.BAD_INPUT: "bad input: a job variable, parameter, recipe or model/dataset reference is invalid",
+    ExitCode.DATA_ERROR: "data error: the dataset version is missing, corrupt or unreadable",
+    ExitCode.TRACKING_UNAVAILABLE: "MLflow tracking server unavailable and the job needed it",
+    ExitCode.STORAGE_UNAVAILABLE: "S3 storage unavailable for checkpoints or outputs",
+    ExitCode.REGISTRY_ERROR: "model zoo error: registration refused or source model missing",
+    ExitCode.DIST_INIT_FAILED: "distributed setup failed (rendezvous or network between nodes)",
+    ExitCode.REQUEUE: "checkpointed after a stop signal; waiting to be requeued",
+}
+
+
+def describe_exit(code: int) -> str:
+    """A human reason for an exit code (also ``128+N``: killed by signal N, as shells and Slurm report it)."""
+    if code in EXIT_REASONS:
+        return EXIT_REASONS[code]
+    if code > 128 or code < 0:
+        num = code - 128 if code > 128 else -code
+        try:
+            name = signal.Signals(num).name
+        except ValueError:
+            name = f"signal {num}"
+        if num == signal.SIGKILL:
+            return f"killed by {name} (out of memory, walltime or cancelled)"
+        return f"killed by {name}"
+    return f"the program exited with code {code}"
+
+
+class DataError(HaiheError):
+    """The dataset version is missing, corrupt or unreadable."""
+
+    code = "data_error"
+
+
+class RegistryError(HaiheError):
+    """The zoo refused a registration, or the source model does not exist."""
+
+    code = "registry_error"
+
+
+class DistInitError(HaiheError):
+    """The process group could not be formed (rendezvous host unreachable, ranks missing)."""
+
+    code = "dist_init_failed"
+
+
+class RequeueRequested(HaiheError):
+    """A stop signal arrived; a checkpoint of ``step`` was written (when checkpoints are on): requeue the job."""
+
+    code = "requeue"
+
+    def __init__(self, step: int, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}")
+        self.step = step
+        self.signum = signum
+
+
+# Most specific first: the first class an exception is an instance of gives its exit code.
+_EXIT_FOR: tuple[tuple[type[BaseException], ExitCode], ...] = (
+    (RequeueRequested, ExitCode.REQUEUE),
+    (DataError, ExitCode.DATA_ERROR),
+    (RegistryError, ExitCode.REGISTRY_ERROR),
+    (DistInitError, ExitCode.DIST_INIT_FAILED),
+    (TrackingUnavailable, ExitCode.TRACKING_UNAVAILABLE),
+    (StorageUnavailable, ExitCode.STORAGE_UNAVAILABLE),
+    (InvalidInput, ExitCode.BAD_INPUT),
+    (NotFound, ExitCode.BAD_INPUT),
+)
+
+
+def exit_code_for(exc: BaseException) -> ExitCode:
+    """The exit code the runtime ends with when ``exc`` escapes (anything unexpected: FAILED)."""
+    for kind, code in _EXIT_FOR:
+        if isinstance(exc, kind):
+            return code
+    return ExitCode.FAILED
+
+
+def is_requeue(code: int) -> bool:
+    """True when the job asked to be requeued (it wrote a checkpoint and will resume)."""
+    return code == ExitCode.REQUEUE
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    org: str
+    name: str
+    version: int | None  # None: the newest committed version
+
+    def __str__(self) -> str:
+        return f"{self.org}/{self.name}@{'latest' if self.version is None else f'v{self.version}'}"
+
+
+def parse_dataset(value: str, field_name: str = "HAIHE_DATASET") -> DatasetRef:
+    """``org/name@vN`` (or ``@latest``, or no ``@``) → DatasetRef; InvalidInput naming the variable otherwise."""
+    m = _DATASET_RE.fullmatch(value.strip())
+    if not m:
+        raise InvalidInput(f"{field_name}={value!r}: expected org/name@vN (lower-case names)", field=field_name)
+    version = m["version"]
+    return DatasetRef(m["org"], m["name"], None if version in (None, "latest") else int(version[1:]))
+
+
+def parse_zoo(value: str, field_name: str = "HAIHE_FROM_ZOO", *, allow_ref: bool = True) -> ZooRef:
+    """``org/name``, ``org/name@alias`` or ``org/name:version`` (the zoo's own syntax) → ZooRef."""
+    ref = ZooRef.parse(value.strip(), field_name)
+    if ref.pinned() and not allow_ref:
+        raise InvalidInput(f"{field_name}={value!r}: expected org/name (no alias or version)", field=field_name)
+    return ref
+
+
+_NOT_STRINGS = ("experiment", "checkpoint_every", "checkpoint_keep", "array_index", "params", "sweep")
+
+
+def _json(environ: Mapping[str, str], name: str, kind: type, default: Any) -> Any:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{name} is not valid JSON: {exc.msg}", field=name) from None
+    if not isinstance(value, kind):
+        raise InvalidInput(f"{name} must be a JSON {'object' if kind is dict else 'list'}", field=name)
+    return value
+
+
+def _int(environ: Mapping[str, str], name: str, default: int | None, minimum: int = 0) -> int | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name}={raw!r} must be a whole number", field=name) from None
+    if value < minimum:
+        raise InvalidInput(f"{name}={value} must be at least {minimum}", field=name)
+    return value
+
+
+@dataclass(frozen=True)
+class RuntimeEnv:
+    """Everything the platform tells a job through its environment (the field docs are the contract).
+
+    Build one on the platform side and pass ``to_environ()``; read it on the node with ``from_environ()``.
+    Secrets (S3 keys) are fields too, but they are hidden from ``repr`` and never logged.
+    """
+
+    job_id: str = ""  # HAIHE_JOB_ID
+    org: str = ""  # HAIHE_ORG
+    project: str = ""  # HAIHE_PROJECT
+    user: str = ""  # HAIHE_USER
+    experiment: str = ""  # HAIHE_EXPERIMENT (default "<org>/<project>", else "haihe")
+    tracking_uri: str = ""  # MLFLOW_TRACKING_URI
+    dataset: str = ""  # HAIHE_DATASET  org/name@vN
+    dataset_mount: str = ""  # HAIHE_DATASET_MOUNT
+    datasets_bucket: str = DEFAULT_DATASETS_BUCKET  # HAIHE_DATASETS_BUCKET
+    cache_dir: str = ""  # HAIHE_CACHE_DIR
+    s3_endpoint: str = ""  # HAIHE_S3_ENDPOINT
+    s3_access_key: str = field(default="", repr=False)  # AWS_ACCESS_KEY_ID
+    s3_secret_key: str = field(default="", repr=False)  # AWS_SECRET_ACCESS_KEY
+    checkpoint_uri: str = ""  # HAIHE_CHECKPOINT_URI  s3://bucket/prefix or a local directory
+    checkpoint_every: int = 0  # HAIHE_CHECKPOINT_EVERY  steps; 0 = only on a stop signal
+    checkpoint_keep: int = DEFAULT_CHECKPOINT_KEEP  # HAIHE_CHECKPOINT_KEEP
+    output_uri: str = ""  # HAIHE_OUTPUT_URI  s3://bucket/prefix or a local directory
+    register_as: str = ""  # HAIHE_REGISTER_AS  org/name
+    from_zoo: str = ""  # HAIHE_FROM_ZOO  org/name@alias
+    array_index: int | None = None  # HAIHE_ARRAY_INDEX
+    params: Mapping[str, Any] = field(default_factory=dict)  # HAIHE_PARAMS  (JSON object)
+    sweep: tuple[Mapping[str, Any], ...] = ()  # HAIHE_SWEEP  (JSON list of objects)
+    code_uri: str = ""  # HAIHE_CODE_URI
+    job_name: str = ""  # HAIHE_JOB_NAME
+
+    # ---- names of the variables, in one table ----
+    VARIABLES: ClassVar[dict[str, str]] = {
+        "job_id": "HAIHE_JOB_ID",
+        "org": "HAIHE_ORG",
+        "project": "HAIHE_PROJECT",
+        "user": "HAIHE_USER",
+        "experiment": "HAIHE_EXPERIMENT",
+        "tracking_uri": "MLFLOW_TRACKING_URI",
+        "dataset": "HAIHE_DATASET",
+        "dataset_mount": "HAIHE_DATASET_MOUNT",
+        "datasets_bucket": "HAIHE_DATASETS_BUCKET",
+        "cache_dir": "HAIHE_CACHE_DIR",
+        "s3_endpoint": "HAIHE_S3_ENDPOINT",
+        "s3_access_key": "AWS_ACCESS_KEY_ID",
+        "s3_secret_key": "AWS_SECRET_ACCESS_KEY",
+        "checkpoint_uri": "HAIHE_CHECKPOINT_URI",
+        "checkpoint_every": "HAIHE_CHECKPOINT_EVERY",
+        "checkpoint_keep": "HAIHE_CHECKPOINT_KEEP",
+        "output_uri": "HAIHE_OUTPUT_URI",
+        "register_as": "HAIHE_REGISTER_AS",
+        "from_zoo": "HAIHE_FROM_ZOO",
+        "array_index": "HAIHE_ARRAY_INDEX",
+        "params": "HAIHE_PARAMS",
+        "sweep": "HAIHE_SWEEP",
+        "code_uri": "HAIHE_CODE_URI",
+        "job_name": "HAIHE_JOB_NAME",
+    }
+
+    def __post_init__(self) -> None:
+        if self.dataset:
+            parse_dataset(self.dataset)
+        if self.from_zoo:
+            parse_zoo(self.from_zoo)
+        if self.register_as:
+            parse_zoo(self.register_as, "HAIHE_REGISTER_AS", allow_ref=False)
+        if self.checkpoint_every < 0:
+            raise InvalidInput("HAIHE_CHECKPOINT_EVERY must not be negative", field="HAIHE_CHECKPOINT_EVERY")
+        if self.checkpoint_keep < 1:
+            raise InvalidInput("HAIHE_CHECKPOINT_KEEP must be at least 1", field="HAIHE_CHECKPOINT_KEEP")
+        if not isinstance(self.params, Mapping):
+            raise InvalidInput("HAIHE_PARAMS must be a JSON object", field="HAIHE_PARAMS")
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> RuntimeEnv:
+        """Read (and check) the contract; InvalidInput names the offending variable."""
+        env = os.environ if environ is None else environ
+        v = cls.VARIABLES
+        params = _json(env, v["params"], dict, {})
+        sweep = _json(env, v["sweep"], list, [])
+        if not all(isinstance(point, dict) for point in sweep):
+            raise InvalidInput("HAIHE_SWEEP must be a JSON list of objects", field="HAIHE_SWEEP")
+        org, project = env.get(v["org"], ""), env.get(v["project"], "")
+        experiment = env.get(v["experiment"], "") or (f"{org}/{project}" if org and project else "haihe")
+        strings = {name: env.get(var, "") for name, var in v.items() if name not in _NOT_STRINGS}
+        strings["datasets_bucket"] = strings["datasets_bucket"] or DEFAULT_DATASETS_BUCKET
+        strings["cache_dir"] = strings["cache_dir"] or os.path.join(tempfile.gettempdir(), "haihe-cache")
+        return cls(
+            **strings,
+            experiment=experiment,
+            checkpoint_every=_int(env, v["checkpoint_every"], 0) or 0,
+            checkpoint_keep=_int(env, v["checkpoint_keep"], DEFAULT_CHECKPOINT_KEEP, minimum=1)
+            or DEFAULT_CHECKPOINT_KEEP,
+            array_index=_int(env, v["array_index"], None),
+            params=params,
+            sweep=tuple(sweep),
+        )
+
+    def to_environ(self) -> dict[str, str]:
+        """The variables to put in a job's environment (empty values are left out)."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or value == "" or (f.name in ("params", "sweep") and not value):
+                continue
+            var = self.VARIABLES[f.name]
+            if f.name == "params":
+                out[var] = json.dumps(dict(value), sort_keys=True)
+            elif f.name == "sweep":
+                out[var] = json.dumps([dict(p) for p in value], sort_keys=True)
+            else:
+                out[var] = str(value)
+        return out
+
+    def effective_params(self) -> dict[str, Any]:
+        """HAIHE_PARAMS with this array task's sweep point (HAIHE_SWEEP[HAIHE_ARRAY_INDEX]) merged over it."""
+        merged = dict(self.params)
+        if self.sweep:
+            index = self.array_index or 0
+            if index >= len(self.sweep):
+                raise InvalidInput(f"HAIHE_ARRAY_INDEX={index} but HAIHE_SWEEP has {len(self.sweep)} points",
+                                   field="HAIHE_ARRAY_INDEX")  # fmt: skip
+            merged.update(self.sweep[index])
+        return merged
+
+    # ---- parsed views ----
+    @property
+    def dataset_ref(self) -> DatasetRef | None:
+        return parse_dataset(self.dataset) if self.dataset else None
+
+    @property
+    def zoo_source(self) -> ZooRef | None:
+        return parse_zoo(self.from_zoo) if self.from_zoo else None
+
+    @property
+    def zoo_target(self) -> ZooRef | None:
+        return parse_zoo(self.register_as, "HAIHE_REGISTER_AS", allow_ref=False) if self.register_as else None
+
+    def tags(self) -> dict[str, str]:
+        """MLflow run tags that tie a run to its job (the lineage the zoo records)."""
+        tags = {
+            "haihe.job_id": self.job_id,
+            "haihe.org": self.org,
+            "haihe.project": self.project,
+            "haihe.user": self.user,
+            "haihe.dataset": str(self.dataset_ref) if self.dataset else "",
+            "haihe.from_zoo": self.from_zoo,
+            "haihe.array_index": "" if self.array_index is None else str(self.array_index),
+        }
+        return {k: v for k, v in tags.items() if v}

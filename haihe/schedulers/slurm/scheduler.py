@@ -1,0 +1,223 @@
+"""SlurmScheduler: the Scheduler protocol over a SlurmTransport (CLI or slurmrestd).
+
+Before sbatch it checks the request against the live cluster (partition exists, walltime within the partition's
+maximum, GPUs/CPUs per node within the largest node, QoS known) so users get a message that names the limit;
+what only Slurm can judge is translated from Slurm's refusal. Status is one live query per cycle plus one
+accounting query for jobs slurmctld no longer holds.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from haihe.errors import Conflict, InvalidInput, NotFound, SchedulerUnavailable
+from haihe.schedulers.base import BaseScheduler, ClusterInfo, Feature, JobStatus, Launch, LogChunk
+from haihe.schedulers.slurm import records
+from haihe.schedulers.slurm.options import slurm_options
+from haihe.schedulers.slurm.sbatch import LauncherConfig, render_script
+from haihe.schedulers.slurm.transport import SlurmTransport
+
+LOG_CHUNK = 1 << 20
+Probe = Callable[[], bool]
+
+
+def ctld_probe_from_conf(conf: str | Path) -> Probe:
+    """A TCP connect to slurmctld: refused means down *now*, instead of after Slurm's own 9 s of retries."""
+    host, port = "127.0.0.1", 6817
+    for line in Path(conf).read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "SlurmctldPort":
+            port = int(value.split("-")[0])
+        elif key.strip() == "SlurmctldHost" and "(" in value:
+            host = value.split("(", 1)[1].rstrip(")").strip()
+        elif key.strip() == "SlurmctldHost":
+            host = value.strip()
+
+    def probe() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=2):
+                return True
+        except OSError:
+            return False
+
+    return probe
+
+
+class SlurmScheduler(BaseScheduler):
+    UNSUPPORTED: ClassVar[Mapping[Feature, str]] = {
+        Feature.LAUNCHER_RAY_TRAIN: "Ray Train needs a Ray cluster; use the torchrun launcher on Slurm",
+    }
+
+    def __init__(self, url: str, transport: SlurmTransport, *, jobs_dir: str, job_env: Mapping[str, str],
+                 launchers: LauncherConfig | None = None, qos: Sequence[str] | None = None,
+                 ctld_probe: Probe | None = None, describe_ttl: float = 30.0) -> None:
+        super().__init__(url)
+        self.transport = transport
+        self.jobs_dir = jobs_dir
+        self.job_env = dict(job_env)
+        self.launchers = launchers or LauncherConfig()
+        # QoS need slurmdbd; without it the names come from the cluster description and are checked here only
+        self.platform_qos = tuple(qos) if qos is not None else None
+        self.ctld_probe = ctld_probe
+        self.describe_ttl = describe_ttl
+        self._info: tuple[float, ClusterInfo] | None = None
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def _require_ctld(self) -> None:
+        if self.ctld_probe is not None and not self.ctld_probe():
+            raise SchedulerUnavailable(f"{self.url}: slurmctld is not reachable")
+
+    def _cached_info(self) -> ClusterInfo:
+        now = time.monotonic()
+        if self._info is None or now - self._info[0] > self.describe_ttl:
+            self._info = (now, self._describe())
+        return self._info[1]
+
+    def admit(self, launch: Launch) -> None:
+        """Refuse impossible requests with a message that names the limit."""
+        info = self._cached_info()
+        r = launch.resources
+        names = [p.name for p in info.partitions]
+        part = next((p for p in info.partitions if p.name == launch.partition), None) if launch.partition else \
+            next((p for p in info.partitions if p.default), None)
+        if launch.partition and part is None:
+            raise InvalidInput(f"unknown partition {launch.partition!r}; partitions: {', '.join(names)}",
+                               field="partition")
+        if launch.qos and launch.qos not in info.qos:
+            raise InvalidInput(f"unknown QoS {launch.qos!r}; QoS: {', '.join(info.qos) or 'none'}", field="qos")
+        if part is None:
+            return
+        if part.max_time_min is not None and r.time_limit_min > part.max_time_min:
+            raise InvalidInput(
+                f"time_limit_min {r.time_limit_min} exceeds the maximum walltime of partition {part.name!r} "
+                f"({part.max_time_min} min)", field="resources.time_limit_min")
+        if r.nodes > part.nodes:
+            raise InvalidInput(f"nodes {r.nodes} exceeds the {part.nodes} nodes of partition {part.name!r}",
+                               field="resources.nodes")
+        members = [n for n in info.nodes if part.name in n.partitions]
+        max_gpus = max((n.gpus_total for n in members), default=0)
+        if r.gpus_per_node > max_gpus:
+            raise InvalidInput(
+                f"gpus_per_node {r.gpus_per_node} exceeds the largest node of partition {part.name!r} "
+                f"({max_gpus} GPUs per node)", field="resources.gpus_per_node")
+        max_cpus = max((n.cpus_total for n in members), default=0)
+        want = r.tasks_per_node * r.cpus_per_task
+        if want > max_cpus:
+            raise InvalidInput(
+                f"tasks_per_node x cpus_per_task = {want} exceeds the largest node of partition {part.name!r} "
+                f"({max_cpus} CPUs per node)", field="resources.cpus_per_task")
+
+    # -- hooks -------------------------------------------------------------------------------------------------
+    def _submit(self, launch: Launch) -> str:
+        opts = slurm_options(launch, jobs_dir=self.jobs_dir, pass_qos=self.platform_qos is None)
+        script = render_script(launch, opts, self.launchers)
+        self._require_ctld()
+        self.admit(launch)
+        return self.transport.submit(script, opts, self.job_env)
+
+    def _status(self, refs: list[str]) -> dict[str, JobStatus]:
+        self._require_ctld()
+        live = [records.from_squeue(j) for j in self.transport.jobs()]
+        positions = records.queue_positions(live)
+        by_ref: dict[str, list[records.SlurmJob]] = {}
+        for j in live:
+            by_ref.setdefault(j.ref, []).append(j)
+            by_ref.setdefault(j.job_id, []).append(j)  # array task ids (123_4 is job_id N) resolve too
+        missing = [r for r in refs if r.split("_")[0] not in by_ref]
+        if missing:
+            for j in (records.from_sacct(x) for x in self.transport.accounting(missing) or []):
+                by_ref.setdefault(j.ref, []).append(j)
+        out: dict[str, JobStatus] = {}
+        for ref in refs:
+            base, _, task = ref.partition("_")
+            tasks = by_ref.get(base, [])
+            if task:
+                tasks = [t for t in tasks if t.job_id == ref or _task_index(t, base) == task]
+            if tasks:
+                out[ref] = records.fold(ref, _dedup(tasks), positions.get(base))
+        return out
+
+    def _find(self, tags: list[str]) -> dict[str, str]:
+        self._require_ctld()
+        wanted = set(tags)
+        found: dict[str, str] = {}
+        for j in map(records.from_squeue, self.transport.jobs()):
+            if j.tag in wanted:
+                found.setdefault(j.tag, j.ref)
+        if wanted - set(found):
+            for j in map(records.from_sacct, self.transport.recent_accounting(30) or []):
+                if j.tag in wanted:
+                    found.setdefault(j.tag, j.ref)
+        return found
+
+    def _cancel(self, ref: str) -> None:
+        self._require_ctld()
+        try:
+            self.transport.cancel(ref)
+        except Conflict:
+            pass  # already finished: cancel is idempotent
+        except NotFound:
+            raise NotFound(f"no Slurm job {ref}", field="ref") from None
+
+    def _log_path(self, ref: str) -> Path:
+        base, _, task = ref.partition("_")
+        jobs = Path(self.jobs_dir)
+        if task:
+            return jobs / f"{base}_{task}.out"
+        plain = jobs / f"{base}.out"
+        # an array's own ref reads its first task's log
+        return plain if plain.exists() or not (jobs / f"{base}_0.out").exists() else jobs / f"{base}_0.out"
+
+    def _logs(self, ref: str, offset: int) -> LogChunk:
+        if not ref.replace("_", "").isdigit():
+            raise InvalidInput(f"not a Slurm job ref: {ref!r}", field="ref")
+        path = self._log_path(ref)
+        data = b""
+        size = 0
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(LOG_CHUNK)
+                size = f.seek(0, 2)
+        text, used = _decode_prefix(data)
+        new_offset = offset + used
+        complete = False
+        if new_offset >= size:
+            try:
+                st = self._status([ref]).get(ref)
+            except SchedulerUnavailable:
+                st = None
+            complete = st is not None and st.state.is_terminal() and (not path.exists()
+                                                                       or new_offset >= path.stat().st_size)
+        return LogChunk(data=text, offset=new_offset, complete=complete)
+
+    def _describe(self) -> ClusterInfo:
+        self._require_ctld()
+        nodes = tuple(records.parse_node(n) for n in self.transport.nodes())
+        parts = tuple(records.parse_partition(p, nodes) for p in self.transport.partitions())
+        jobs = [records.from_squeue(j) for j in self.transport.jobs()]
+        queue = len({j.ref for j in jobs if not j.state.is_terminal()})
+        qos = self.platform_qos if self.platform_qos is not None else tuple(self.transport.qos_names() or ())
+        return ClusterInfo(scheduler=self.url, partitions=parts, nodes=nodes, queue_length=queue, qos=tuple(qos))
+
+
+def _task_index(job: records.SlurmJob, base: str) -> str | None:
+    return job.task if job.ref == base else None
+
+
+def _dedup(tasks: list[records.SlurmJob]) -> list[records.SlurmJob]:
+    return list({t.job_id: t for t in tasks}.values())
+
+
+def _decode_prefix(data: bytes) -> tuple[str, int]:
+    """Decode as much as is whole UTF-8; a multi-byte character cut by the chunk end waits for the next read."""
+    for cut in range(0, 4):
+        try:
+            return data[: len(data) - cut].decode(), len(data) - cut
+        except UnicodeDecodeError:
+            continue
+    return data.decode(errors="replace"), len(data)
