@@ -84,8 +84,6 @@ class RegistryBackend(Protocol):
         """Download a version's model directory (the one holding ``MLmodel``) into ``dest``."""
         ...
 
-    def log_local_model(
-        self, *, experiment: str, local_dir: Path, name: str, run_tags: Mapping[str, str]
-    ) -> str:
+    def log_local_model(self, *, experiment: str, local_dir: Path, name: str, run_tags: Mapping[str, str]) -> str:
         """Upload a model directory saved on disk as a logged model of a new run; return its ``models:/`` URI."""
         ...

@@ -31,7 +31,7 @@ T = TypeVar("T")
 # MLflow's defaults are 7 retries with exponential backoff (minutes against a dead server) and 120 s timeouts.
 FAST_FAIL_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.2",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
@@ -208,7 +208,17 @@ class MlflowBackend:
         return _version_record(found)
 
     def version_by_alias(self, name: str, alias: str) -> VersionRecord:
-        found = self._call(f"model {name}@{alias}", lambda: self.client.get_model_version_by_alias(name, alias))
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            # an unknown alias comes back as INVALID_PARAMETER_VALUE "Registered model alias … not found"
+            if exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in exc.message:
+                raise NotFound(f"model {name} has no alias {alias!r}") from exc
+            raise translate(exc, f"model {name}@{alias}") from exc
+        except Exception as exc:
+            raise translate(exc, f"model {name}@{alias}") from exc
         return _version_record(found)
 
     def search_versions(self, *, name: str | None, tags: Mapping[str, str]) -> list[VersionRecord]:
@@ -233,9 +243,7 @@ class MlflowBackend:
         self._call(f"model {name} version {version}", lambda: self.client.delete_model_version(name, str(version)))
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
-        self._call(
-            f"model {name}@{alias}", lambda: self.client.set_registered_model_alias(name, alias, str(version))
-        )
+        self._call(f"model {name}@{alias}", lambda: self.client.set_registered_model_alias(name, alias, str(version)))
 
     def delete_alias(self, name: str, alias: str) -> None:
         self._call(f"model {name}@{alias}", lambda: self.client.delete_registered_model_alias(name, alias))
@@ -262,7 +270,7 @@ class MlflowBackend:
         experiment_id = run.info.experiment_id
         with translated(f"run {run_id}"):
             # MLflow 3 logs models as LoggedModels linked to their run; older runs keep MLmodel under the run
-            found = []
+            found: list[Any] = []
             token = None
             while True:
                 page = self.client.search_logged_models(
@@ -285,11 +293,11 @@ class MlflowBackend:
 
         dest.mkdir(parents=True, exist_ok=True)
         with translated(f"model {name} version {version}"):
+            # resolve the version through our own client: "models:/…" URIs are resolved by MLflow against the
+            # process-wide registry URI, whatever registry_uri says
+            uri = self.client.get_model_version_download_uri(name, str(version))
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version}",
-                dst_path=str(dest),
-                tracking_uri=self.tracking_uri,
-                registry_uri=self.tracking_uri,
+                artifact_uri=uri, dst_path=str(dest), tracking_uri=self.tracking_uri
             )
         return Path(local)
 

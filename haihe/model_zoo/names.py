@@ -155,7 +155,9 @@ class DatasetRef:
     def parse(cls, text: object, field: str = "dataset") -> DatasetRef:
         match = _DATASET_REF_RE.fullmatch(text) if isinstance(text, str) else None
         if match is None:
-            raise InvalidInput(f"{field} must be a dataset version 'org/name@v<N>', e.g. 'acme/sensors@v3'", field=field)
+            raise InvalidInput(
+                f"{field} must be a dataset version 'org/name@v<N>', e.g. 'acme/sensors@v3'", field=field
+            )
         try:
             return cls(check_name(match["org"], field), check_name(match["name"], field), int(match["version"]))
         except InvalidInput as exc:

@@ -14,6 +14,8 @@ Who may see or change which model is the platform's decision; this class only st
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import hashlib
 import os
 import re
@@ -63,7 +65,9 @@ class Lineage:
 
     def __post_init__(self) -> None:
         if self.job_id is not None and not _JOB_ID_RE.fullmatch(self.job_id):
-            raise InvalidInput("lineage.job_id must be a job id (letters, digits, '.', '_', ':', '-')", field="lineage.job_id")
+            raise InvalidInput(
+                "lineage.job_id must be a job id (letters, digits, '.', '_', ':', '-')", field="lineage.job_id"
+            )
         if self.run_id is not None and not _RUN_ID_RE.fullmatch(self.run_id):
             raise InvalidInput("lineage.run_id must be an MLflow run id (32 hex digits)", field="lineage.run_id")
         if self.dataset is not None:
@@ -200,7 +204,7 @@ class ModelZoo:
         selected = self._version(ref, self._resolve(ref)) if ref.pinned() else None
         return ZooModelDetail(model=model, versions=versions, selected=selected)
 
-    def models_from_dataset(self, dataset: str) -> list[ZooVersion]:
+    def models_from_dataset(self, dataset: str) -> builtins.list[ZooVersion]:
         """Every zoo version whose lineage names this dataset version (for the dataset's page)."""
         ref = DatasetRef.parse(dataset)
         out = []
@@ -290,9 +294,7 @@ class ModelZoo:
             except BaseException:
                 self._quietly(lambda: self.backend.delete_version(name, record.version))
                 restore = {k: previous.tags[k] for k in update if k in previous.tags}
-                self._quietly(
-                    lambda: self.backend.update_model(name, description=previous.description, tags=restore)
-                )
+                self._quietly(lambda: self.backend.update_model(name, description=previous.description, tags=restore))
                 raise
         return self._version(ref, record)
 
@@ -307,10 +309,8 @@ class ModelZoo:
         self._zoo_record(ref)
         name = ref.registered_name
         if version is None:
-            try:
+            with contextlib.suppress(NotFound):
                 self.backend.delete_alias(name, alias)
-            except NotFound:
-                pass
             return None
         number = check_version(version)
         try:
@@ -438,10 +438,8 @@ class ModelZoo:
     @staticmethod
     def _quietly(action: Any) -> None:
         """Best-effort cleanup after a failure: the original error is the one to report."""
-        try:
+        with contextlib.suppress(HaiheError):
             action()
-        except HaiheError:
-            pass
 
 
 def _check_task(task: str) -> str:

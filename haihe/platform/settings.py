@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     s3_region: str = Field("us-east-1", description="S3 region name used for signing.")
     datasets_bucket: str = Field("haihe-datasets", description="Bucket holding dataset versions.")
     code_bucket: str = Field("haihe-code", description="Bucket holding job code bundles and checkpoints.")
+    dataset_retention_days: int = Field(
+        7, ge=0, description="Days a deleted dataset is kept (restorable by an admin) before GC removes its objects."
+    )
     mlflow_url: str = Field("", description="MLflow tracking server URL. Empty: tracking disabled.")
     schedulers: dict[str, str] = Field(
         default_factory=dict,

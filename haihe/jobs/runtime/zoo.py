@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from haihe.errors import NotFound, TrackingUnavailable
+from haihe.errors import TrackingUnavailable
 from haihe.jobs.runtime.contract import RegistryError
 from haihe.model_zoo.names import ZooRef
 
@@ -34,7 +34,7 @@ def model_uri(ref: ZooRef) -> str:
 
 
 def load(ref: ZooRef, tracking_uri: str, map_location: str = "cpu") -> Any:
-    """The torch model behind a zoo reference (NotFound when it does not exist)."""
+    """The torch model behind a zoo reference (RegistryError when it does not exist)."""
     import mlflow
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException
@@ -44,7 +44,7 @@ def load(ref: ZooRef, tracking_uri: str, map_location: str = "cpu") -> Any:
         return mlflow.pytorch.load_model(model_uri(ref), map_location=map_location)
     except MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
-            raise NotFound(f"zoo model {ref} does not exist", field="HAIHE_FROM_ZOO") from None
+            raise RegistryError(f"zoo model {ref} does not exist", field="HAIHE_FROM_ZOO") from None
         raise TrackingUnavailable(f"cannot load zoo model {ref}: {exc}", component="mlflow") from None
     except OSError as exc:
         raise TrackingUnavailable(f"cannot load zoo model {ref}: {exc}", component="mlflow") from None
@@ -65,8 +65,10 @@ def register(target: ZooRef, source_uri: str, tracking_uri: str, *, run_id: str 
             if "RESOURCE_DOES_NOT_EXIST" not in str(exc.error_code):
                 raise
             client.create_registered_model(name, tags={"haihe.org": target.org}, description=description or None)
+        # MLflow 3 logs models as LoggedModels (models:/m-<id>); a version made from one must name its id
+        model_id = source_uri.rsplit("/", 1)[1] if source_uri.startswith("models:/m-") else None
         version = client.create_model_version(name, source_uri, run_id=run_id, tags=dict(lineage),
-                                              description=description or None)  # fmt: skip
+                                              description=description or None, model_id=model_id)  # fmt: skip
     except MlflowException as exc:
         raise RegistryError(f"registering {target}: {exc.message}") from None
     except OSError as exc:

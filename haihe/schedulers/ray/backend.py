@@ -85,7 +85,17 @@ class RayScheduler(BaseScheduler):
 
     # -- submit -----------------------------------------------------------------------------------------
     def capacity(self) -> Capacity:
-        return Capacity(self.api.usage())
+        cap = Capacity(self.api.usage())
+        if cap.known:
+            return cap
+        # A fresh head has no load report for its first seconds: take totals from the node table and call
+        # everything free (Ray still queues what does not fit).
+        usage = {
+            n.node_id: {k: (0.0, n.resources_total.get(k, 0.0)) for k in ("CPU", "GPU")}
+            for n in self.api.nodes()
+            if n.state == "ALIVE"
+        }
+        return Capacity(usage)
 
     def check(self, launch: Launch) -> None:
         super().check(launch)
@@ -96,7 +106,7 @@ class RayScheduler(BaseScheduler):
         n = translate.need(launch)
         cap = self.capacity()
         if not cap.known:
-            return  # the monitor has not reported yet (head just started): let Ray queue it
+            return  # no node has registered yet: let Ray queue it
         if n.cpus > cap.total["CPU"] or n.gpus > cap.total["GPU"]:
             raise Unsupported(
                 f"{launch.name}: needs {translate.describe_need(n)} but the Ray cluster has "
