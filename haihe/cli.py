@@ -20,6 +20,7 @@ import typer
 from haihe.cli_datasets import datasets_app
 from haihe.cli_jobs import jobs_app
 from haihe.cli_jobs import submit as submit_job
+from haihe.cli_quota import my_quota, quota_app, usage_app
 
 if TYPE_CHECKING:
     from haihe.client import HaiheClient
@@ -41,6 +42,9 @@ admin.add_typer(orgs, name="orgs")
 admin.add_typer(projects, name="projects")
 admin.add_typer(users, name="users")
 admin.add_typer(keys, name="keys")
+admin.add_typer(quota_app, name="quota")
+admin.add_typer(usage_app, name="usage")
+app.command("quota")(my_quota)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 T = TypeVar("T")
@@ -262,6 +266,9 @@ def _status_command(group: typer.Typer, verb: str, status: str, fn: Callable[[Ha
 
 _status_command(orgs, "disable", "disabled", lambda c, n, s: c.set_org_status(n, s), _ORG_COLS,
                 "Disable an org (read-only for its members).")
+_status_command(orgs, "suspend", "suspended", lambda c, n, s: c.suspend_org(n), _ORG_COLS,
+                "Suspend an org: its members can read but not submit or change anything.")
+_status_command(orgs, "resume", "active", lambda c, n, s: c.resume_org(n), _ORG_COLS, "Resume a suspended org.")
 _status_command(orgs, "enable", "active", lambda c, n, s: c.set_org_status(n, s), _ORG_COLS, "Re-enable an org.")
 
 _PROJECT_COLS = ["org", "name", "description", "status", "created_at"]

@@ -335,6 +335,31 @@ class HaiheClient(DatasetsClientMixin):
     def resubmit_job(self, job_id: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/api/v1/jobs/{_seg(job_id)}/resubmit"))
 
+    # -- quotas and usage -------------------------------------------------------------------------------------
+    def set_quota(self, org: str, project: str | None = None, **limits: Any) -> dict[str, Any]:
+        path = f"/api/v1/orgs/{_seg(org)}" + (f"/projects/{_seg(project)}" if project else "") + "/quota"
+        return dict(self.request("PUT", path, json=limits))
+
+    def get_quota(self, org: str, project: str | None = None, month: str | None = None) -> dict[str, Any]:
+        path = f"/api/v1/orgs/{_seg(org)}" + (f"/projects/{_seg(project)}" if project else "") + "/quota"
+        return dict(self.request("GET", path, params={"month": month} if month else None))
+
+    def usage_report(self, month: str, org: str | None = None, fmt: str = "json") -> Any:
+        params = {"month": month, "format": fmt, **({"org": org} if org else {})}
+        if fmt == "csv":
+            response = self._http.get("/api/v1/usage", params=params)
+            raise_for_error(response)
+            return response.text
+        return self.request("GET", "/api/v1/usage", params=params)
+
+    def suspend_org(self, org: str) -> Org:
+        result: Org = self.request("POST", f"/api/v1/orgs/{_seg(org)}/suspend")
+        return result
+
+    def resume_org(self, org: str) -> Org:
+        result: Org = self.request("POST", f"/api/v1/orgs/{_seg(org)}/resume")
+        return result
+
     def audit(self, org: str | None = None, action: str | None = None, actor: str | None = None,
               before: int | None = None, limit: int = 50) -> list[AuditEvent]:
         params = {k: v for k, v in {"org": org, "action": action, "actor": actor, "before": before,

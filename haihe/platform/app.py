@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from haihe import __version__
-from haihe.platform.api import auth, datasets, errors, jobs, keys, system, tenancy
+from haihe.platform.api import auth, datasets, errors, jobs, keys, quotas, system, tenancy
 from haihe.platform.api.limits import BodyLimit
 from haihe.platform.context import PlatformContext
 from haihe.platform.metrics import Metrics, MetricsMiddleware
@@ -21,7 +21,7 @@ from haihe.platform.settings import Settings
 
 log = logging.getLogger(__name__)
 
-API_ROUTERS = (system.router, auth.router, tenancy.router, keys.router, jobs.router, datasets.router)
+API_ROUTERS = (system.router, auth.router, tenancy.router, keys.router, jobs.router, datasets.router, quotas.router)
 
 
 def create_platform_app(settings: Settings | None = None, *, migrate: bool = True,

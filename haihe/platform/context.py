@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from haihe.errors import InvalidInput
 from haihe.platform.db import Database
-from haihe.platform.quota_gate import AllowAll, QuotaGate
+from haihe.platform.quota_gate import QuotaGate
+from haihe.platform.quotas import LedgerQuotaGate
 from haihe.platform.settings import Settings
 from haihe.schedulers.base import Scheduler
 from haihe.schedulers.registry import SchedulerRegistry
@@ -18,7 +19,7 @@ class PlatformContext:
     settings: Settings
     db: Database
     registry: SchedulerRegistry = field(default_factory=SchedulerRegistry)
-    quota: QuotaGate = field(default_factory=AllowAll)
+    quota: QuotaGate = field(default_factory=LedgerQuotaGate)
     _schedulers: dict[str, Scheduler] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

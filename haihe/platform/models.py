@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -232,3 +233,69 @@ class JobEvent(Base):
     state: Mapped[str] = mapped_column(String(16), default="")
     message: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Quota(Base):
+    """Limits of an org (project_id NULL) or of one project inside it; NULL means unlimited."""
+
+    __tablename__ = "quotas"
+    __table_args__ = (UniqueConstraint("org_id", "project_id", name="uq_quotas_scope"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"))
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=True)
+    gpu_hours: Mapped[float | None] = mapped_column(nullable=True)
+    cpu_hours: Mapped[float | None] = mapped_column(nullable=True)
+    storage_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    requests_per_month: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    max_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_gpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    period: Mapped[str] = mapped_column(String(16), default="monthly")
+    warn_fraction: Mapped[float] = mapped_column(default=0.8)
+    version: Mapped[int] = mapped_column(Integer, default=0)  # bumped by every reservation: the lock row
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LedgerEntry(Base):
+    """Append-only ledger. Balances are sums: reserved = Σ reserve (releases are negative), used = Σ charge.
+
+    ``ref`` makes an entry idempotent: settling a job twice hits the unique constraint instead of charging twice.
+    """
+
+    __tablename__ = "ledger"
+    __table_args__ = (
+        Index("ix_ledger_org_period", "org_id", "period", "resource"),
+        Index("ix_ledger_job", "job_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    period: Mapped[str] = mapped_column(String(7))  # YYYY-MM of the charge
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"))
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="SET NULL"), nullable=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    endpoint: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    kind: Mapped[str] = mapped_column(String(16))  # reserve | charge
+    resource: Mapped[str] = mapped_column(String(16))  # gpu_s | cpu_s | requests | storage_bytes
+    amount: Mapped[float] = mapped_column()
+    source: Mapped[str] = mapped_column(String(16), default="training")  # training | inference | storage
+    ref: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class QuotaEvent(Base):
+    """A quota crossing its warning level or hitting its limit, once per scope, resource, level and period."""
+
+    __tablename__ = "quota_events"
+    __table_args__ = (UniqueConstraint("org_id", "project_id", "resource", "level", "period",
+                                       name="uq_quota_events_once"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"))
+    project_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    resource: Mapped[str] = mapped_column(String(16))
+    level: Mapped[str] = mapped_column(String(16))  # warning | limit
+    period: Mapped[str] = mapped_column(String(7))
+    message: Mapped[str] = mapped_column(Text, default="")

@@ -115,3 +115,31 @@ def test_admin_story_through_the_cli(api: tuple[str, Path], tmp_path: Path) -> N
         assert expected in seen, expected
     actors = {e["actor"] for e in events if e["action"] in ("project.create", "key.create")}
     assert "alice" in actors
+
+
+def test_quota_commands_through_the_cli(api: tuple[str, Path], tmp_path: Path) -> None:
+    url, _db = api
+    cli = Cli(url, tmp_path)
+    cli.run("admin", "init", "-u", "admin", "--password-stdin", stdin=PASSWORD + "\n")
+    cli.run("admin", "orgs", "create", "acme")
+    cli.run("admin", "projects", "create", "acme", "vision")
+    shown = cli.json("admin", "quota", "set", "acme", "--gpu-hours", "100", "--cpu-hours", "1000",
+                     "--storage", "2T", "--max-jobs", "10")
+    assert isinstance(shown, dict)
+    limits = shown["quota"]
+    assert limits["gpu_hours"] == 100 and limits["storage_bytes"] == 2 * 1024**4 and limits["max_jobs"] == 10
+    cli.run("admin", "quota", "set", "acme/vision", "--gpu-hours", "10")
+    out = cli.run("admin", "quota", "set", "acme/vision", "--gpu-hours", "1000", ok=False)
+    assert "nest" in out
+    out = cli.run("admin", "quota", "set", "nowhere", "--gpu-hours", "1", ok=False)
+    assert "not found" in out
+    assert "gpu_hours" in cli.run("admin", "quota", "show", "acme/vision")
+    csv_text = cli.run("admin", "usage", "report", "--month", "2026-11", "--format", "csv")
+    assert csv_text.splitlines()[0] == "month,org,project,user,source,resource,amount,unit"
+    out = cli.run("admin", "usage", "report", "--month", "2026-13", ok=False)
+    assert "month" in out
+    cli.run("admin", "orgs", "suspend", "acme")
+    assert "suspended" in cli.run("admin", "orgs", "show", "acme")
+    cli.run("admin", "orgs", "resume", "acme")
+    events = cli.json("admin", "audit", "--action", "quota.set")
+    assert isinstance(events, list) and len(events) == 2

@@ -1,0 +1,85 @@
+"""Routes: quotas (set, show with balances and events), usage reports, org suspension."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import Field
+
+from haihe.platform import identity, quotas
+from haihe.platform.api.deps import CurrentPrincipal, SessionDep
+from haihe.platform.api.schemas import Body, OrgPublic
+from haihe.platform.models import Status
+
+router = APIRouter(prefix="/api/v1", tags=["quotas"])
+
+
+class QuotaSet(Body):
+    gpu_hours: Annotated[float | None, Field(ge=0, le=1e9)] = None
+    cpu_hours: Annotated[float | None, Field(ge=0, le=1e10)] = None
+    storage_bytes: Annotated[int | None, Field(ge=0, le=1 << 60)] = None
+    requests_per_month: Annotated[int | None, Field(ge=0, le=10**13)] = None
+    max_jobs: Annotated[int | None, Field(ge=0, le=1_000_000)] = None
+    max_gpus: Annotated[int | None, Field(ge=0, le=1_000_000)] = None
+    period: Literal["monthly", "none"] | None = None
+    warn_fraction: Annotated[float | None, Field(gt=0, le=1)] = None
+
+
+Month = Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+
+
+def _limits(body: QuotaSet) -> dict[str, Any]:
+    return {k: v for k, v in body.model_dump(exclude_unset=True).items()}
+
+
+@router.put("/orgs/{org}/quota", operation_id="quota_set_org")
+def set_org_quota(org: str, body: QuotaSet, principal: CurrentPrincipal, session: SessionDep) -> dict[str, Any]:
+    quotas.set_quota(session, principal, org, None, _limits(body))
+    return quotas.show(session, principal, org, None)
+
+
+@router.put("/orgs/{org}/projects/{project}/quota", operation_id="quota_set_project")
+def set_project_quota(org: str, project: str, body: QuotaSet, principal: CurrentPrincipal,
+                      session: SessionDep) -> dict[str, Any]:
+    quotas.set_quota(session, principal, org, project, _limits(body))
+    return quotas.show(session, principal, org, project)
+
+
+@router.get("/orgs/{org}/quota", operation_id="quota_get_org")
+def get_org_quota(org: str, principal: CurrentPrincipal, session: SessionDep, month: Month = None) -> dict[str, Any]:
+    return quotas.show(session, principal, org, None, month)
+
+
+@router.get("/orgs/{org}/projects/{project}/quota", operation_id="quota_get_project")
+def get_project_quota(org: str, project: str, principal: CurrentPrincipal, session: SessionDep,
+                      month: Month = None) -> dict[str, Any]:
+    return quotas.show(session, principal, org, project, month)
+
+
+@router.get("/usage", operation_id="usage_report", response_model=None)
+def usage_report(
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    month: Annotated[str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")],
+    org: Annotated[str | None, Query(max_length=63)] = None,
+    format: Literal["json", "csv"] = "json",
+) -> Response | list[dict[str, Any]]:
+    """Per org, project, user, source (training | inference | storage) and resource; the sum of the ledger."""
+    rows = quotas.usage_report(session, principal, month, org)
+    if format == "csv":
+        return PlainTextResponse(quotas.report_csv(rows), media_type="text/csv; charset=utf-8",
+                                 headers={"Content-Disposition": f'attachment; filename="usage-{month}.csv"'})
+    return rows
+
+
+@router.post("/orgs/{org}/suspend", operation_id="orgs_suspend", response_model=OrgPublic)
+def suspend_org(org: str, principal: CurrentPrincipal, session: SessionDep) -> OrgPublic:
+    """A suspended org can only read."""
+    return OrgPublic.of(identity.set_org_status(session, principal, org, Status.SUSPENDED))
+
+
+@router.post("/orgs/{org}/resume", operation_id="orgs_resume", response_model=OrgPublic)
+def resume_org(org: str, principal: CurrentPrincipal, session: SessionDep) -> OrgPublic:
+    return OrgPublic.of(identity.set_org_status(session, principal, org, Status.ACTIVE))
