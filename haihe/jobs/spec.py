@@ -192,8 +192,6 @@ class JobSpec(_Strict):
             raise ValueError("recipe finetune needs model.from_zoo and dataset")
         if self.recipe == "batch-infer" and (self.model is None or self.dataset is None):
             raise ValueError("recipe batch-infer needs model.from_zoo and dataset")
-        if self.launcher == "ray_train" and self.resources.nodes > 1:
-            raise ValueError("launcher ray_train places its own workers: use resources.tasks_per_node, nodes: 1")
         if self.sweep and self.sweep_size() > MAX_SWEEP:
             raise ValueError(f"sweep expands to {self.sweep_size()} jobs; at most {MAX_SWEEP}")
         return self
