@@ -83,10 +83,12 @@ class _CountingTransport:
 
 
 def _bar() -> Any:
+    """A transfer progress bar on stderr (stdout stays clean for ``--json``)."""
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn())
+                    TimeRemainingColumn(), console=Console(stderr=True))
 
 
 @datasets_app.command("push")

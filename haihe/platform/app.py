@@ -16,7 +16,7 @@ from haihe.platform.api import auth, datasets, errors, jobs, keys, quotas, syste
 from haihe.platform.api.limits import BodyLimit
 from haihe.platform.context import PlatformContext
 from haihe.platform.metrics import Metrics, MetricsMiddleware
-from haihe.platform.reconciler import ReconcilerThread
+from haihe.platform.reconciler import PeriodicThread, ReconcilerThread
 from haihe.platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,16 @@ def create_platform_app(settings: Settings | None = None, *, migrate: bool = Tru
         if settings.reconcile_interval_s > 0 and settings.schedulers:
             loop = ReconcilerThread(ctx, settings.reconcile_interval_s)
             loop.start()
+        upkeep = None
+        if settings.maintenance_interval_s > 0 and settings.s3_endpoint:
+            upkeep = PeriodicThread("haihe-maintenance", settings.maintenance_interval_s, lambda: _maintenance(app))
+            upkeep.start()
         try:
             yield
         finally:
-            if loop is not None:
-                loop.stop()
+            for thread in (loop, upkeep):
+                if thread is not None:
+                    thread.stop()
             ctx.close()
 
     app = FastAPI(
@@ -59,3 +64,16 @@ def create_platform_app(settings: Settings | None = None, *, migrate: bool = Tru
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def _maintenance(app: FastAPI) -> None:
+    """Dataset GC past the retention window and expiry of abandoned uploads."""
+    from haihe.platform.datasets_service import DatasetStorage, collect_garbage
+
+    ctx: PlatformContext = app.state.ctx
+    storage = getattr(app.state, "dataset_storage", None)
+    if storage is None:
+        storage = app.state.dataset_storage = DatasetStorage.from_settings(ctx.settings)
+    with ctx.db.sessions() as session:
+        report = collect_garbage(session, storage, ctx.settings)
+    log.info("maintenance: %s", report)

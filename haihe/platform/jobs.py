@@ -109,7 +109,7 @@ def submit(
     if code_uri:
         stored["_code_uri"] = code_uri
     if spec.dataset is not None:
-        stored["_dataset"] = _resolve_dataset(org_name, spec)
+        stored["_dataset"] = _resolve_dataset(session, principal, org_name, spec)
     job = Job(
         id=str(uuid.uuid4()),
         org_id=project.org_id,
@@ -149,11 +149,20 @@ def launch_for_new(ctx: PlatformContext, session: Session, job: Job, project: Pr
     return render_launch(spec, _render_context(ctx, job, org, project, user))
 
 
-def _resolve_dataset(org_name: str, spec: JobSpec) -> str:
+def _resolve_dataset(session: Session, principal: Principal, org_name: str, spec: JobSpec) -> str:
+    """``org/name@vN`` of a committed version the submitter may read; "latest" is pinned now, at submit."""
+    from haihe.platform import datasets_service
+
     assert spec.dataset is not None
     name = spec.dataset.name if "/" in spec.dataset.name else f"{org_name}/{spec.dataset.name}"
     version = spec.dataset.version
-    return f"{name}@v{version}" if version != "latest" else f"{name}@latest"
+    ref = f"{name}@v{version}" if version != "latest" else f"{name}@latest"
+    try:
+        org, ds, number = datasets_service.resolve_ref(session, principal, ref)
+    except (NotFound, InvalidInput) as exc:
+        field = "dataset.version" if "version" in exc.message else "dataset.name"
+        raise InvalidInput(f"dataset {ref}: {exc.message}", field=field) from None
+    return f"{org}/{ds}@v{number}"
 
 
 def dispatch(ctx: PlatformContext, session: Session, job: Job, launch: Launch | None = None) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -190,14 +190,14 @@ class Reconciler:
         return [self.cycle(name) for name in self.ctx.settings.schedulers]
 
 
-class ReconcilerThread:
-    """Runs the reconciler every ``interval`` seconds in a daemon thread (started by the app's lifespan)."""
+class PeriodicThread:
+    """Runs ``work`` every ``interval`` seconds in a daemon thread until stopped; a failing run is logged."""
 
-    def __init__(self, ctx: PlatformContext, interval: float) -> None:
-        self.reconciler = Reconciler(ctx)
+    def __init__(self, name: str, interval: float, work: Callable[[], object]) -> None:
         self.interval = interval
+        self.work = work
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="haihe-reconciler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -209,6 +209,14 @@ class ReconcilerThread:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.reconciler.run_once()
-            except Exception:  # never let one bad cycle end the loop
-                log.exception("reconciler cycle failed")
+                self.work()
+            except Exception:  # never let one bad run end the loop
+                log.exception("%s failed", self._thread.name)
+
+
+class ReconcilerThread(PeriodicThread):
+    """The reconciler every ``interval`` seconds (started by the app's lifespan)."""
+
+    def __init__(self, ctx: PlatformContext, interval: float) -> None:
+        self.reconciler = Reconciler(ctx)
+        super().__init__("haihe-reconciler", interval, self.reconciler.run_once)

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
         description="Python on the compute nodes that has Haihe installed (runs python -m haihe.jobs.runtime).",
     )
     reconcile_interval_s: float = Field(2.0, ge=0, description="Seconds between reconciler cycles; 0 disables it.")
+    maintenance_interval_s: float = Field(
+        3600.0, ge=0, description="Seconds between maintenance runs (dataset GC, expired uploads); 0 disables them."
+    )
 
     # API behaviour
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted by JSON routes.")

@@ -91,6 +91,7 @@ def test_submit_stores_then_dispatches_with_tag(env: Env) -> None:
         ({**SPEC, "resources": {"qos": "high"}}, "qos"),  # the fake backend has no QoS: refused, named
         ({"name": "x", "entrypoint": "python a.py", "env": {"SLURM_JOB_ID": "1"}}, "env"),
         ({"name": "x"}, "spec"),
+        ({**SPEC, "dataset": {"name": "no-such-data", "version": 3}}, "dataset.name"),
     ],
 )
 def test_bad_specs_are_refused_and_nothing_is_stored(env: Env, spec: dict[str, object], field: str) -> None:
