@@ -24,14 +24,28 @@ class RenderContext:
     user: str
     node_python: str
     mlflow_url: str = ""
+    mlflow_token: str = ""  # the job's credential at the platform's MLflow proxy (its own <org>/<project> only)
     s3_endpoint: str = ""
     s3_access_key: str = ""
     s3_secret_key: str = ""
     code_uri: str | None = None  # s3://bucket/key of the packed workdir
     checkpoint_uri: str | None = None
+    output_uri: str | None = None  # where batch-infer and other outputs go
+    datasets_bucket: str = "haihe-datasets"
     dataset: str | None = None  # org/name@vN, resolved from the spec's "latest"
     account: str | None = None  # Slurm account of the org/project when the cluster has accounting
     extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+def job_experiment(org: str, project: str, custom: str | None) -> str:
+    """A job logs into its project's experiment ``<org>/<project>``, or ``<org>/<project>/<custom>``: the
+    platform's MLflow proxy refuses writes anywhere else (docs/tracking.md)."""
+    base = f"{org}/{project}"
+    if not custom:
+        return base
+    if custom == base or custom.startswith(base + "/"):
+        return custom
+    return f"{base}/{custom}"
 
 
 def runtime_env(spec: JobSpec, ctx: RenderContext) -> dict[str, str]:
@@ -41,11 +55,13 @@ def runtime_env(spec: JobSpec, ctx: RenderContext) -> dict[str, str]:
         "HAIHE_PROJECT": ctx.project,
         "HAIHE_USER": ctx.user,
         "HAIHE_JOB_NAME": spec.name,
-        "HAIHE_EXPERIMENT": spec.tracking.experiment or f"{ctx.org}/{ctx.project}",
+        "HAIHE_EXPERIMENT": job_experiment(ctx.org, ctx.project, spec.tracking.experiment),
         "PYTHONUNBUFFERED": "1",
     }
     if ctx.mlflow_url:
         env["MLFLOW_TRACKING_URI"] = ctx.mlflow_url
+    if ctx.mlflow_token:
+        env["MLFLOW_TRACKING_TOKEN"] = ctx.mlflow_token
     if ctx.s3_endpoint:
         env.update({
             "HAIHE_S3_ENDPOINT": ctx.s3_endpoint,
@@ -57,6 +73,9 @@ def runtime_env(spec: JobSpec, ctx: RenderContext) -> dict[str, str]:
         })
     if ctx.code_uri:
         env["HAIHE_CODE_URI"] = ctx.code_uri
+    if ctx.output_uri:
+        env["HAIHE_OUTPUT_URI"] = ctx.output_uri
+    env["HAIHE_DATASETS_BUCKET"] = ctx.datasets_bucket
     if ctx.dataset and spec.dataset:
         env["HAIHE_DATASET"] = ctx.dataset
         env["HAIHE_DATASET_MOUNT"] = spec.dataset.mount

@@ -51,6 +51,8 @@ def _render_context(ctx: PlatformContext, job: Job, org: Org, project: Project, 
         s3_secret_key=s.s3_secret_key,
         code_uri=job.spec.get("_code_uri"),
         checkpoint_uri=f"s3://{s.code_bucket}/checkpoints/{org.name}/{job.id}" if s.s3_endpoint else None,
+        output_uri=f"s3://{s.code_bucket}/outputs/{org.name}/{job.id}" if s.s3_endpoint else None,
+        datasets_bucket=s.datasets_bucket,
         dataset=job.spec.get("_dataset"),
     )
 

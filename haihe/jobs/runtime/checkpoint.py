@@ -199,6 +199,7 @@ class Checkpointer:
         signals: StopSignals | None = None,
         agree: Callable[[bool], bool] | None = None,
         barrier: Callable[[], None] | None = None,
+        check_every: int = 1,
     ) -> None:
         if keep < 1:
             raise InvalidInput("checkpoint keep must be at least 1", field="HAIHE_CHECKPOINT_KEEP")
@@ -209,6 +210,7 @@ class Checkpointer:
         self.signals = signals or StopSignals()
         self._agree = agree or (lambda flag: flag)
         self._barrier = barrier or (lambda: None)
+        self.check_every = max(1, check_every)  # agree on stop signals every N steps (all ranks count alike)
         self.saved: list[int] = []  # steps this process wrote (for logs and tests)
 
     @property
@@ -248,7 +250,7 @@ class Checkpointer:
 
     def step_end(self, step: int, state: Callable[[], Mapping[str, Any]]) -> None:
         """Call after each optimizer step: saves when due, and on a stop signal saves and raises RequeueRequested."""
-        stop = self._agree(self.signals.received is not None)
+        stop = step % self.check_every == 0 and self._agree(self.signals.received is not None)
         if (stop or self.due(step)) and self.writer and self.store is not None:
             self.save(step, state())
         if stop:

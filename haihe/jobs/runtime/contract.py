@@ -23,6 +23,7 @@ HAIHE_S3_ENDPOINT          S3 endpoint ``http(s)://host:port`` (keys: AWS_ACCESS
 HAIHE_CHECKPOINT_URI       ``s3://bucket/prefix`` or a local directory (unset: no checkpoints)
 HAIHE_CHECKPOINT_EVERY     checkpoint every N optimizer steps (0: only on SIGTERM/SIGUSR1)
 HAIHE_CHECKPOINT_KEEP      keep the newest K checkpoints (default 2)
+HAIHE_STOP_CHECK_EVERY     ranks agree on a stop signal every N steps (0: auto, 1 on CPU/gloo, 10 under nccl)
 HAIHE_OUTPUT_URI           ``s3://bucket/prefix`` or a local directory for outputs (batch-infer predictions)
 HAIHE_REGISTER_AS          zoo model ``org/name`` to register on success (optional)
 HAIHE_FROM_ZOO             zoo model ``org/name@alias`` or ``org/name:version`` to start from (optional)
@@ -184,7 +185,8 @@ def parse_zoo(value: str, field_name: str = "HAIHE_FROM_ZOO", *, allow_ref: bool
     return ref
 
 
-_NOT_STRINGS = ("experiment", "checkpoint_every", "checkpoint_keep", "array_index", "params", "sweep")
+_NOT_STRINGS = ("experiment", "checkpoint_every", "checkpoint_keep", "stop_check_every", "array_index", "params",
+                "sweep")
 
 
 def _json(environ: Mapping[str, str], name: str, kind: type, default: Any) -> Any:
@@ -237,6 +239,7 @@ class RuntimeEnv:
     checkpoint_uri: str = ""  # HAIHE_CHECKPOINT_URI  s3://bucket/prefix or a local directory
     checkpoint_every: int = 0  # HAIHE_CHECKPOINT_EVERY  steps; 0 = only on a stop signal
     checkpoint_keep: int = DEFAULT_CHECKPOINT_KEEP  # HAIHE_CHECKPOINT_KEEP
+    stop_check_every: int = 0  # HAIHE_STOP_CHECK_EVERY  0 = auto (1 with gloo, 10 with nccl)
     output_uri: str = ""  # HAIHE_OUTPUT_URI  s3://bucket/prefix or a local directory
     register_as: str = ""  # HAIHE_REGISTER_AS  org/name
     from_zoo: str = ""  # HAIHE_FROM_ZOO  org/name@alias
@@ -264,6 +267,7 @@ class RuntimeEnv:
         "checkpoint_uri": "HAIHE_CHECKPOINT_URI",
         "checkpoint_every": "HAIHE_CHECKPOINT_EVERY",
         "checkpoint_keep": "HAIHE_CHECKPOINT_KEEP",
+        "stop_check_every": "HAIHE_STOP_CHECK_EVERY",
         "output_uri": "HAIHE_OUTPUT_URI",
         "register_as": "HAIHE_REGISTER_AS",
         "from_zoo": "HAIHE_FROM_ZOO",
@@ -308,6 +312,7 @@ class RuntimeEnv:
             checkpoint_every=_int(env, v["checkpoint_every"], 0) or 0,
             checkpoint_keep=_int(env, v["checkpoint_keep"], DEFAULT_CHECKPOINT_KEEP, minimum=1)
             or DEFAULT_CHECKPOINT_KEEP,
+            stop_check_every=_int(env, v["stop_check_every"], 0) or 0,
             array_index=_int(env, v["array_index"], None),
             params=params,
             sweep=tuple(sweep),
@@ -318,7 +323,7 @@ class RuntimeEnv:
         out: dict[str, str] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None or value == "" or (f.name in ("params", "sweep") and not value):
+            if value is None or value == "" or (f.name in ("params", "sweep", "stop_check_every") and not value):
                 continue
             var = self.VARIABLES[f.name]
             if f.name == "params":

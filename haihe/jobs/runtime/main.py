@@ -1,0 +1,195 @@
+"""``python -m haihe.jobs.runtime [--recipe NAME | -- COMMAND...]``: what runs on every rank of a job.
+
+Steps: read the contract (``RuntimeEnv``), find this process's rank (``distributed.detect``), unpack the code
+bundle and stage the dataset version, then either run a built-in recipe in-process (process group, MLflow run on
+rank 0, checkpoints, model registration) or the user's command as a child (torchrun-style variables, the MLflow
+run id on rank 0, signals forwarded). Every failure ends in an exit code of ``contract.ExitCode``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from haihe.errors import HaiheError, NotFound, StorageUnavailable
+from haihe.jobs.runtime.contract import (
+    DataError,
+    ExitCode,
+    RuntimeEnv,
+    describe_exit,
+    exit_code_for,
+)
+from haihe.jobs.runtime.distributed import DistEnv, PreInit, detect
+
+if TYPE_CHECKING:
+    from haihe.jobs.runtime.context import JobContext
+
+log = logging.getLogger("haihe.runtime")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    from haihe.jobs.recipes import names
+
+    p = argparse.ArgumentParser(
+        prog="python -m haihe.jobs.runtime",
+        description="Run a Haihe job on this node: a built-in recipe, or a command after '--'.",
+    )
+    p.add_argument("--recipe", choices=names(), help="built-in recipe to run")
+    p.add_argument("--list-recipes", action="store_true", help="print the built-in recipes and exit")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- program [args...]")
+    ns = p.parse_args(list(argv))
+    if ns.command and ns.command[0] == "--":
+        ns.command = ns.command[1:]
+    if not ns.list_recipes and bool(ns.recipe) == bool(ns.command):
+        p.error("give either --recipe NAME or -- COMMAND...")
+    return ns
+
+
+def _setup_logging(dist: DistEnv | None) -> None:
+    rank = "-" if dist is None else str(dist.rank)
+    logging.basicConfig(level=os.environ.get("HAIHE_LOG_LEVEL", "INFO"), stream=sys.stderr, force=True,
+                        format=f"%(asctime)s [rank {rank}] %(name)s %(levelname)s: %(message)s")  # fmt: skip
+
+
+def _stage(env: RuntimeEnv, dist: DistEnv) -> tuple[Path | None, str | None, Path | None]:
+    """Code bundle and dataset version onto this node; errors become DataError (or StorageUnavailable)."""
+    from haihe.datasets.hashing import IntegrityError
+    from haihe.jobs.runtime.staging import stage_code, stage_dataset
+
+    code_dir = stage_code(env)
+    try:
+        staged = stage_dataset(env, local_main=dist.is_local_main)
+    except StorageUnavailable:
+        raise
+    except (NotFound, IntegrityError) as exc:
+        raise DataError(f"dataset {env.dataset}: {exc.message}", field="HAIHE_DATASET") from None
+    return (staged[0] if staged else None), (staged[1] if staged else None), code_dir
+
+
+def _child_env(env: RuntimeEnv, dist: DistEnv, data_dir: Path | None, run_id: str | None) -> dict[str, str]:
+    child = dict(os.environ)
+    child.update(dist.child_environ())
+    child["HAIHE_RANK"] = str(dist.rank)
+    if data_dir is not None:
+        child["HAIHE_DATA_DIR"] = str(data_dir)
+    child.pop("MLFLOW_RUN_ID", None)
+    if run_id and dist.is_main:
+        # mlflow.start_run() in the user's code continues the job's run; other ranks get none, so they do not log
+        child["MLFLOW_RUN_ID"] = run_id
+        child["MLFLOW_EXPERIMENT_NAME"] = env.experiment
+    return child
+
+
+def run_command(env: RuntimeEnv, dist: DistEnv, command: Sequence[str]) -> int:
+    from haihe.jobs.runtime import tracking
+    from haihe.jobs.runtime.child import run_child
+
+    data_dir, dataset, code_dir = _stage(env, dist)
+    tracker = tracking.start(env, is_main=dist.is_main)
+    if dataset:
+        tracker.set_tags({"haihe.dataset": dataset})
+    tracker.log_params(env.effective_params())
+    code = run_child(command, _child_env(env, dist, data_dir, tracker.run_id), str(code_dir) if code_dir else None)
+    tracker.end("FINISHED" if code == 0 else "KILLED" if code == ExitCode.REQUEUE else "FAILED")
+    return code
+
+
+def run_recipe(env: RuntimeEnv, dist: DistEnv, name: str) -> int:
+    from haihe.jobs.recipes import get
+    from haihe.jobs.runtime import tracking
+    from haihe.jobs.runtime.checkpoint import Checkpointer, StopSignals, open_store
+    from haihe.jobs.runtime.context import JobContext
+    from haihe.jobs.runtime.distributed import destroy_process_group, init_process_group
+
+    recipe = get(name)
+    signals = StopSignals().install()  # before the (slow) setup: a signal during it still checkpoints later
+    data_dir, dataset, _ = _stage(env, dist)
+    init_process_group(dist)
+    tracker: tracking.Tracker = tracking.NullTracker()
+    try:
+        tracker = tracking.start(env, is_main=dist.is_main, run_name=env.job_name or name)
+        if env.register_as and dist.is_main and not tracker.active:
+            from haihe.errors import TrackingUnavailable
+
+            raise TrackingUnavailable(f"MLflow is unavailable and the job must register {env.register_as}",
+                                      component="mlflow")  # fmt: skip
+        store = None
+        if env.checkpoint_uri:
+            store = open_store(env.checkpoint_uri, endpoint=env.s3_endpoint, access_key=env.s3_access_key,
+                               secret_key=env.s3_secret_key)  # fmt: skip
+        ctx = JobContext(env=env, dist=dist, params=env.effective_params(), tracker=tracker,
+                         data_dir=data_dir, dataset=dataset)  # fmt: skip
+        ctx.checkpointer = Checkpointer(
+            store, every=env.checkpoint_every, keep=env.checkpoint_keep, writer=dist.is_main, signals=signals,
+            agree=_agreement(ctx), barrier=ctx.barrier, check_every=stop_check_every(env, dist),
+        )  # fmt: skip
+        tracker.set_tags({"haihe.recipe": name, **({"haihe.dataset": dataset} if dataset else {})})
+        recipe(ctx)
+        tracker.end("FINISHED")
+        return ExitCode.OK
+    except BaseException as exc:
+        tracker.end("KILLED" if exit_code_for(exc) == ExitCode.REQUEUE else "FAILED")
+        raise
+    finally:
+        signals.restore()
+        destroy_process_group(dist)
+
+
+def stop_check_every(env: RuntimeEnv, dist: DistEnv) -> int:
+    """How often ranks agree on a stop signal: every step on CPU; every 10 under nccl, where a step can be
+    ~1 ms and the agreement's gloo round trip would otherwise cost a few percent."""
+    return env.stop_check_every or (10 if dist.backend == "nccl" else 1)
+
+
+def _agreement(ctx: JobContext) -> Callable[[bool], bool]:
+    """All ranks stop at the same step: OR of every rank's "signal seen" flag (a CPU all-reduce; with nccl a gloo
+    side group, so the check never waits on the GPU stream)."""
+    if not ctx.dist.is_distributed:
+        return lambda flag: flag
+    import torch
+    import torch.distributed as tdist
+
+    if not tdist.is_initialized():
+        return lambda flag: flag
+    group = tdist.new_group(backend="gloo") if ctx.dist.backend == "nccl" else None
+
+    def agree(flag: bool) -> bool:
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX, group=group)
+        return bool(t.item())
+
+    return agree
+
+
+def main(argv: Sequence[str] | None = None, *, preinit: PreInit | None = None) -> int:
+    ns = parse_args(sys.argv[1:] if argv is None else argv)
+    if ns.list_recipes:
+        from haihe.jobs.recipes import describe
+
+        for name, doc in describe().items():
+            print(f"{name:14} {doc}")
+        return ExitCode.OK
+    dist: DistEnv | None = None
+    _setup_logging(None)
+    try:
+        env = RuntimeEnv.from_environ()
+        dist = detect(os.environ, preinit=preinit)
+        _setup_logging(dist)
+        log.info("job %s rank %d/%d (%s, %s) local %d/%d", env.job_id or "-", dist.rank, dist.world_size,
+                 dist.source, dist.backend, dist.local_rank, dist.local_world_size)  # fmt: skip
+        if ns.recipe:
+            return int(run_recipe(env, dist, ns.recipe))
+        return run_command(env, dist, ns.command)
+    except Exception as exc:
+        code = exit_code_for(exc)
+        if code == ExitCode.FAILED:
+            traceback.print_exc()
+        message = exc.message if isinstance(exc, HaiheError) else f"{type(exc).__name__}: {exc}"
+        log.error("exit %d (%s): %s", code, describe_exit(code), message)
+        return int(code)
