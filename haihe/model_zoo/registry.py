@@ -358,11 +358,13 @@ class ModelZoo:
         native flavour, else a pyfunc. Downloads are cached per version under ``cache_dir``."""
         if flavor not in get_args(Flavor):
             raise InvalidInput("flavor must be auto, native or pyfunc", field="flavor")
+        return load_model_dir(self.local_path(ref), flavor)
+
+    def local_path(self, ref: ZooRef | str) -> Path:
+        """The version's model directory in the local cache (downloaded once per version): what ``load`` reads,
+        and what a fine-tuning job or a model server starts from."""
         ref = as_ref(ref)
         record = self._resolve(ref)
-        return load_model_dir(self._cached(ref, record), flavor)
-
-    def _cached(self, ref: ZooRef, record: VersionRecord) -> Path:
         # versions restart at 1 when a model is deleted and registered again: key the cache by source too
         digest = hashlib.sha256(record.source.encode()).hexdigest()[:12]
         target = self.cache_dir / ref.registered_name / f"{record.version}-{digest}"

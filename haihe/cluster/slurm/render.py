@@ -74,6 +74,8 @@ def render_slurm_conf(desc: ClusterDescription, lay: Layout, *, accounting: bool
         f"SlurmdPort={lay.port(SLURMD_PORT)}",
         f"SrunPortRange={lay.port(SRUN_PORTS[0])}-{lay.port(SRUN_PORTS[1])}",
         "AuthType=auth/munge",
+        "# a requeued job may start again only after its old credential expired (default 120 s)",
+        "AuthInfo=cred_expire=30",
         "CredType=cred/munge",
         "AuthAltTypes=auth/jwt",
         f"AuthAltParameters=jwt_key={lay.jwt_key}",

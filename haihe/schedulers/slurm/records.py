@@ -113,6 +113,9 @@ def _exit(value: Any) -> int | None:
 def from_squeue(job: Mapping[str, Any]) -> SlurmJob:
     array_id = job.get("array_job_id") or 0
     cpus, gpus = _tres(job.get("tres_alloc_str"))
+    if not gpus and cpus is not None:
+        # without AccountingStorageTRES=gres/gpu (no slurmdbd) tres_alloc_str omits GPUs; use the request
+        gpus = _gpu_count(str(job.get("tres_per_node") or "").replace("gres:", "")) * int(job.get("node_count") or 1)
     comment = job.get("comment") or None
     state = str(job.get("job_state", ""))
     reason = job.get("state_reason")
