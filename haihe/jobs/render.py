@@ -54,7 +54,6 @@ def runtime_env(spec: JobSpec, ctx: RenderContext) -> dict[str, str]:
         "HAIHE_ORG": ctx.org,
         "HAIHE_PROJECT": ctx.project,
         "HAIHE_USER": ctx.user,
-        "HAIHE_JOB_NAME": spec.name,
         "HAIHE_EXPERIMENT": job_experiment(ctx.org, ctx.project, spec.tracking.experiment),
         "PYTHONUNBUFFERED": "1",
     }

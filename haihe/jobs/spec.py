@@ -89,7 +89,7 @@ class ResourcesSpec(_Strict):
     cpus_per_task: Annotated[int, Field(ge=1, le=1024)] = 1
     gpus_per_node: Annotated[int, Field(ge=0, le=64)] = 0
     mem_gb: Annotated[float | None, Field(gt=0, le=65536)] = None
-    time_limit: Annotated[int, Field(description="minutes, or [D-]HH:MM:SS")] = 60
+    time_limit: Annotated[int, Field(description="minutes, or [D-]HH:MM:SS")] = 30
     partition: Annotated[str | None, Field(pattern=NAME)] = None
     qos: Annotated[str | None, Field(pattern=NAME)] = None
 

@@ -1,0 +1,135 @@
+"""Issue 5 on the real Slurm cluster, through the real API process and the CLI:
+- digits-cnn on 2 nodes with torchrun (DDP, gloo): accuracy > 0.9 in MLflow, a zoo version with lineage;
+- 20 jobs live, the platform SIGKILLed and restarted: every job reaches its true final state, none submitted twice,
+  every timeline complete;
+- `scontrol requeue` during training: a checkpoint is written, the job requeues, resumes and finishes with the full
+  step count."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.live_platform import LivePlatform, start_live_platform
+
+pytestmark = [pytest.mark.slurm, pytest.mark.mlflow, pytest.mark.s3, pytest.mark.slow]
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"}
+
+
+@pytest.fixture
+def live(tmp_path: Path, slurm_cluster: Any, s3_server: Any, mlflow_server: Any) -> Iterator[LivePlatform]:
+    yield from start_live_platform(tmp_path, schedulers={"slurm": slurm_cluster.scheduler_url("cli")},
+                                   default="slurm", s3=s3_server, mlflow=mlflow_server,
+                                   extra_env=dict(slurm_cluster.env))
+
+
+def _wait(live: LivePlatform, headers: dict[str, str], job_ids: list[str], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    jobs: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        jobs = {j: httpx.get(f"{live.url}/api/v1/jobs/{j}", headers=headers).json() for j in job_ids}
+        if all(job["state"] in TERMINAL for job in jobs.values()):
+            return jobs
+        time.sleep(1)
+    raise AssertionError(f"not terminal after {timeout}s: {[(j['name'], j['state']) for j in jobs.values()]}")
+
+
+def test_digits_cnn_on_two_nodes_with_torchrun(live: LivePlatform, tmp_path: Path, mlflow_server: Any) -> None:
+    cli = live.cli()
+    cli.bootstrap("acme", "vision", "alice")
+    spec = tmp_path / "digits.yaml"
+    spec.write_text("name: digits\nproject: acme/vision\nrecipe: digits-cnn\nlauncher: torchrun\n"
+                    "resources: {partition: cpu, nodes: 2, cpus_per_task: 1, time_limit: 20}\n"
+                    "register: {name: digits-cnn}\n")
+    out = cli.run("submit", str(spec), "--follow", as_user="alice", timeout=900)
+    assert "SUCCEEDED" in out, out[-3000:]
+    job_id = UUID.search(out)
+    assert job_id
+    job = cli.json("jobs", "show", job_id.group(0), as_user="alice")
+    assert len(job["nodes"]) == 2
+    results = [json.loads(line.split("HAIHE_RESULT ", 1)[1]) for line in out.splitlines() if "HAIHE_RESULT " in line]
+    by_rank = {r["rank"]: r for r in results}
+    assert set(by_rank) == {0, 1}
+    assert by_rank[0]["final_loss"] == pytest.approx(by_rank[1]["final_loss"])
+    exp = httpx.post(f"{mlflow_server.url}/api/2.0/mlflow/experiments/get-by-name",
+                     json={"experiment_name": "acme/vision"}).json()["experiment"]["experiment_id"]
+    runs = httpx.post(f"{mlflow_server.url}/api/2.0/mlflow/runs/search", json={
+        "experiment_ids": [exp], "filter": f"tags.`haihe.job_id` = '{job_id.group(0)}'"}).json()["runs"]
+    metrics = {m["key"]: m["value"] for m in runs[0]["data"]["metrics"]}
+    assert metrics["test_accuracy"] > 0.9
+    versions = httpx.post(f"{mlflow_server.url}/api/2.0/mlflow/model-versions/search",
+                          json={"filter": "name = 'acme~digits-cnn'"}).json()["model_versions"]
+    tags = {t["key"]: t["value"] for t in versions[0]["tags"]}
+    assert tags["haihe.job_id"] == job_id.group(0) and tags["haihe.run_id"] == runs[0]["info"]["run_id"]
+
+
+def test_platform_sigkill_with_20_live_jobs(live: LivePlatform, slurm_cluster: Any) -> None:
+    cli = live.cli()
+    cli.bootstrap("acme", "vision", "alice")
+    h = live.token("alice")
+    ids: list[str] = []
+    expected: dict[str, str] = {}
+    for i in range(20):
+        code = 3 if i % 5 == 4 else 0  # every fifth job fails: its true final state is FAILED
+        spec = {"name": f"sleeper-{i}", "entrypoint": ["bash", "-c", f"sleep 12; exit {code}"],
+                "resources": {"partition": "cpu", "time_limit": 5}}
+        r = httpx.post(f"{live.url}/api/v1/orgs/acme/projects/vision/jobs", json={"spec": spec},
+                       headers={**h, "Idempotency-Key": f"k-{i}"})
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+        expected[r.json()["id"]] = "FAILED" if code else "SUCCEEDED"
+    time.sleep(3)
+    live.restart(kill=True)  # SIGKILL mid-flight, then start again on the same database
+    jobs = _wait(live, h, ids, timeout=600)
+    assert {j: jobs[j]["state"] for j in ids} == expected
+    # none submitted twice: Slurm holds exactly one job per platform tag
+    out = subprocess.run(["squeue", "--json"], env={**slurm_cluster.env, "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, check=True).stdout
+    sacct = subprocess.run(["sacct", "-n", "-X", "-S", "now-1hour", "-o", "Comment%60", "-a"],
+                           env={**slurm_cluster.env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    seen = [line.strip() for line in (sacct.stdout or "").splitlines() if line.strip() in ids] or \
+        [j["comment"] for j in json.loads(out)["jobs"] if j.get("comment") in ids]
+    natives = {jobs[j]["native_id"] for j in ids}
+    assert len(natives) == 20
+    if seen:
+        assert len(seen) == len(set(seen))
+    for j in ids:
+        kinds = [e["kind"] for e in httpx.get(f"{live.url}/api/v1/jobs/{j}/events", headers=h).json()]
+        assert kinds[0] == "created" and "submitted" in kinds and kinds[-1] == "finished", (j, kinds)
+
+
+def test_requeue_resumes_from_checkpoint(live: LivePlatform, slurm_cluster: Any, tmp_path: Path) -> None:
+    cli = live.cli()
+    cli.bootstrap("acme", "vision", "alice")
+    h = live.token("alice")
+    spec = {"name": "resumable", "recipe": "digits-cnn", "checkpoint": {"every": 5, "keep": 2},
+            "resources": {"partition": "cpu", "time_limit": 20}}
+    r = httpx.post(f"{live.url}/api/v1/orgs/acme/projects/vision/jobs", json={"spec": spec}, headers=h)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    deadline = time.monotonic() + 300
+    offset, log = 0, ""
+    while time.monotonic() < deadline and "step" not in log:  # wait until training is under way
+        chunk = httpx.get(f"{live.url}/api/v1/jobs/{job_id}/logs?offset={offset}", headers=h).json()
+        offset, log = chunk["offset"], log + chunk["data"]
+        time.sleep(1)
+    native = httpx.get(f"{live.url}/api/v1/jobs/{job_id}", headers=h).json()["native_id"]
+    subprocess.run(["scontrol", "requeue", native], env={**slurm_cluster.env, "PATH": "/usr/bin:/bin"}, check=True)
+    job = _wait(live, h, [job_id], timeout=900)[job_id]
+    assert job["state"] == "SUCCEEDED", job
+    kinds = [e["kind"] for e in httpx.get(f"{live.url}/api/v1/jobs/{job_id}/events", headers=h).json()]
+    assert "requeued" in kinds
+    full = httpx.get(f"{live.url}/api/v1/jobs/{job_id}/logs", headers=h).json()["data"]
+    results = [json.loads(line.split("HAIHE_RESULT ", 1)[1]) for line in full.splitlines() if "HAIHE_RESULT " in line]
+    assert results and results[-1]["resumed_from"] > 0
+    steps = [tuple(map(int, m)) for m in re.findall(r"step (\d+)/(\d+)", full)]
+    assert steps and steps[-1][0] == steps[-1][1] == results[-1]["steps"]
