@@ -79,6 +79,37 @@ def quota_show(target: Annotated[str, typer.Argument(help="ORG or ORG/PROJECT")]
         _show(c.get_quota(org, project, month), as_json)
 
 
+def _sync(apply: bool, scheduler: str, as_json: bool) -> None:
+    from haihe.cli import _client, _print
+
+    with _client() as c:
+        report = c.quota_sync(scheduler, apply)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    if report["drift"]:
+        _print(report["drift"], ["account", "slurm", "platform"], False,
+               title="changed" if apply else "drift (run `haihe admin quota sync` to fix)")
+    typer.echo(f"in sync: {len(report['in_sync'])}; created: {len(report['created'])}; "
+               f"updated: {len(report['updated'])}")
+    if not apply and report["drift"]:
+        raise typer.Exit(1)
+
+
+@quota_app.command("sync")
+def quota_sync(scheduler: Annotated[str, typer.Option(help="The Slurm scheduler's name.")] = "slurm",
+               as_json: JsonOpt = False) -> None:
+    """Push quotas into Slurm's accounting as GrpTRESMins / GrpTRES / GrpJobs (the second wall)."""
+    _sync(True, scheduler, as_json)
+
+
+@quota_app.command("check")
+def quota_check(scheduler: Annotated[str, typer.Option(help="The Slurm scheduler's name.")] = "slurm",
+                as_json: JsonOpt = False) -> None:
+    """Report differences between the platform's quotas and Slurm's associations (exit 1 on drift)."""
+    _sync(False, scheduler, as_json)
+
+
 @usage_app.command("report")
 def usage_report(
     month: Annotated[str, typer.Option(help="YYYY-MM")],

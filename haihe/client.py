@@ -22,6 +22,8 @@ import httpx
 
 from haihe import errors
 from haihe.client_datasets import DatasetsClientMixin
+from haihe.client_endpoints import EndpointsClientMixin
+from haihe.client_zoo import ZooClientMixin
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -152,7 +154,7 @@ def raise_for_error(response: httpx.Response) -> None:
     raise exc
 
 
-class HaiheClient(DatasetsClientMixin):
+class HaiheClient(DatasetsClientMixin, ZooClientMixin, EndpointsClientMixin):
     """One method per API operation; returns typed dicts; raises :mod:`haihe.errors`."""
 
     def __init__(
@@ -351,6 +353,11 @@ class HaiheClient(DatasetsClientMixin):
             raise_for_error(response)
             return response.text
         return self.request("GET", "/api/v1/usage", params=params)
+
+    def quota_sync(self, scheduler: str = "slurm", apply: bool = True) -> dict[str, Any]:
+        if apply:
+            return dict(self.request("POST", "/api/v1/admin/quota/sync", params={"scheduler": scheduler}))
+        return dict(self.request("GET", "/api/v1/admin/quota/check", params={"scheduler": scheduler}))
 
     def suspend_org(self, org: str) -> Org:
         result: Org = self.request("POST", f"/api/v1/orgs/{_seg(org)}/suspend")

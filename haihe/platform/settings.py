@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     )
     default_scheduler: str = Field("", description="Name of the scheduler used when a job names none.")
 
+    slurm_user: str = Field("", description="Unix user the platform submits Slurm jobs as (associations); "
+                            "default: the API process's user.")
     node_python: str = Field(
         default_factory=lambda: sys.executable,
         description="Python on the compute nodes that has Haihe installed (runs python -m haihe.jobs.runtime).",

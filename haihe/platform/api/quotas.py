@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import Field
 
-from haihe.platform import identity, quotas
-from haihe.platform.api.deps import CurrentPrincipal, SessionDep
+from haihe.platform import identity, quotas, slurm_sync
+from haihe.platform.api.deps import CtxDep, CurrentPrincipal, SessionDep
 from haihe.platform.api.schemas import Body, OrgPublic
 from haihe.platform.models import Status
 
@@ -72,6 +72,20 @@ def usage_report(
         return PlainTextResponse(quotas.report_csv(rows), media_type="text/csv; charset=utf-8",
                                  headers={"Content-Disposition": f'attachment; filename="usage-{month}.csv"'})
     return rows
+
+
+@router.post("/admin/quota/sync", operation_id="quota_sync")
+def sync_quotas(principal: CurrentPrincipal, session: SessionDep, ctx: CtxDep,
+                scheduler: Annotated[str, Query(max_length=63)] = "slurm") -> dict[str, Any]:
+    """Push every quota into the Slurm cluster's associations (GrpTRESMins, GrpTRES, GrpJobs)."""
+    return slurm_sync.run(ctx, session, principal, scheduler, apply=True).to_dict()
+
+
+@router.get("/admin/quota/check", operation_id="quota_check")
+def check_quotas(principal: CurrentPrincipal, session: SessionDep, ctx: CtxDep,
+                 scheduler: Annotated[str, Query(max_length=63)] = "slurm") -> dict[str, Any]:
+    """Drift between the platform's quotas and Slurm's associations; changes nothing."""
+    return slurm_sync.run(ctx, session, principal, scheduler, apply=False).to_dict()
 
 
 @router.post("/orgs/{org}/suspend", operation_id="orgs_suspend", response_model=OrgPublic)
