@@ -183,13 +183,32 @@ def main(argv: Sequence[str] | None = None, *, preinit: PreInit | None = None) -
         _setup_logging(dist)
         log.info("job %s rank %d/%d (%s, %s) local %d/%d", env.job_id or "-", dist.rank, dist.world_size,
                  dist.source, dist.backend, dist.local_rank, dist.local_world_size)  # fmt: skip
-        if ns.recipe:
-            return int(run_recipe(env, dist, ns.recipe))
-        return run_command(env, dist, ns.command)
+        code = int(run_recipe(env, dist, ns.recipe)) if ns.recipe else run_command(env, dist, ns.command)
+        if code == ExitCode.REQUEUE and dist.rank == 0:
+            _ask_slurm_to_requeue()
+        return code
     except Exception as exc:
         code = exit_code_for(exc)
         if code == ExitCode.FAILED:
             traceback.print_exc()
         message = exc.message if isinstance(exc, HaiheError) else f"{type(exc).__name__}: {exc}"
         log.error("exit %d (%s): %s", code, describe_exit(code), message)
+        if code == ExitCode.REQUEUE and (dist is None or dist.rank == 0):
+            _ask_slurm_to_requeue()
         return int(code)
+
+
+def _ask_slurm_to_requeue() -> None:
+    """After a checkpoint on SIGUSR1 (walltime near), ask Slurm to requeue this job: an exit code alone does not,
+    and torchrun reports its workers' 75 as 1. After `scontrol requeue` or preemption Slurm is already on it and
+    this second request is refused harmlessly."""
+    import subprocess
+
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return
+    try:
+        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=30)
+        log.info("asked Slurm to requeue job %s: %s", job_id, (result.stderr or result.stdout or "ok").strip())
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("could not ask Slurm to requeue job %s: %s", job_id, exc)
