@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.ray",  # the local Ray head (haihe.cluster.ray_head)
     "tests.fixtures.slurm",  # the local Slurm cluster (haihe.cluster.slurm)
     "tests.fixtures.platform",  # the platform app, DB and users built on the above
+    "tests.fixtures.figures",  # figures the reliability tests record for docs/reliability.md
 ]

@@ -21,6 +21,7 @@ from schemathesis.checks import not_a_server_error
 from haihe.platform.context import PlatformContext
 from haihe.platform.settings import Settings
 from tests.fixtures.fake_scheduler import FakeFactory
+from tests.fixtures.figures import Figures
 from tests.fixtures.platform import Tenancy
 
 EXAMPLES = int(os.environ.get("HAIHE_FUZZ_EXAMPLES", "10"))
@@ -78,15 +79,27 @@ def _fuzz(app: FastAPI, who: str) -> list[str]:
         except Exception as exc:  # hypothesis re-raises the first failing example
             failures.append(f"{operation.method.upper()} {operation.path}: {str(exc)[:500]}")
     assert operations >= 20, f"only {operations} operations in the schema"
+    _COUNTS[who] = operations
     return failures
 
 
-def test_no_operation_answers_5xx_as_researcher(hostile_app: FastAPI) -> None:
-    assert _fuzz(hostile_app, "researcher") == []
+_COUNTS: dict[str, int] = {}
 
 
-def test_no_operation_answers_5xx_as_sme_key(hostile_app: FastAPI) -> None:
-    assert _fuzz(hostile_app, "sme") == []
+def test_no_operation_answers_5xx_as_researcher(hostile_app: FastAPI, figures: Figures) -> None:
+    failures = _fuzz(hostile_app, "researcher")
+    figures.record("test_no_operation_answers_5xx_as_researcher", "schemathesis cases on every operation",
+                   {"operations": _COUNTS["researcher"], "examples_each": EXAMPLES, "failures": len(failures)},
+                   "passed" if not failures else "failed")
+    assert failures == []
+
+
+def test_no_operation_answers_5xx_as_sme_key(hostile_app: FastAPI, figures: Figures) -> None:
+    failures = _fuzz(hostile_app, "sme")
+    figures.record("test_no_operation_answers_5xx_as_sme_key", "schemathesis cases on every operation, SME key",
+                   {"operations": _COUNTS["sme"], "examples_each": EXAMPLES, "failures": len(failures)},
+                   "passed" if not failures else "failed")
+    assert failures == []
 
 
 def test_every_error_is_json_with_a_code(hostile_app: FastAPI, tmp_path: Path) -> None:

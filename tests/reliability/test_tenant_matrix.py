@@ -24,6 +24,7 @@ from haihe.platform import datasets_service as svc
 from haihe.platform.context import PlatformContext
 from haihe.platform.settings import Settings
 from tests.fixtures.fake_scheduler import FakeFactory
+from tests.fixtures.figures import Figures
 from tests.fixtures.platform import Tenancy, unique
 
 PART = 64 * 1024
@@ -173,7 +174,7 @@ def test_every_operation_is_classified(world: World) -> None:
                 f"{opid} has a request body but no example in _body(): the matrix could not reach its access check"
 
 
-def test_no_cross_tenant_reads_or_writes(world: World) -> None:
+def test_no_cross_tenant_reads_or_writes(world: World, figures: Figures) -> None:
     c = world.client
     attacker, victim = world.orgs["a"], world.orgs["c"]
     problems: list[str] = []
@@ -198,6 +199,9 @@ def test_no_cross_tenant_reads_or_writes(world: World) -> None:
                 problems.append(f"{who}: {method} {url} -> {r.status_code} {text[:200]}")
             elif any(s in text for s in (victim.job_id, victim.key_prefix)) and r.status_code == 403:
                 problems.append(f"{who}: {method} {url} refused but echoed C's identifiers: {text[:200]}")
+    figures.record("test_no_cross_tenant_reads_or_writes", "org A's admin and researcher call every operation "
+                   "with org C's identifiers", {"calls": checked, "cross_tenant_successes": len(problems)},
+                   "passed" if not problems else "failed")
     assert checked > 40
     assert not problems, "\n".join(problems)
 
