@@ -63,4 +63,5 @@ def test_million_jobs_list_pages_use_the_index(postgres_server: Any, figures: Fi
     figures.record("test_million_jobs_list_pages_use_the_index",
                    f"{ROWS:,} job rows in PostgreSQL 15",
                    {"fill_s": round(fill_s, 1), "first_page_ms": round(timings[0], 1),
-                    "pages_2_to_5_ms": [round(x, 1) for x in timings[1:]], "plan": "Index Scan ix_jobs_project_created"})
+                    "pages_2_to_5_ms": [round(x, 1) for x in timings[1:]],
+                    "plan": "Index Scan ix_jobs_project_created"})
