@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from haihe.cli_datasets import datasets_app
+from haihe.cli_endpoints import endpoints_app
 from haihe.cli_jobs import jobs_app
 from haihe.cli_jobs import submit as submit_job
 from haihe.cli_quota import my_quota, quota_app, usage_app
+from haihe.cli_zoo import models_app
 
 if TYPE_CHECKING:
     from haihe.client import HaiheClient
@@ -36,6 +38,8 @@ cluster = typer.Typer(help="The local Slurm cluster (bring-up on this machine)."
 app.add_typer(admin, name="admin")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(models_app, name="models")
+app.add_typer(endpoints_app, name="endpoints")
 app.command("submit")(submit_job)
 app.add_typer(cluster, name="cluster")
 admin.add_typer(orgs, name="orgs")

@@ -117,6 +117,14 @@ def _first_admin(options: EmbeddedOptions, url: str, echo: Echo) -> None:
          f" (saved in {path}, mode 600; the CLI is signed in)")
 
 
+def _seed_zoo(stack: Any, home: Path, echo: Echo) -> None:
+    """First run: register public/minilm-l6 in the background (~13 s; a separate process, so Ctrl-C stays quick)."""
+    from haihe.platform.zoo_seed import start_in_background
+
+    if start_in_background(stack.endpoints().get("mlflow", ""), home) is not None:
+        echo(f"  zoo: seeding public/minilm-l6 in the background (log: {home / 'zoo-seed.log'})")
+
+
 def run_embedded(options: EmbeddedOptions, echo: Echo = print) -> int:
     """Bring everything up; in the foreground, wait for Ctrl-C and stop it all. Returns an exit code."""
     home = options.resolved_home
@@ -144,6 +152,7 @@ def run_embedded(options: EmbeddedOptions, echo: Echo = print) -> int:
                    alive=api.is_running)
         echo(f"  api: ready ({time.monotonic() - t0:.1f}s since start)")
         _first_admin(options, url, echo)
+        _seed_zoo(stack, home, echo)
     except (StartupError, KeyboardInterrupt) as exc:
         echo(f"[red]start-up failed:[/] {exc}")
         _stop_all(api, slurm, stack, home, echo)

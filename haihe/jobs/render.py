@@ -94,8 +94,14 @@ def runtime_env(spec: JobSpec, ctx: RenderContext) -> dict[str, str]:
     return env
 
 
+RAY_TRAIN_TARGET = "haihe.jobs.runtime.ray_entry:train_loop_per_worker"
+
+
 def command(spec: JobSpec, ctx: RenderContext) -> tuple[str, ...]:
-    base = (ctx.node_python, "-m", "haihe.jobs.runtime")
+    """The runtime's command line; under ``ray_train`` it is the launcher's target (a function in each worker)."""
+    base: tuple[str, ...] = (ctx.node_python, "-m", "haihe.jobs.runtime")
+    if spec.launcher == "ray_train":
+        base = (RAY_TRAIN_TARGET,)
     if spec.recipe:
         return (*base, "--recipe", spec.recipe)
     assert spec.entrypoint

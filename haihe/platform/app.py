@@ -12,16 +12,31 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from haihe import __version__
-from haihe.platform.api import auth, datasets, errors, jobs, keys, quotas, system, tenancy
+from haihe.platform.api import (
+    auth,
+    datasets,
+    endpoints,
+    errors,
+    jobs,
+    keys,
+    mlflow_proxy,
+    quotas,
+    system,
+    tenancy,
+    zoo,
+)
 from haihe.platform.api.limits import BodyLimit
 from haihe.platform.context import PlatformContext
+from haihe.platform.gateway import routes as gateway_routes
+from haihe.platform.gateway.hub import EndpointsHub
 from haihe.platform.metrics import Metrics, MetricsMiddleware
 from haihe.platform.reconciler import PeriodicThread, ReconcilerThread
 from haihe.platform.settings import Settings
 
 log = logging.getLogger(__name__)
 
-API_ROUTERS = (system.router, auth.router, tenancy.router, keys.router, jobs.router, datasets.router, quotas.router)
+API_ROUTERS = (system.router, auth.router, tenancy.router, keys.router, jobs.router, datasets.router, quotas.router,
+               zoo.router, mlflow_proxy.router, endpoints.router, gateway_routes.router)
 
 
 def create_platform_app(settings: Settings | None = None, *, migrate: bool = True,
@@ -42,12 +57,14 @@ def create_platform_app(settings: Settings | None = None, *, migrate: bool = Tru
         if settings.maintenance_interval_s > 0 and settings.s3_endpoint:
             upkeep = PeriodicThread("haihe-maintenance", settings.maintenance_interval_s, lambda: _maintenance(app))
             upkeep.start()
+        hub.start(supervise=settings.reconcile_interval_s > 0)  # metering flusher + endpoint supervisor
         try:
             yield
         finally:
             for thread in (loop, upkeep):
                 if thread is not None:
                     thread.stop()
+            hub.stop()  # drains the meter into the ledger
             ctx.close()
 
     app = FastAPI(
@@ -57,12 +74,16 @@ def create_platform_app(settings: Settings | None = None, *, migrate: bool = Tru
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    hub = EndpointsHub(ctx)
+    app.state.endpoints = hub
     app.state.metrics = Metrics()
     errors.install(app)
     for router in API_ROUTERS:
         app.include_router(router)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, overrides={
+        "/mlflow/": mlflow_proxy.MAX_UPLOAD, "/v2/models/": hub.config.max_body_bytes,
+        "/v1/embeddings": hub.config.max_body_bytes})
     return app
 
 

@@ -27,6 +27,7 @@ from haihe.jobs.spec import JobSpec, validate_spec
 from haihe.platform import access, audit
 from haihe.platform.access import Principal
 from haihe.platform.context import PlatformContext
+from haihe.platform.mlflow_proxy import JobScope, job_tracking
 from haihe.platform.models import Job, JobEvent, Org, Project, Role, User, utcnow
 from haihe.schedulers.base import JobState, Launch, LogChunk
 
@@ -39,13 +40,17 @@ def add_event(session: Session, job: Job, kind: str, message: str = "", **data: 
 
 def _render_context(ctx: PlatformContext, job: Job, org: Org, project: Project, user: User) -> RenderContext:
     s = ctx.settings
+    # jobs reach MLflow only through the platform's proxy, with a token for their own project (docs/tracking.md)
+    mlflow_url, mlflow_token = job_tracking(s.mlflow_url, s.public_url, s.secret_key,
+                                            JobScope(job.id, org.name, project.name))
     return RenderContext(
         job_id=job.id,
         org=org.name,
         project=project.name,
         user=user.username,
         node_python=s.node_python,
-        mlflow_url=s.mlflow_url,
+        mlflow_url=mlflow_url,
+        mlflow_token=mlflow_token,
         s3_endpoint=s.s3_endpoint,
         s3_access_key=s.s3_access_key,
         s3_secret_key=s.s3_secret_key,

@@ -24,7 +24,11 @@ def live(tmp_path: Path, ray_head: Any, s3_server: Any, mlflow_server: Any) -> I
 
 
 def _mlflow(mlflow_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    r = httpx.post(f"{mlflow_url}/api/2.0/mlflow/{path}", json=body, timeout=30)
+    url = f"{mlflow_url}/api/2.0/mlflow/{path}"
+    if path == "runs/search":
+        r = httpx.post(url, json=body, timeout=30)
+    else:
+        r = httpx.get(url, params=body, timeout=30)
     r.raise_for_status()
     return dict(r.json())
 

@@ -60,14 +60,14 @@ def test_digits_cnn_on_two_nodes_with_torchrun(live: LivePlatform, tmp_path: Pat
     by_rank = {r["rank"]: r for r in results}
     assert set(by_rank) == {0, 1}
     assert by_rank[0]["final_loss"] == pytest.approx(by_rank[1]["final_loss"])
-    exp = httpx.post(f"{mlflow_server.url}/api/2.0/mlflow/experiments/get-by-name",
-                     json={"experiment_name": "acme/vision"}).json()["experiment"]["experiment_id"]
+    exp = httpx.get(f"{mlflow_server.url}/api/2.0/mlflow/experiments/get-by-name",
+                    params={"experiment_name": "acme/vision"}).json()["experiment"]["experiment_id"]
     runs = httpx.post(f"{mlflow_server.url}/api/2.0/mlflow/runs/search", json={
         "experiment_ids": [exp], "filter": f"tags.`haihe.job_id` = '{job_id.group(0)}'"}).json()["runs"]
     metrics = {m["key"]: m["value"] for m in runs[0]["data"]["metrics"]}
     assert metrics["test_accuracy"] > 0.9
-    versions = httpx.post(f"{mlflow_server.url}/api/2.0/mlflow/model-versions/search",
-                          json={"filter": "name = 'acme~digits-cnn'"}).json()["model_versions"]
+    versions = httpx.get(f"{mlflow_server.url}/api/2.0/mlflow/model-versions/search",
+                         params={"filter": "name = 'acme~digits-cnn'"}).json()["model_versions"]
     tags = {t["key"]: t["value"] for t in versions[0]["tags"]}
     assert tags["haihe.job_id"] == job_id.group(0) and tags["haihe.run_id"] == runs[0]["info"]["run_id"]
 

@@ -80,8 +80,12 @@ def probe(uri: str, timeout: float = 5.0) -> str | None:
     """None when the tracking server answers ``/health``; otherwise why not (only http(s) URIs are probed)."""
     if not uri.startswith(("http://", "https://")):
         return None
+    request = urllib.request.Request(uri.rstrip("/") + "/health")  # noqa: S310 - http(s) only, checked above
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:  # the platform's MLflow proxy wants the job's token on every call, /health included
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:  # noqa: S310 - http(s) only
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - http(s) only
             return None if resp.status == 200 else f"HTTP {resp.status}"
     except OSError as exc:
         return f"{type(exc).__name__}: {exc}"

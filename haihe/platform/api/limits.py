@@ -52,7 +52,7 @@ class BodyLimit:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                await self.app(scope, _replay([], message), send)
+                await self.app(scope, _replay([], message, receive), send)
                 return
             body = message.get("body", b"")
             seen += len(body)
@@ -62,23 +62,25 @@ class BodyLimit:
             chunks.append(body)
             if not message.get("more_body", False):
                 break
-        await self.app(scope, _replay(chunks, None), send)
+        await self.app(scope, _replay(chunks, None, receive), send)
 
 
-def _replay(chunks: list[bytes], first: Message | None) -> Receive:
-    """A receive() that hands back the buffered body as one message, then waits for the real disconnect."""
+def _replay(chunks: list[bytes], first: Message | None, receive: Receive) -> Receive:
+    """A receive() that hands back the buffered body as one message, then waits for the real disconnect.
+
+    Answering ``http.disconnect`` at once would make Starlette cancel every streaming response mid-body."""
     sent = False
 
-    async def receive() -> Message:
+    async def replay() -> Message:
         nonlocal sent
-        if first is not None:
-            return first
         if not sent:
             sent = True
+            if first is not None:
+                return first
             return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-        return {"type": "http.disconnect"}
+        return await receive()
 
-    return receive
+    return replay
 
 
 async def _reject(send: Send, status: int, code: str, message: str) -> None:

@@ -1,0 +1,217 @@
+"""``/mlflow/…``: the authenticated MLflow proxy that job runtimes use as their tracking server.
+
+It checks the job token (``Authorization: Bearer hjt_…``, sent by MLflow's client from ``MLFLOW_TRACKING_TOKEN``)
+and the job's row, asks :class:`haihe.platform.mlflow_proxy.Policy` whether the call is allowed, and forwards it
+to the real MLflow server. Artifact uploads and downloads are streamed in both directions and never buffered.
+Refusals use MLflow's error format, so MLflow's client raises its usual exceptions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
+
+from haihe.errors import AuthenticationRequired
+from haihe.platform.api.deps import CtxDep
+from haihe.platform.context import PlatformContext
+from haihe.platform.mlflow_proxy import ENDED_GRACE_S, Call, JobScope, Policy, verify_token
+from haihe.platform.models import Job, Status, utcnow
+from haihe.schedulers.base import JobState
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["tracking"], include_in_schema=False)
+
+MAX_UPLOAD = 64 * 1024**3  # one artifact file a job uploads (a model checkpoint); streamed, never buffered
+MAX_JSON_BODY = 16 * 1024 * 1024  # MLflow REST bodies (log-batch is capped far below this by MLflow itself)
+_HOP = {"host", "authorization", "cookie", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
+        "upgrade", "proxy-authorization", "proxy-authenticate"}
+_CACHE_MAX = 10_000
+
+
+def _mlflow_error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error_code": code, "message": message}, status_code=status)
+
+
+class _Upstream(Exception):
+    """The MLflow server did not answer."""
+
+
+class ProxyCache:
+    """Answers of MLflow that the policy asks for over and over (run → experiment never changes)."""
+
+    def __init__(self) -> None:
+        self._data: dict[tuple[str, str], tuple[float, Any]] = {}
+
+    def get(self, kind: str, key: str) -> tuple[bool, Any]:
+        hit = self._data.get((kind, key))
+        if hit is None or hit[0] < time.monotonic():
+            return False, None
+        return True, hit[1]
+
+    def put(self, kind: str, key: str, value: Any, ttl_s: float) -> Any:
+        if len(self._data) >= _CACHE_MAX:
+            self._data.clear()
+        self._data[(kind, key)] = (time.monotonic() + ttl_s, value)
+        return value
+
+
+class MlflowLookup:
+    """The policy's questions, answered by MLflow's REST API (the policy's ``Lookup``)."""
+
+    def __init__(self, http: httpx.AsyncClient, base: str, cache: ProxyCache) -> None:
+        self.http = http
+        self.base = base
+        self.cache = cache
+
+    async def _get(self, path: str, params: Mapping[str, str]) -> dict[str, Any] | None:
+        try:
+            response = await self.http.get(f"{self.base}/api/2.0/mlflow/{path}", params=params)
+        except httpx.TransportError as exc:
+            raise _Upstream(str(exc)) from exc
+        if response.status_code >= 500:
+            raise _Upstream(f"HTTP {response.status_code}")
+        if not response.is_success:
+            return None  # missing, or a malformed id: either way it is nothing the job may use
+        body = response.json()
+        return body if isinstance(body, dict) else None
+
+    async def _cached(self, kind: str, key: str, ttl_s: float, path: str, params: Mapping[str, str],
+                      pick: Any) -> Any:
+        hit, value = self.cache.get(kind, key)
+        if hit:
+            return value
+        body = await self._get(path, params)
+        value = pick(body) if body is not None else None
+        return self.cache.put(kind, key, value, ttl_s if value is not None else 2.0)
+
+    async def experiment_name(self, experiment_id: str) -> str | None:
+        return await self._cached("exp", experiment_id, 60.0, "experiments/get", {"experiment_id": experiment_id},
+                                  lambda b: b["experiment"]["name"])
+
+    async def run_experiment(self, run_id: str) -> str | None:
+        return await self._cached("run", run_id, 3600.0, "runs/get", {"run_id": run_id},
+                                  lambda b: str(b["run"]["info"]["experiment_id"]))
+
+    async def logged_model_experiment(self, model_id: str) -> str | None:
+        return await self._cached("lm", model_id, 3600.0, f"logged-models/{quote(model_id, safe='')}", {},
+                                  lambda b: str(b["model"]["info"]["experiment_id"]))
+
+    async def model_tags(self, name: str) -> Mapping[str, str] | None:
+        return await self._cached("tags", name, 10.0, "registered-models/get", {"name": name},
+                                  lambda b: {t["key"]: t.get("value", "")
+                                             for t in b["registered_model"].get("tags", ())})
+
+    async def models_of_logged_model(self, model_id: str) -> Sequence[str]:
+        if not model_id.startswith("m-") or not model_id[2:].isalnum():
+            return []
+        found = await self._cached("lmv", model_id, 10.0, "model-versions/search",
+                                   {"filter": f"source_path = 'models:/{model_id}'", "max_results": "100"},
+                                   lambda b: sorted({v["name"] for v in b.get("model_versions", ())}))
+        return found or []
+
+
+def _scope_state(ctx: PlatformContext, scope: JobScope) -> bool:
+    """Whether the token's job may still write (raises when the job is gone or does not match its token)."""
+    with ctx.db.session() as session:
+        job = session.get(Job, scope.job_id)
+        if job is None or job.org.name != scope.org or job.project.name != scope.project:
+            raise AuthenticationRequired("invalid or expired job token")
+        if job.org.status != Status.ACTIVE.value or job.project.status != Status.ACTIVE.value:
+            return False
+        if JobState(job.state).is_terminal() and job.ended_at is not None:
+            return (utcnow() - job.ended_at).total_seconds() <= ENDED_GRACE_S
+        return True
+
+
+def _cache(request: Request) -> ProxyCache:
+    cache: ProxyCache | None = getattr(request.app.state, "mlflow_proxy_cache", None)
+    if cache is None:
+        cache = ProxyCache()
+        request.app.state.mlflow_proxy_cache = cache
+    return cache
+
+
+@router.api_route("/mlflow/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+                  include_in_schema=False)
+async def mlflow_proxy(path: str, request: Request, ctx: CtxDep) -> Response:
+    upstream = ctx.settings.mlflow_url.rstrip("/")
+    if not upstream:
+        return _mlflow_error(503, "TEMPORARILY_UNAVAILABLE", "this platform has no MLflow server configured")
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    try:
+        if scheme.lower() != "bearer" or not token:
+            raise AuthenticationRequired("send the job token as 'Authorization: Bearer hjt_…'")
+        scope = verify_token(ctx.settings.secret_key, token.strip())
+        writable = await run_in_threadpool(_scope_state, ctx, scope)
+    except AuthenticationRequired as exc:
+        return _mlflow_error(401, "UNAUTHENTICATED", exc.message)
+
+    streaming = path.startswith("api/2.0/mlflow-artifacts/artifacts/") and request.method == "PUT"
+    raw = b""
+    body: dict[str, Any] = {}
+    if not streaming and request.method not in ("GET", "HEAD"):
+        raw = await request.body()
+        if len(raw) > MAX_JSON_BODY:
+            return _mlflow_error(413, "INVALID_PARAMETER_VALUE", "request body too large")
+        if raw:
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                return _mlflow_error(400, "MALFORMED_REQUEST", "the request body must be a JSON object")
+            body = parsed
+
+    http = httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=3.0))
+    try:
+        policy = Policy(scope, MlflowLookup(http, upstream, _cache(request)), writable=writable)
+        call = Call(request.method, path, parse_qs(request.url.query), body)
+        decision = await policy.decide(call)
+        if not decision.allowed:
+            log.info("mlflow proxy refused %s /%s for job %s: %s", request.method, path, scope.job_id,
+                     decision.message)
+            await http.aclose()
+            return _mlflow_error(decision.status, decision.error_code, decision.message)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        url = f"{upstream}/{quote(path)}" + (f"?{request.url.query}" if request.url.query else "")
+        content: Any = request.stream() if streaming else raw
+        upstream_request = http.build_request(request.method, url, headers=headers, content=content)
+        response = await http.send(upstream_request, stream=True)
+    except _Upstream as exc:
+        await http.aclose()
+        return _mlflow_error(503, "TEMPORARILY_UNAVAILABLE", f"the MLflow server is unreachable ({exc})")
+    except httpx.TransportError as exc:
+        await http.aclose()
+        return _mlflow_error(503, "TEMPORARILY_UNAVAILABLE",
+                             f"the MLflow server is unreachable ({type(exc).__name__})")
+    if decision.filter is not None and response.is_success:
+        try:
+            answer = json.loads(await response.aread())
+            filtered = await policy.filter_body(decision.filter, answer if isinstance(answer, dict) else {})
+        except (ValueError, _Upstream):
+            filtered = None
+        finally:
+            await response.aclose()
+            await http.aclose()
+        if filtered is None:
+            return _mlflow_error(503, "TEMPORARILY_UNAVAILABLE", "the MLflow server sent an unreadable answer")
+        return JSONResponse(filtered, status_code=response.status_code)
+
+    async def close() -> None:
+        await response.aclose()
+        await http.aclose()
+
+    out_headers = {k: v for k, v in response.headers.items() if k.lower() not in _HOP}
+    return StreamingResponse(response.aiter_raw(), status_code=response.status_code, headers=out_headers,
+                             background=BackgroundTask(close))
