@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-import haihe.platform.dataset_rows  # noqa: F401 - the dataset tables
+import haihe.platform.dataset_rows
 import haihe.platform.endpoint_rows  # noqa: F401 - the endpoint tables
 from haihe.platform import models  # noqa: F401 - registers every table on Base.metadata
 from haihe.platform.db import Base

@@ -1,0 +1,177 @@
+"""Gateway vs Ray Serve's own HTTP proxy, same model and load in one run; and dynamic batching's gain.
+
+    HAIHE_BENCH_PORT_BASE=28500 python bench/bench_gateway.py [--seconds 15] [--clients 32]
+
+Brings up (under /tmp, stopped by pid at the end) an S3 server, MLflow and a Ray head with haihe.cluster; registers
+an MLP big enough for batching to matter (512→2048→2048→10); runs the platform as its own uvicorn process; deploys
+two endpoints (max_batch_size 32 and 1) and drives each path with ``--clients`` concurrent keep-alive clients.
+Prints p50/p99/throughput and the ratios (targets: gateway ≥ 0.85x direct throughput, p50 ≤ 1.15x; batching
+≥ 3x). Not a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+async def drive(url: str, body: dict[str, Any], headers: dict[str, str], seconds: float, clients: int
+                ) -> dict[str, float]:
+    lat: list[float] = []
+    codes: dict[int, int] = {}
+    deadline = time.monotonic() + seconds
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=clients)) as client:
+        async def worker() -> None:
+            while time.monotonic() < deadline:
+                t0 = time.perf_counter()
+                r = await client.post(url, json=body, headers=headers)
+                codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                if r.status_code == 200:
+                    lat.append((time.perf_counter() - t0) * 1000)
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.monotonic() - t0
+    return {"rps": len(lat) / wall, "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99),
+            "mean_ms": statistics.fmean(lat) if lat else float("nan"), "non200": sum(v for k, v in codes.items()
+                                                                                   if k != 200)}
+
+
+def register_model(mlflow_url: str) -> str:
+    import mlflow
+    import torch
+
+    from haihe.model_zoo import ModelZoo
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 2048),
+                                torch.nn.ReLU(), torch.nn.Linear(2048, 10))
+    mlflow.set_tracking_uri(mlflow_url)
+    mlflow.set_experiment("bench/gateway")
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", pip_requirements=["torch"])
+    card = {"task": "tabular-classification", "description": "benchmark MLP", "license": "Apache-2.0",
+            "owner": "bench", "intended_use": "benchmarks", "limitations": "random weights",
+            "input_schema": [{"name": "x", "type": "tensor", "dtype": "float32", "shape": [-1, 512]}],
+            "output_schema": [{"name": "logits", "type": "tensor", "dtype": "float32", "shape": [-1, 10]}]}
+    zoo = ModelZoo.connect(mlflow_url)
+    version = zoo.register("bench/mlp", card, model_uri=info.model_uri, visibility="public")
+    return f"bench/mlp:{version.version}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--clients", type=int, default=32)
+    args = parser.parse_args()
+
+    from haihe.cluster.mlflow_server import MlflowServer
+    from haihe.cluster.ports import PortPlan
+    from haihe.cluster.procs import wait_until
+    from haihe.cluster.ray_head import RayHead, loopback_env
+    from haihe.cluster.s3 import S3Server
+    from haihe.cluster.stack import DEFAULT_BUCKETS
+
+    plan = PortPlan(int(os.environ.get("HAIHE_BENCH_PORT_BASE", "28500")))
+    home = Path(f"/tmp/haihe-bench-gw-{plan.base}")
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    s3 = S3Server(home / "s3", plan.s3, access_key="bench", secret_key=secrets.token_hex(16))
+    mlflow_server = ray = api = None
+    try:
+        s3.start(timeout=120)
+        s3.ensure_buckets(DEFAULT_BUCKETS)
+        mlflow_server = MlflowServer(home / "mlflow", plan.mlflow, s3_endpoint=s3.endpoint,
+                                     access_key=s3.access_key, secret_key=s3.secret_key, bucket="mlflow")
+        mlflow_server.start(timeout=120)
+        ray = RayHead(home / "ray", plan, num_cpus=4, object_store_bytes=300 * 2**20)
+        ray.start(timeout=180)
+        model = register_model(mlflow_server.url)
+        env = loopback_env() | {"HAIHE_DATABASE_URL": f"sqlite:///{home / 'haihe.db'}",
+                                "HAIHE_SCHEDULERS": json.dumps({"ray": ray.scheduler_url}),
+                                "HAIHE_MLFLOW_URL": mlflow_server.url, "HAIHE_RECONCILE_INTERVAL_S": "0.5",
+                                "HAIHE_GATEWAY_RATE_PER_S": "1000000", "HAIHE_GATEWAY_BURST": "1000000"}
+        log = (home / "api.log").open("w")
+        api = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "haihe.server:create_app", "--host",
+                                "127.0.0.1", "--port", str(plan.api), "--log-level", "warning", "--no-access-log"],
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{plan.api}"
+        wait_until(lambda: _up(base), timeout=60, what="the API")
+        http = httpx.Client(base_url=base, timeout=60)
+        assert http.post("/api/v1/setup", json={"username": "root", "password": "bench-password-1"}).is_success
+        tok = http.post("/api/v1/auth/token", json={"username": "root", "password": "bench-password-1"}).json()
+        admin = {"Authorization": f"Bearer {tok['token']}"}
+        http.post("/api/v1/orgs", json={"name": "bench"}, headers=admin)
+        key = http.post("/api/v1/keys", json={"org": "bench", "name": "bench", "scopes": ["inference"]},
+                        headers=admin).json()["key"]
+        rows = [[0.01 * (i % 7) for i in range(512)]]
+        results = {}
+        for name, batch in (("mlp", 32), ("mlp1", 1)):
+            r = http.post("/api/v1/orgs/bench/endpoints", headers=admin,
+                          json={"name": name, "model": model, "max_batch_size": batch, "batch_wait_ms": 3,
+                                "cpus_per_replica": 1})
+            assert r.status_code == 202, r.text
+            deadline = time.monotonic() + 600
+            while http.get(f"/api/v1/orgs/bench/endpoints/{name}", headers=admin).json()["state"] != "ready":
+                assert time.monotonic() < deadline, "endpoint never became ready"
+                time.sleep(1)
+            oip = {"inputs": [{"name": "x", "shape": [1, 512], "datatype": "FP32", "data": rows[0]}]}
+            auth = {"Authorization": f"Bearer {key}"}
+            asyncio.run(drive(f"{base}/v2/models/{name}/infer", oip, auth, 3, args.clients))  # warm-up
+            results[f"gateway:{name}"] = asyncio.run(drive(f"{base}/v2/models/{name}/infer", oip, auth,
+                                                           args.seconds, args.clients))
+            if name == "mlp":
+                apps = _serve_apps(ray)
+                direct = f"http://127.0.0.1:{plan.serve_http}/{apps[0]}"
+                asyncio.run(drive(direct, {"rows": rows}, {}, 3, args.clients))
+                results["direct:mlp"] = asyncio.run(drive(direct, {"rows": rows}, {}, args.seconds, args.clients))
+            http.delete(f"/api/v1/orgs/bench/endpoints/{name}", headers=admin)
+        for k, v in results.items():
+            print(f"{k:14s} {v['rps']:8.1f} req/s  p50 {v['p50_ms']:7.2f} ms  p99 {v['p99_ms']:7.2f} ms  "
+                  f"non-200 {int(v['non200'])}")
+        g, d, b1 = results["gateway:mlp"], results["direct:mlp"], results["gateway:mlp1"]
+        print(f"gateway/direct throughput {g['rps'] / d['rps']:.2f}x (target >= 0.85x); "
+              f"p50 {g['p50_ms'] / d['p50_ms']:.2f}x (target <= 1.15x); p99 {g['p99_ms'] / d['p99_ms']:.2f}x")
+        print(f"dynamic batching (32 vs 1) at {args.clients} clients: {g['rps'] / b1['rps']:.2f}x (target >= 3x)")
+    finally:
+        if api is not None:
+            api.terminate()
+            api.wait(timeout=30)
+        for svc in (ray, mlflow_server, s3):
+            if svc is not None:
+                svc.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _up(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _serve_apps(ray: Any) -> list[str]:
+    """The Serve apps on the cluster (for the direct proxy route), asked of the dashboard's Serve API."""
+    r = httpx.get(f"{ray.dashboard_url}/api/serve/applications/", timeout=10).json()
+    return sorted(r.get("applications", {}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Endpoint operations of the typed API client (mixed into ``HaiheClient``): deploy, update, scale, remove, usage."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _ep(org: str, name: str) -> str:
+    return f"/api/v1/orgs/{_seg(org)}/endpoints/{_seg(name)}"
+
+
+class EndpointsClientMixin:
+    """Endpoint methods; ``self.request(method, path, **kwargs)`` is provided by HaiheClient."""
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:  # pragma: no cover - HaiheClient's
+        raise NotImplementedError
+
+    def create_endpoint(self, org: str, name: str, model: str, **options: Any) -> dict[str, Any]:
+        """Deploy ``model`` (``org/name@alias`` or ``org/name:N``); options: scheduler, min_replicas, max_replicas,
+        max_batch_size, batch_wait_ms, cpus_per_replica, rate_limit_per_s, rate_limit_burst, partition, gpus."""
+        body = {"name": name, "model": model, **{k: v for k, v in options.items() if v is not None}}
+        return dict(self.request("POST", f"/api/v1/orgs/{_seg(org)}/endpoints", json=body))
+
+    def list_endpoints(self, org: str | None = None) -> list[dict[str, Any]]:
+        params = {"org": org} if org else None
+        return list(self.request("GET", "/api/v1/endpoints", params=params)["items"])
+
+    def get_endpoint(self, org: str, name: str) -> dict[str, Any]:
+        return dict(self.request("GET", _ep(org, name)))
+
+    def update_endpoint(self, org: str, name: str, **changes: Any) -> dict[str, Any]:
+        body = {k: v for k, v in changes.items() if v is not None}
+        return dict(self.request("PATCH", _ep(org, name), json=body))
+
+    def scale_endpoint(self, org: str, name: str, min_replicas: int, max_replicas: int) -> dict[str, Any]:
+        body = {"min_replicas": min_replicas, "max_replicas": max_replicas}
+        return dict(self.request("POST", f"{_ep(org, name)}/scale", json=body))
+
+    def delete_endpoint(self, org: str, name: str) -> None:
+        self.request("DELETE", _ep(org, name))
+
+    def endpoint_usage(self, org: str, name: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"{_ep(org, name)}/usage"))

@@ -1,0 +1,37 @@
+"""Gateway knobs, read from ``HAIHE_GATEWAY_*`` environment variables (documented in docs/endpoints.md).
+
+They sit beside the platform's Settings rather than inside it only because Settings is owned elsewhere; every field
+has the same precedence rule (explicit argument > environment > default).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewayConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HAIHE_GATEWAY_", extra="ignore")
+
+    rate_per_s: float = Field(100.0, gt=0, description="Default per-key token-bucket refill rate per endpoint.")
+    burst: int = Field(200, ge=1, description="Default per-key bucket size (requests allowed back to back).")
+    flush_interval_s: float = Field(5.0, gt=0, description="Seconds between metering flushes into the ledger; "
+                                    "a crash loses at most this much metering.")
+    supervise_interval_s: float = Field(1.0, gt=0, description="Seconds between endpoint supervisor cycles.")
+    auth_cache_s: float = Field(1.0, ge=0, description="How long a checked key is trusted without the database "
+                                "(so a revocation takes effect within this time).")
+    quota_refresh_s: float = Field(5.0, gt=0, description="How often an org's request quota limit is re-read.")
+    request_timeout_s: float = Field(60.0, gt=0, description="Longest wait for a model's answer before 503.")
+    connect_timeout_s: float = Field(2.0, gt=0, description="Connect timeout to a Slurm-hosted model server.")
+    max_rows: int = Field(1024, ge=1, description="Most input rows (batch items) in one inference request.")
+    max_body_bytes: int = Field(4 * 2**20, ge=1024, description="Largest inference request body.")
+    max_response_bytes: int = Field(32 * 2**20, ge=1024, description="Largest inference response body.")
+    drain_s: float = Field(3.0, ge=0, description="How long a replaced generation keeps serving after a switch.")
+    ray_address: str = Field("", description="Ray GCS address (host:port). Empty: derived from the 'ray' "
+                             "scheduler URL with the local port plan (GCS = dashboard port - 1).")
+    serve_http_port: int = Field(0, ge=0, description="Ray Serve HTTP proxy port. 0: PortPlan.serve_http of the "
+                                 "port plan the Ray head uses.")
+    slurm_renew_before_s: float = Field(300.0, ge=0, description="Start a successor Slurm serving job this long "
+                                        "before the current one's walltime ends (overlap, so no gap).")
+    slurm_time_limit_min: int = Field(24 * 60, ge=1, description="Walltime of each Slurm serving job.")
+    log_payloads: bool = Field(False, description="Log request/response bodies (debugging only; off by default).")

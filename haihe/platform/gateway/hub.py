@@ -1,0 +1,200 @@
+"""The gateway's process-wide state and threads: routes, runtimes, key cache, buckets, quota book, meter,
+the metering flusher and the endpoint supervisor. One per app, built by the app factory; nothing at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from haihe.errors import InvalidInput
+from haihe.platform.context import PlatformContext
+from haihe.platform.endpoint_rows import Endpoint
+from haihe.platform.gateway.auth import KeyCache
+from haihe.platform.gateway.config import GatewayConfig
+from haihe.platform.gateway.limits import QuotaBook, TokenBuckets
+from haihe.platform.gateway.metering import Flusher, Meter, load_request_quota
+from haihe.platform.gateway.runtimes import ServingRuntime
+from haihe.platform.gateway.supervisor import Step, serving_target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Route:
+    """What the gateway needs to know about an endpoint, held in memory and refreshed every supervisor cycle."""
+
+    endpoint_id: int
+    org_id: int
+    name: str
+    state: str
+    reason: str
+    scheduler: str
+    task: str
+    model: str
+    version: int
+    target: str | None
+    rate_per_s: float | None
+    burst: int | None
+
+    @classmethod
+    def of(cls, ep: Endpoint) -> Route:
+        return cls(ep.id, ep.org_id, ep.name, ep.state, ep.reason, ep.scheduler, ep.task, ep.model_ref,
+                   ep.model_version, serving_target(ep), ep.rate_per_s, ep.burst)
+
+
+def backend_of(url: str) -> str:
+    """Which runtime serves on a scheduler: Ray Serve on ``ray://``, an HTTP serving job everywhere else."""
+    return "ray" if url.startswith("ray") else "slurm"
+
+
+class EndpointsHub:
+    def __init__(self, ctx: PlatformContext, config: GatewayConfig | None = None, *,
+                 runtimes: dict[str, ServingRuntime] | None = None, zoo: Any | None = None,
+                 zoo_factory: Callable[[], Any] | None = None) -> None:
+        self.ctx = ctx
+        self.config = config or GatewayConfig()
+        self._runtimes: dict[str, ServingRuntime] = dict(runtimes or {})
+        self._zoo = zoo
+        self._zoo_factory = zoo_factory
+        self.book = QuotaBook(load_request_quota(ctx.db), self.config.quota_refresh_s)
+        self.meter = Meter(ctx.db, self.book)
+        self.buckets = TokenBuckets()
+        self.keys = KeyCache(ctx.db, self.config.auth_cache_s)
+        self.routes: dict[tuple[int, str], Route] = {}
+        self._inflight: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._flusher: Flusher | None = None
+        self._thread: threading.Thread | None = None
+        self.cycles = 0
+
+    # -- collaborators ------------------------------------------------------------------------------------------
+    def zoo(self) -> Any:
+        if self._zoo is None:
+            if self._zoo_factory is not None:
+                self._zoo = self._zoo_factory()
+            else:
+                from haihe.model_zoo import ModelZoo
+
+                if not self.ctx.settings.mlflow_url:
+                    raise InvalidInput("the platform has no model zoo (HAIHE_MLFLOW_URL is not set)", field="model")
+                self._zoo = ModelZoo.connect(self.ctx.settings.mlflow_url)
+        return self._zoo
+
+    def runtime(self, scheduler: str) -> ServingRuntime:
+        with self._lock:
+            rt = self._runtimes.get(scheduler)
+            if rt is None:
+                rt = self._runtimes[scheduler] = self._build_runtime(scheduler)
+            return rt
+
+    def _build_runtime(self, scheduler: str) -> ServingRuntime:
+        url = self.ctx.settings.schedulers.get(scheduler)
+        if url is None:
+            valid = ", ".join(sorted(self.ctx.settings.schedulers)) or "none configured"
+            raise InvalidInput(f"unknown scheduler {scheduler!r}; valid: {valid}", field="scheduler")
+        if backend_of(url) == "ray":
+            from haihe.cluster.ports import PortPlan
+            from haihe.platform.gateway.ray_runtime import RayServeRuntime, gcs_from_scheduler_url
+
+            gcs = self.config.ray_address or gcs_from_scheduler_url(url)
+            port = self.config.serve_http_port or PortPlan(int(gcs.rsplit(":", 1)[1]) - 100).serve_http
+            return RayServeRuntime(gcs, port)
+        from haihe.platform.gateway.slurm_runtime import SlurmRuntime
+
+        return SlurmRuntime(self.ctx.scheduler(scheduler), self.ctx.settings.node_python,
+                            time_limit_min=self.config.slurm_time_limit_min,
+                            connect_timeout_s=self.config.connect_timeout_s)
+
+    def backend(self, scheduler: str) -> str:
+        url = self.ctx.settings.schedulers.get(scheduler)
+        if url is None:
+            valid = ", ".join(sorted(self.ctx.settings.schedulers)) or "none configured"
+            raise InvalidInput(f"unknown scheduler {scheduler!r}; valid: {valid}", field="scheduler")
+        return backend_of(url)
+
+    # -- in-flight requests per serving target (a generation is retired only when idle) ----------------------------
+    def enter(self, target: str) -> None:
+        with self._lock:
+            self._inflight[target] += 1
+
+    def leave(self, target: str) -> None:
+        with self._lock:
+            self._inflight[target] -= 1
+
+    def inflight(self, target: str) -> int:
+        with self._lock:
+            return self._inflight[target]
+
+    # -- routes -------------------------------------------------------------------------------------------------
+    def refresh_routes(self) -> None:
+        with self.ctx.db.session() as s:
+            rows = s.scalars(select(Endpoint)).all()
+            self.routes = {(ep.org_id, ep.name): Route.of(ep) for ep in rows}
+
+    def lookup(self, org_id: int, name: str) -> Route | None:
+        """The route, from memory; a miss reads the database (an endpoint created since the last cycle)."""
+        route = self.routes.get((org_id, name))
+        if route is not None:
+            return route
+        with self.ctx.db.session() as s:
+            ep = s.scalar(select(Endpoint).where(Endpoint.org_id == org_id, Endpoint.name == name))
+            return Route.of(ep) if ep is not None else None
+
+    # -- supervisor ---------------------------------------------------------------------------------------------
+    def supervise_once(self) -> None:
+        """One cycle over every endpoint; an endpoint whose backend fails is skipped, the others go on."""
+        with self.ctx.db.session() as s:
+            ids = list(s.scalars(select(Endpoint.id)))
+        for endpoint_id in ids:
+            try:
+                with self.ctx.db.session() as s:
+                    ep = s.scalar(select(Endpoint).options(selectinload(Endpoint.org))
+                                  .where(Endpoint.id == endpoint_id))
+                    if ep is None:
+                        continue
+                    Step(ep, self.runtime(ep.scheduler), mlflow_url=self.ctx.settings.mlflow_url,
+                         drain_s=self.config.drain_s, renew_before_s=self.config.slurm_renew_before_s,
+                         inflight=self.inflight).run()
+            except Exception:
+                log.exception("supervising endpoint %s failed; retrying next cycle", endpoint_id)
+        self.refresh_routes()
+        self.cycles += 1
+
+    def _supervise_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.supervise_once()
+            except Exception:
+                log.exception("endpoint supervisor cycle failed")
+            self._stop.wait(self.config.supervise_interval_s)
+
+    def start(self, supervise: bool = True) -> None:
+        """Start the flusher (and the supervisor); an app's lifespan may run more than once, so threads are new."""
+        self._stop = threading.Event()
+        self._flusher = Flusher(self.meter, self.config.flush_interval_s)
+        self._flusher.start()
+        if supervise:
+            self._thread = threading.Thread(target=self._supervise_loop, name="endpoint-supervisor", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        if self._flusher is not None:
+            self._flusher.stop()  # the drain: everything served is now in the ledger
+            self._flusher = None
+        else:
+            self.meter.flush()
+        for rt in self._runtimes.values():
+            rt.close()

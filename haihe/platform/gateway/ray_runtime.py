@@ -1,0 +1,153 @@
+"""Endpoints on Ray Serve: one Serve application per endpoint generation, called through a DeploymentHandle.
+
+The platform process joins the Ray cluster lazily, on the first Ray endpoint (``ray.init(address=<GCS>)`` with
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` so Ray keeps to loopback like the head does), and starts Serve with its HTTP
+proxy on ``PortPlan.serve_http`` so it never takes a port someone else planned for. A handle call skips Serve's
+HTTP proxy: it was the fastest path measured here (ENVIRONMENT.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+from haihe.errors import SchedulerUnavailable, ServiceUnavailable
+from haihe.platform.gateway.runtimes import DeployPlan, Probe
+
+log = logging.getLogger(__name__)
+
+_STATUS_TTL_S = 0.5
+
+
+def gcs_from_scheduler_url(url: str) -> str:
+    """The local stack's GCS address from its ``ray://host:<dashboard>`` URL (the port plan puts GCS one below)."""
+    parsed = urlparse(url)
+    if not parsed.hostname or not parsed.port:
+        raise SchedulerUnavailable(f"cannot derive a Ray GCS address from {url!r}; set HAIHE_GATEWAY_RAY_ADDRESS")
+    return f"{parsed.hostname}:{parsed.port - 1}"
+
+
+class RayServeRuntime:
+    backend = "ray"
+
+    def __init__(self, gcs_address: str, http_port: int) -> None:
+        self.gcs_address = gcs_address
+        self.http_port = http_port
+        self._lock = threading.Lock()
+        self._connected = False
+        self._handles: dict[str, Any] = {}
+        self._status: tuple[float, dict[str, Any]] = (0.0, {})
+
+    def connect(self) -> None:
+        with self._lock:
+            if self._connected:
+                return
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # else Ray swaps 127.0.0.1 for eth0's address
+            try:
+                import ray
+                from ray import serve
+
+                if not ray.is_initialized():
+                    ray.init(address=self.gcs_address, namespace="haihe-endpoints", log_to_driver=False,
+                             logging_level=logging.WARNING)
+                serve.start(http_options={"host": "127.0.0.1", "port": self.http_port})
+            except Exception as exc:  # ConnectionError, RaySystemError, ...: the cluster is not there
+                raise SchedulerUnavailable(f"Ray cluster at {self.gcs_address} unavailable: {exc}") from None
+            self._connected = True
+
+    def deploy(self, plan: DeployPlan) -> dict[str, Any]:
+        self.connect()
+        from ray import serve
+
+        from haihe.jobs.serving.ray_app import Scaling, build_app
+
+        app = build_app(plan.config, Scaling(plan.min_replicas, plan.max_replicas, plan.cpus_per_replica))
+        # _run with _blocking=False: returns once the controller has the app; the supervisor watches it come up
+        serve._run(app, name=plan.app_name, route_prefix=f"/{plan.app_name}", _blocking=False)
+        self._status = (0.0, {})
+        return {"app": plan.app_name, "target": plan.app_name}
+
+    def rescale(self, record: dict[str, Any], plan: DeployPlan) -> None:
+        """Same app, new replica bounds: Serve applies a scaling-only change in place, without new replicas."""
+        self.deploy(DeployPlan(plan.org, plan.endpoint, record["app"], plan.config, plan.min_replicas,
+                               plan.max_replicas, plan.cpus_per_replica, plan.options))
+
+    def _statuses(self) -> dict[str, Any]:
+        stamp, cached = self._status
+        if time.monotonic() - stamp < _STATUS_TTL_S:
+            return cached
+        self.connect()
+        from ray import serve
+
+        apps = dict(serve.status().applications)
+        self._status = (time.monotonic(), apps)
+        return apps
+
+    def probe(self, record: dict[str, Any]) -> Probe:
+        name = record["app"]
+        app = self._statuses().get(name)
+        if app is None:
+            return Probe("gone", f"Serve application {name} is not running")
+        status = str(getattr(app.status, "value", app.status))
+        message = (app.message or "").strip().splitlines()
+        detail = message[-1][:500] if message else ""
+        if status == "RUNNING":
+            self.handle(name)  # made here, in the supervisor's thread, so a request never waits for it
+            return Probe("ready", target=name)
+        if status in ("DEPLOYING", "NOT_STARTED"):
+            return Probe("starting", f"Serve application {status.lower()}" + (f": {detail}" if detail else ""))
+        if status == "DELETING":
+            return Probe("gone", f"Serve application {name} is being deleted")
+        return Probe("failed", f"Serve application {status}: {detail or 'no message'}")
+
+    def remove(self, record: dict[str, Any]) -> None:
+        self.connect()
+        from ray import serve
+
+        name = record["app"]
+        self._handles.pop(name, None)
+        serve.delete(name, _blocking=False)
+        self._status = (0.0, {})
+
+    def handle(self, name: str) -> Any:
+        h = self._handles.get(name)
+        if h is None:
+            from ray import serve
+
+            h = self._handles[name] = serve.get_app_handle(name)
+        return h
+
+    async def infer(self, target: str, rows: list[Any], timeout_s: float) -> list[Any]:
+        handle: Any = self._handles.get(target)
+        if handle is None:
+            handle = await asyncio.to_thread(self.handle, target)
+        response = handle.predict.remote(rows)
+        try:
+            result: list[Any] = await asyncio.wait_for(_awaited(response), timeout_s)
+        except TimeoutError:
+            response.cancel()
+            raise ServiceUnavailable(f"the model did not answer within {timeout_s:g}s") from None
+        except ServiceUnavailable:
+            raise
+        except Exception as exc:  # RayTaskError, replica died, app deleted: the SDK's errors stop here
+            raise ServiceUnavailable(f"model server error: {type(exc).__name__}") from None
+        return result
+
+    def stats(self, target: str) -> dict[str, int]:
+        """Per-replica counters of one app (tests use them to check what reached the model)."""
+        from ray import serve
+
+        h = serve.get_app_handle(target)
+        return dict(h.stats.remote().result())
+
+    def close(self) -> None:
+        self._handles.clear()
+
+
+async def _awaited(response: Any) -> Any:
+    return await response

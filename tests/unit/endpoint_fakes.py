@@ -1,0 +1,105 @@
+"""Stateful fakes for the endpoint tests: a zoo that knows a few models, and a serving runtime with switches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from haihe.errors import NotFound, ServiceUnavailable
+from haihe.model_zoo.names import ZooRef
+from haihe.platform.gateway.runtimes import DeployPlan, Probe, ProbeState
+
+
+@dataclass
+class _Model:
+    visibility: str
+    task: str
+
+
+@dataclass
+class _Version:
+    version: int
+
+
+@dataclass
+class _Detail:
+    model: _Model
+    selected: _Version | None
+    latest: _Version | None
+
+
+@dataclass
+class FakeZoo:
+    """``models[(org, name)] = (visibility, task, [versions], {alias: version})``."""
+
+    models: dict[tuple[str, str], tuple[str, str, list[int], dict[str, int]]] = field(default_factory=dict)
+
+    def add(self, ref: str, task: str, versions: list[int], visibility: str = "public",
+            aliases: dict[str, int] | None = None) -> None:
+        org, name = ref.split("/")
+        self.models[(org, name)] = (visibility, task, versions, aliases or {})
+
+    def get(self, ref: ZooRef) -> _Detail:
+        entry = self.models.get((ref.org, ref.name))
+        if entry is None:
+            raise NotFound(f"no zoo model {ref}")
+        visibility, task, versions, aliases = entry
+        selected = None
+        if ref.version is not None:
+            if ref.version not in versions:
+                raise NotFound(f"no zoo model {ref}")
+            selected = _Version(ref.version)
+        elif ref.alias is not None:
+            if ref.alias not in aliases:
+                raise NotFound(f"no zoo model {ref}")
+            selected = _Version(aliases[ref.alias])
+        return _Detail(_Model(visibility, task), selected, _Version(max(versions)) if versions else None)
+
+
+class FakeRuntime:
+    """Deploys instantly into a table; each app reports ``next_state`` until told otherwise; infer doubles rows."""
+
+    def __init__(self, backend: str = "ray") -> None:
+        self.backend = backend
+        self.apps: dict[str, dict[str, Any]] = {}  # app -> {"state", "plan", "rescaled"}
+        self.next_state: ProbeState = "ready"
+        self.calls = 0  # requests that reached "the model"
+        self.served_by: dict[str, int] = {}
+        self.removed: list[str] = []
+        self.fail_infer = False
+
+    def deploy(self, plan: DeployPlan) -> dict[str, Any]:
+        self.apps[plan.app_name] = {"state": self.next_state, "plan": plan, "rescaled": 0}
+        return {"app": plan.app_name, "target": plan.app_name}
+
+    def rescale(self, record: dict[str, Any], plan: DeployPlan) -> None:
+        self.apps[record["app"]]["rescaled"] += 1
+
+    def probe(self, record: dict[str, Any]) -> Probe:
+        app = self.apps.get(record["app"])
+        if app is None:
+            return Probe("gone", f"{record['app']} is not running")
+        state: ProbeState = app["state"]
+        return Probe(state, "" if state == "ready" else f"{record['app']} is {state}",
+                     target=record["app"] if state == "ready" else None)
+
+    def remove(self, record: dict[str, Any]) -> None:
+        self.apps.pop(record["app"], None)
+        self.removed.append(record["app"])
+
+    async def infer(self, target: str, rows: list[Any], timeout_s: float) -> list[Any]:
+        if target not in self.apps or self.fail_infer:
+            raise ServiceUnavailable("model server error: gone")
+        self.calls += 1
+        self.served_by[target] = self.served_by.get(target, 0) + 1
+        version = self.apps[target]["plan"].config.model.rsplit(":", 1)[1]
+        out: list[Any] = []
+        for r in rows:
+            if isinstance(r, str):
+                out.append([float(len(r)), float(version)])
+            else:
+                out.append([float(x) * 2 for x in list(r)])
+        return out
+
+    def close(self) -> None:
+        pass
