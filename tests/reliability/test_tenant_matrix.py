@@ -40,9 +40,27 @@ UNTENANTED = {
     "whoami": "the caller's own identity",
 }
 # operations that list across orgs: checked for leaks in the body instead of by status
-LISTINGS = {"orgs_list", "users_list", "jobs_list", "keys_list", "datasets_list", "audit_search", "usage_report"}
+LISTINGS = {"orgs_list", "users_list", "jobs_list", "keys_list", "datasets_list", "audit_search", "usage_report",
+            "models_list", "models_for_dataset", "list_endpoints"}
 # platform-wide admin operations: a non-platform-admin gets 403 whatever the target
-PLATFORM_ADMIN = {"orgs_create", "orgs_set_status", "orgs_suspend", "orgs_resume", "quota_set_org", "datasets_gc"}
+PLATFORM_ADMIN = {"orgs_create", "orgs_set_status", "orgs_suspend", "orgs_resume", "quota_set_org", "datasets_gc",
+                  "quota_sync", "quota_check"}
+# operations whose cross-tenant behaviour needs a real model zoo (MLflow) or a serving runtime, tested with those
+# in the named tests; listed here so that a new operation still cannot slip past this file unclassified
+COVERED_ELSEWHERE = {
+    "models_get": "tests/integration/test_zoo_api.py (org B: 404 on A's private model)",
+    "models_set_alias": "tests/integration/test_zoo_api.py (org B: 403 on A's public model's aliases)",
+    "models_set_visibility": "tests/unit/test_zoo_service.py (publish: owner org admins only)",
+    "models_delete": "tests/unit/test_zoo_service.py",
+    "models_register": "tests/integration/test_zoo_api.py (a job and run of the org only)",
+    "models_download": "tests/integration/test_zoo_api.py",
+    "infer": "tests/integration/test_endpoints_ray.py + tests/unit/test_endpoints_gateway.py (other org's key: 404)",
+    "model_metadata": "tests/unit/test_endpoints_gateway.py",
+    "model_ready": "tests/unit/test_endpoints_gateway.py",
+    "create_embeddings": "tests/integration/test_endpoints_ray.py",
+}
+# reads the control cannot make because the matrix's world holds no such resource (no endpoint is deployed here)
+NO_CONTROL = {"get_endpoint", "endpoint_usage", "jobs_run", "jobs_metrics"}
 
 
 @dataclass
@@ -125,7 +143,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 def _fill(path: str, victim: OrgWorld, attacker: OrgWorld | None = None) -> str:
     values = {"org": victim.name, "project": victim.project, "job_id": victim.job_id, "username": victim.researcher,
-              "prefix": victim.key_prefix, "name": victim.dataset, "upload_id": victim.upload_id, "version": "1",
+              "prefix": victim.key_prefix, "upload_id": victim.upload_id, "version": "1",
+              # {name} is a dataset, an endpoint or a model depending on the collection
+              "name": victim.dataset if "/datasets/" in path else "secret-endpoint",
               # sharing C's dataset with A is the attack; the control shares with an org that is not C
               "target": (attacker or victim).name}
     out = path
@@ -155,6 +175,9 @@ def _body(operation_id: str, victim: OrgWorld) -> dict[str, Any] | None:
         "dataset_versions_complete": {},
         "datasets_share": {"org": victim.name},
         "datasets_set_visibility": {"visibility": "public"},
+        "create_endpoint": {"name": unique("e"), "model": "public/minilm-l6@production"},
+        "update_endpoint": {"model": "public/minilm-l6@production"},
+        "scale_endpoint": {"min_replicas": 1, "max_replicas": 1},
     }
     return bodies.get(operation_id)
 
@@ -169,7 +192,7 @@ def test_every_operation_is_classified(world: World) -> None:
         opid = op["operationId"]
         tenanted = "{" in path or opid in LISTINGS or opid in PLATFORM_ADMIN or "requestBody" in op
         assert opid in UNTENANTED or tenanted, f"{opid} ({path}) is neither tenanted nor listed as untenanted"
-        if "requestBody" in op and opid not in UNTENANTED:
+        if "requestBody" in op and opid not in UNTENANTED and opid not in COVERED_ELSEWHERE:
             assert _body(opid, world.orgs["c"]) is not None or opid in {"datasets_unshare"}, \
                 f"{opid} has a request body but no example in _body(): the matrix could not reach its access check"
 
@@ -181,7 +204,7 @@ def test_no_cross_tenant_reads_or_writes(world: World, figures: Figures) -> None
     checked = 0
     for method, path, op in _operations(c):
         opid = op["operationId"]
-        if opid in UNTENANTED:
+        if opid in UNTENANTED or opid in COVERED_ELSEWHERE:
             continue
         url = _fill(path, victim, attacker)
         body = _body(opid, victim)
@@ -214,6 +237,8 @@ def test_control_the_victims_own_admin_can_read_what_was_refused(world: World) -
     for method, path, op in _operations(c):
         opid = op["operationId"]
         if method != "GET" or opid in UNTENANTED or opid in LISTINGS or "{" not in path:
+            continue
+        if opid in COVERED_ELSEWHERE or opid in NO_CONTROL:
             continue
         url = _fill(path, victim)
         headers = world.tenancy.admin_headers if opid in PLATFORM_ADMIN else victim.admin
