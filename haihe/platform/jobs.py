@@ -21,7 +21,15 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from haihe.errors import Conflict, HaiheError, InvalidInput, NotFound, PermissionDenied, ServiceUnavailable
+from haihe.errors import (
+    Conflict,
+    HaiheError,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    ServiceUnavailable,
+    TrackingUnavailable,
+)
 from haihe.jobs.render import RenderContext, render_launch
 from haihe.jobs.spec import JobSpec, validate_spec
 from haihe.platform import access, audit
@@ -110,6 +118,7 @@ def submit(
         raise InvalidInput("code_uri must be an upload made for this org", field="code_uri")
     if spec.workdir and code_uri is None:
         raise InvalidInput("workdir is packed and uploaded by the CLI; submit with its code_uri", field="workdir")
+    _require_tracking(ctx, spec)
     scheduler_name = _scheduler_name(ctx, spec)
     scheduler = ctx.scheduler(scheduler_name)
     stored = spec.model_dump(mode="json", exclude_none=True, by_alias=True)
@@ -146,6 +155,23 @@ def submit(
     session.commit()  # the row exists before the scheduler hears of it
     dispatch(ctx, session, job, launch)
     return job
+
+
+def _require_tracking(ctx: PlatformContext, spec: JobSpec) -> None:
+    """A job that must register a model or load one from the zoo cannot do without MLflow: refuse it now, with the
+    reason, instead of letting it fail on the node (a job that only logs metrics runs on and logs nothing)."""
+    needs = "registers a model in the zoo" if spec.registration else "loads a zoo model" if spec.model else None
+    if needs is None or not ctx.settings.mlflow_url:
+        return
+    import httpx
+
+    try:
+        ok = httpx.get(ctx.settings.mlflow_url.rstrip("/") + "/health", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        ok = False
+    if not ok:
+        raise TrackingUnavailable(f"tracking (MLflow) is unavailable and this job {needs}; nothing was submitted, "
+                                  "try again when it is back", component="mlflow")
 
 
 def launch_for_new(ctx: PlatformContext, session: Session, job: Job, project: Project, principal: Principal) -> Launch:

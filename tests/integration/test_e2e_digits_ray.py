@@ -72,3 +72,4 @@ def test_digits_cnn_through_the_cli_on_ray_train(live: LivePlatform, tmp_path: P
     assert versions.get("model_versions"), versions
     tags = {t["key"]: t["value"] for t in versions["model_versions"][0].get("tags", [])}
     assert tags.get("haihe.job_id") == job_id.group(0) and tags.get("haihe.run_id") == run_id
+    assert tags.get("haihe.dataset") == "builtin:sklearn.datasets.load_digits"

@@ -70,6 +70,7 @@ def test_digits_cnn_on_two_nodes_with_torchrun(live: LivePlatform, tmp_path: Pat
                          params={"filter": "name = 'acme~digits-cnn'"}).json()["model_versions"]
     tags = {t["key"]: t["value"] for t in versions[0]["tags"]}
     assert tags["haihe.job_id"] == job_id.group(0) and tags["haihe.run_id"] == runs[0]["info"]["run_id"]
+    assert tags["haihe.dataset"] == "builtin:sklearn.datasets.load_digits"
 
 
 def test_platform_sigkill_with_20_live_jobs(live: LivePlatform, slurm_cluster: Any) -> None:

@@ -210,3 +210,25 @@ def test_keyset_pagination_has_no_overlap_or_gap(env: Env) -> None:
     assert len(seen) == 23 and set(seen) == ids
     r = env.client.get("/api/v1/jobs?state=BOGUS", headers=env.user)
     assert r.status_code == 422 and r.json()["error"]["field"] == "state"
+
+
+def test_jobs_that_need_tracking_are_refused_while_mlflow_is_down(tmp_path: Path) -> None:
+    from haihe.cluster.procs import free_port
+    from haihe.server import create_app
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", schedulers={"fake": "fake://"},
+                        default_scheduler="fake", reconcile_interval_s=0, mlflow_url=dead)
+    ctx = PlatformContext.from_settings(settings)
+    factory = FakeFactory()
+    ctx.registry.register("fake", factory)
+    with TestClient(create_app(settings, ctx=ctx)) as client:
+        env = Env(client, ctx, factory.instance)
+        r = client.post(f"/api/v1/orgs/{env.org}/projects/{env.project}/jobs",
+                        json={"spec": {**SPEC, "register": {"name": "digits"}}}, headers=env.user)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "tracking_unavailable"
+        assert "registers a model" in r.json()["error"]["message"]
+        assert env.count_jobs() == 0 and factory.instance.submits == 0
+        # a job that only logs metrics is not held up by the outage
+        assert client.post(f"/api/v1/orgs/{env.org}/projects/{env.project}/jobs", json={"spec": SPEC},
+                           headers=env.user).status_code == 201

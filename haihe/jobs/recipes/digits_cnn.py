@@ -45,6 +45,8 @@ def run(ctx: JobContext) -> None:
     model = DigitsCNN(channels, hidden)
     train, test = digits_tensors(cfg.seed)
     result = train_classifier(ctx, model, train, test, cfg)  # type: ignore[arg-type]
+    if ctx.dataset is None:  # the lineage names the data even when it ships with scikit-learn
+        ctx.dataset = "builtin:sklearn.datasets.load_digits"
     version = ctx.finish_model(model.cpu(), description="digits-cnn: CNN on scikit-learn digits")
     ctx.result(steps=result.steps, resumed_from=result.resumed_from, final_loss=result.final_loss,
                test_loss=result.test_loss, test_accuracy=result.test_accuracy, registered_version=version,
