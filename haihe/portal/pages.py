@@ -1,17 +1,18 @@
-"""Portal pages mounted on the platform app (the portal issue grows this into the full web UI)."""
+"""Mount the portal on the platform app: its page routers, its static files and its template environment."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
-_INDEX = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Haihe</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><main><h1>Haihe</h1><p>AI supercomputing as a service.</p>
-<ul><li><a href="/docs">API reference</a></li><li><a href="/readyz">Readiness</a></li></ul></main></body></html>"""
+from haihe.portal.web import STATIC_DIR, STATIC_PREFIX, build_environment
 
 
 def mount(app: FastAPI) -> None:
-    @app.get("/", include_in_schema=False, response_class=HTMLResponse)
-    def index() -> str:
-        return _INDEX
+    from haihe.portal.routes import admin, admin_reports, auth, dashboard, datasets, jobs, submit
+
+    app.state.portal_env = build_environment()
+    app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="portal-static")
+    # submit before jobs: /jobs/new must not be taken for a job id
+    for module in (auth, dashboard, submit, jobs, datasets, admin, admin_reports):
+        app.include_router(module.router)
