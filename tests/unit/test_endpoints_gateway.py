@@ -250,3 +250,20 @@ def test_payload_checks(world: World) -> None:
     big = {"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a" * (5 * 2**20)]}]}
     r = w.client.post("/v2/models/p/infer", json=big, headers=bearer(w.key))
     assert r.status_code == 413
+
+
+def test_a_deleted_endpoint_does_not_block_metering_of_the_others(world: World) -> None:
+    w = world
+    w.create("gone")
+    w.create("stays")
+    _ready(w, "gone")
+    _ready(w, "stays")
+    assert w.infer("gone", w.key).status_code == 200
+    assert w.client.delete(f"/api/v1/orgs/{w.org}/endpoints/gone", headers=w.admin).status_code == 204
+    w.hub.supervise_once()
+    assert w.hub.meter.flush() == 1  # the request served before the delete is still charged
+    assert w.infer("stays", w.key).status_code == 200
+    assert w.hub.meter.flush() == 1  # and the next batch is not stuck behind it
+    assert w.ledger_requests() == 2
+    usage = w.client.get(f"/api/v1/orgs/{w.org}/endpoints/stays/usage", headers=w.admin).json()
+    assert usage["requests"] == 1

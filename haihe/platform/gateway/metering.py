@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from haihe.platform import quotas
 from haihe.platform.db import Database
-from haihe.platform.endpoint_rows import EndpointUsage
+from haihe.platform.endpoint_rows import Endpoint, EndpointUsage
 from haihe.platform.gateway.limits import QuotaBook
 from haihe.platform.models import Quota, utcnow
 
@@ -122,6 +122,11 @@ class Meter:
                     quotas.record_usage(s, org_id=key.org_id, resource="requests", amount=float(c.requests),
                                         source="inference", user_id=key.user_id, endpoint=key.endpoint, ref=ref,
                                         note=f"key {key.key_prefix}", when=key.minute)
+                if s.get(Endpoint, key.endpoint_id) is None:
+                    # deleted since the requests were served: the ledger keeps the charge (above), the per-minute
+                    # usage row has nothing left to point at; writing it would fail this batch and every later one
+                    per_org[key.org_id] = per_org.get(key.org_id, 0) + c.requests
+                    continue
                 s.add(EndpointUsage(endpoint_id=key.endpoint_id, org_id=key.org_id, credential_id=key.credential_id,
                                     key_prefix=key.key_prefix, minute=key.minute, requests=c.requests,
                                     errors=c.errors, latency_ms_sum=c.latency_ms_sum,

@@ -22,6 +22,10 @@ from haihe.schedulers.slurm.sbatch import LauncherConfig, render_script
 from haihe.schedulers.slurm.transport import SlurmTransport
 
 LOG_CHUNK = 1 << 20
+# printed by the model server of a serving job (haihe.jobs.serving) once it listens; jobs sits above schedulers,
+# so the marker is spelled here too (a unit test keeps the two equal)
+SERVING_ADDRESS_MARKER = "HAIHE_SERVING_ADDRESS="
+ADDRESS_SCAN_LIMIT = 4 << 20  # a serving job reports its address early; never scan a huge log to its end
 Probe = Callable[[], bool]
 
 
@@ -65,6 +69,8 @@ class SlurmScheduler(BaseScheduler):
         self.ctld_probe = ctld_probe
         self.describe_ttl = describe_ttl
         self._info: tuple[float, ClusterInfo] | None = None
+        # per serving job: (log bytes already scanned, last address seen), so each probe reads only new lines
+        self._address_scan: dict[str, tuple[int, str | None]] = {}
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def _require_ctld(self) -> None:
@@ -194,6 +200,35 @@ class SlurmScheduler(BaseScheduler):
             complete = st is not None and st.state.is_terminal() and (not path.exists()
                                                                        or new_offset >= path.stat().st_size)
         return LogChunk(data=text, offset=new_offset, complete=complete)
+
+    def _endpoint(self, ref: str) -> str | None:
+        """The address a serving job last printed to its log (``HAIHE_SERVING_ADDRESS=…``), read by offset.
+
+        Only the file is read (no Slurm call): the caller already knows the job runs. A partly written last
+        line waits for the next call. A log that shrank (the job was requeued and its log truncated) is
+        scanned again from the start.
+        """
+        if not ref.isdigit():
+            raise InvalidInput(f"not a Slurm serving job ref: {ref!r}", field="ref")
+        path = self._log_path(ref)
+        offset, address = self._address_scan.get(ref, (0, None))
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, 2)
+                if size < offset:
+                    offset, address = 0, None
+                f.seek(offset)
+                data = f.read(max(0, min(size, ADDRESS_SCAN_LIMIT) - offset))
+        except FileNotFoundError:
+            return None
+        whole = data[: data.rfind(b"\n") + 1]
+        for line in whole.decode(errors="replace").splitlines():
+            if line.startswith(SERVING_ADDRESS_MARKER):
+                address = line[len(SERVING_ADDRESS_MARKER):].strip() or address
+        if len(self._address_scan) > 4096:  # a platform serves few endpoints; forget the oldest scans
+            self._address_scan.pop(next(iter(self._address_scan)))
+        self._address_scan[ref] = (offset + len(whole), address)
+        return address
 
     def _describe(self) -> ClusterInfo:
         self._require_ctld()
