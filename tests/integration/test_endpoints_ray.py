@@ -29,7 +29,7 @@ from tests.integration.endpoint_stack import Platform, platform_process, wait_fo
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.s3]
 
-LOAD_SECONDS = float(os.environ.get("HAIHE_TEST_LOAD_S", "20"))
+LOAD_SECONDS = float(os.environ.get("HAIHE_TEST_LOAD_S", "60"))  # the issue asks for 60 s at saturation
 
 
 def _digits_card() -> dict[str, Any]:
