@@ -9,10 +9,11 @@ from haihe.portal.web import STATIC_DIR, STATIC_PREFIX, build_environment
 
 
 def mount(app: FastAPI) -> None:
-    from haihe.portal.routes import admin, admin_reports, auth, dashboard, datasets, jobs, submit
+    from haihe.portal.routes import admin, admin_reports, auth, dashboard, datasets, endpoints, jobs, submit, zoo
 
     app.state.portal_env = build_environment()
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="portal-static")
-    # submit before jobs: /jobs/new must not be taken for a job id
-    for module in (auth, dashboard, submit, jobs, datasets, admin, admin_reports):
+    # submit before jobs: /jobs/new must not be taken for a job id (and /endpoints/new is declared before
+    # /endpoints/{org}/{name} inside its module)
+    for module in (auth, dashboard, submit, jobs, datasets, zoo, endpoints, admin, admin_reports):
         app.include_router(module.router)

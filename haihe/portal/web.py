@@ -36,9 +36,9 @@ STATIC_DIR = Path(__file__).parent / "static"
 STATIC_PREFIX = "/portal-static"
 CSRF_FIELD = "csrf_token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# the model zoo and endpoints services exist; their portal pages are not built yet, so no links lead there
-ZOO_PAGES = False
-ENDPOINT_PAGES = False
+# the model zoo and endpoints pages (routes/zoo.py, routes/endpoints.py): the navigation links to them
+ZOO_PAGES = True
+ENDPOINT_PAGES = True
 
 
 class SignInRequired(Exception):

@@ -25,10 +25,8 @@ def live(tmp_path: Path, ray_head: Any, s3_server: Any, mlflow_server: Any) -> I
 
 def _mlflow(mlflow_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     url = f"{mlflow_url}/api/2.0/mlflow/{path}"
-    if path == "runs/search":
-        r = httpx.post(url, json=body, timeout=30)
-    else:
-        r = httpx.get(url, params=body, timeout=30)
+    search = path == "runs/search"  # MLflow: searching runs is a POST, the other reads are GETs
+    r = httpx.post(url, json=body, timeout=30) if search else httpx.get(url, params=body, timeout=30)
     r.raise_for_status()
     return dict(r.json())
 

@@ -3,6 +3,7 @@ ok, Ctrl-C stops every child, and a second run reuses the state (same admin, sam
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,10 +21,8 @@ from haihe.cluster.procs import free_port, pid_alive, wait_until
 def _pids(home: Path) -> list[int]:
     pids = []
     for f in home.rglob("*.pid"):
-        try:
+        with contextlib.suppress(ValueError):
             pids.append(int(f.read_text().strip()))
-        except ValueError:
-            pass
     return pids
 
 

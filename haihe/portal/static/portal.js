@@ -227,10 +227,27 @@ function initDatasetUpload() {
   });
 }
 
+/* -- copy buttons: data-copy names the element whose text goes to the clipboard ---------------------------------- */
+function initCopy() {
+  document.querySelectorAll("button[data-copy]").forEach((btn) => {
+    btn.addEventListener("click", async () => {
+      const el = document.getElementById(btn.dataset.copy);
+      if (!el || !navigator.clipboard) return;
+      try {
+        await navigator.clipboard.writeText(el.textContent);
+        if (btn.dataset.copied) btn.textContent = btn.dataset.copied;
+      } catch (err) {
+        /* no clipboard permission (plain http): the text stays selectable */
+      }
+    });
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   window.HAIHE_STATES = readJSON("state-names");
   initLogs();
   initCharts();
   initNewJob();
   initDatasetUpload();
+  initCopy();
 });
