@@ -8,12 +8,14 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from haihe.datasets.store import ReadStream
 from haihe.errors import HaiheError
 
 CHUNK = 1024 * 1024
-DOWNLOAD_CHUNK = 8 * 1024 * 1024  # fewer, larger reads: urllib3 costs per read() call
+DOWNLOAD_CHUNK = 8 * 1024 * 1024
+READ_CHUNK = 1024 * 1024  # bulk reads: small enough to stay in the CPU cache between recv, sha256 and write
 
 
 class IntegrityError(HaiheError):
@@ -51,6 +53,36 @@ def check_digest(actual: str, length: int, *, name: str, size: int, sha256: str)
         )
 
 
+def read_chunk(stream: ReadStream, n: int = READ_CHUNK) -> bytes:
+    """Up to ``n`` bytes (empty at the end): one receive through ``read1`` when the stream has it. Measured here,
+    1 MiB chunks handled while they are in the CPU cache (hash, write, copy) beat 8 MiB ``read(n)`` calls."""
+    read1 = getattr(stream, "read1", None)
+    return bytes(read1(n)) if read1 is not None else stream.read(n)
+
+
+def fill(stream: ReadStream, view: memoryview, digest: Any = None) -> int:
+    """Read into ``view`` until it is full or the stream ends, updating ``digest`` (a hashlib object) with each
+    chunk as it arrives; the number of bytes read."""
+    got = 0
+    while got < len(view):
+        block = read_chunk(stream, min(READ_CHUNK, len(view) - got))
+        if not block:
+            break
+        view[got : got + len(block)] = block
+        if digest is not None:
+            digest.update(block)
+        got += len(block)
+    return got
+
+
+def drain(stream: ReadStream) -> int:
+    """Read a stream to its end and count the bytes (to report the real length of an object that is too long)."""
+    total = 0
+    while block := stream.read(DOWNLOAD_CHUNK):
+        total += len(block)
+    return total
+
+
 def download_verified(
     stream: ReadStream,
     dest: Path,
@@ -70,7 +102,7 @@ def download_verified(
     try:
         with os.fdopen(fd, "wb") as out:
             try:
-                while block := stream.read(DOWNLOAD_CHUNK):
+                while block := read_chunk(stream):
                     digest.update(block)
                     out.write(block)
                     written += len(block)

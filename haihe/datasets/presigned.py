@@ -41,6 +41,15 @@ class _HttpRead:
         except (HTTPError, OSError) as exc:
             raise StorageUnavailable(f"GET {_redact(self._url)}: connection lost ({type(exc).__name__})") from None
 
+    def read1(self, n: int, /) -> bytes:
+        """Up to ``n`` bytes from one receive (``hashing.read_chunk``: cheaper than ``read(n)`` for bulk data)."""
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return bytes(self._response.read1(n))
+        except (HTTPError, OSError) as exc:
+            raise StorageUnavailable(f"GET {_redact(self._url)}: connection lost ({type(exc).__name__})") from None
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._response.release_conn()

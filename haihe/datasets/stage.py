@@ -16,23 +16,26 @@ then find the marker. Blobs are shared by versions, so a new version that change
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from haihe.datasets import layout
-from haihe.datasets.hashing import download_verified
+from haihe.datasets.hashing import IntegrityError, check_digest, download_verified, fill
 from haihe.datasets.manifest import FileEntry, Manifest
 from haihe.datasets.store import ObjectStore
 from haihe.datasets.versions import latest_version, read_manifest
 from haihe.errors import HaiheError
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+RANGE_SIZE = 16 * 1024 * 1024  # below glibc's largest mmap threshold, so range buffers are reused, not re-faulted
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,13 @@ class CacheUsage:
 class DatasetCache:
     """The node-local cache directory."""
 
-    def __init__(self, root: Path, *, max_bytes: int | None = None, lock_timeout: float = 3600.0) -> None:
+    def __init__(
+        self, root: Path, *, max_bytes: int | None = None, lock_timeout: float = 3600.0, range_size: int = RANGE_SIZE
+    ) -> None:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.lock_timeout = lock_timeout
+        self.range_size = range_size  # files larger than this may be fetched as parallel ranged GETs
         for sub in ("blobs", "trees", "locks", "incoming"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -132,12 +138,22 @@ class DatasetCache:
                 done += n
                 progress(done, total)
 
+        # fewer files than workers: split each large file into ranged GETs, so one big file is not limited to
+        # the speed of one connection
+        per_file = max(1, workers // max(1, len(wanted)))
+
         def fetch(entry: FileEntry) -> None:
             key = layout.file_key(manifest.org, manifest.dataset, manifest.version, entry.path)
             target = incoming / entry.sha256
-            download_verified(
-                store.open(key), target, name=entry.path, size=entry.size, sha256=entry.sha256, progress=count
-            )
+            if per_file > 1 and entry.size > self.range_size:
+                download_ranges(
+                    store, key, target, name=entry.path, size=entry.size, sha256=entry.sha256, parallel=per_file,
+                    range_size=self.range_size, progress=count,
+                )
+            else:
+                download_verified(
+                    store.open(key), target, name=entry.path, size=entry.size, sha256=entry.sha256, progress=count
+                )
             target.chmod(0o444)
 
         if progress is not None:
@@ -202,6 +218,85 @@ class DatasetCache:
                     blob.unlink()
 
 
+def download_ranges(
+    store: ObjectStore,
+    key: str,
+    dest: Path,
+    *,
+    name: str,
+    size: int,
+    sha256: str,
+    parallel: int,
+    range_size: int = RANGE_SIZE,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Fetch one object as ``parallel`` concurrent ranged GETs written in place into a temporary file, hashing the
+    ranges in order as they arrive (whichever thread completes the next range hashes it: no second pass over the
+    file); ``dest`` appears only if size and sha256 match the manifest's."""
+    actual = store.stat(key).size  # a range past the end would be an S3 error, not a clear size mismatch
+    if actual != size:
+        check_digest("", actual, name=name, size=size, sha256=sha256)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+    tmp = Path(tmp_name)
+    digest = hashlib.sha256()
+    hashed = [0]  # bytes hashed so far: the offset of the next range to hash
+    ready: dict[int, tuple[memoryview, bytearray]] = {}
+    spare: list[bytearray] = []
+    lock = threading.Lock()
+
+    def one(start: int) -> None:
+        length = min(range_size, size - start)
+        with lock:
+            buffer = spare.pop() if spare else bytearray(range_size)
+        view = memoryview(buffer)[:length]
+        stream = store.open(key, start, length)
+        try:
+            got = fill(stream, view)
+        finally:
+            stream.close()
+        if got != length:
+            raise IntegrityError(f"{name}: bytes {start}-{start + length} came back short ({got})", field=name)
+        written = 0
+        while written < length:
+            written += os.pwrite(fd, view[written:], start + written)
+        with lock:
+            ready[start] = (view, buffer)
+            while hashed[0] in ready:
+                block, done = ready.pop(hashed[0])
+                digest.update(block)
+                hashed[0] += len(block)
+                block.release()
+                spare.append(done)
+        if progress is not None:
+            progress(length)
+
+    try:
+        with ThreadPoolExecutor(parallel) as pool:
+            inflight: deque[Future[None]] = deque()
+            try:
+                for start in range(0, size, range_size):
+                    if len(inflight) >= 2 * parallel:  # bounds the ranges waiting in memory for their turn to hash
+                        inflight.popleft().result()
+                    inflight.append(pool.submit(one, start))
+                while inflight:
+                    inflight.popleft().result()
+            except BaseException:
+                for future in inflight:
+                    future.cancel()
+                raise
+        os.close(fd)
+        fd = -1
+        check_digest(digest.hexdigest(), hashed[0], name=name, size=size, sha256=sha256)
+        os.replace(tmp, dest)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def _touch(path: Path) -> None:
     with contextlib.suppress(OSError):
         os.utime(path)
@@ -217,7 +312,8 @@ def stage(
     *,
     max_bytes: int | None = None,
     workers: int = 8,
+    range_size: int = RANGE_SIZE,
 ) -> Path:
     """Stage ``org/dataset`` version ``version`` (None: the latest) under ``cache_dir``; return the tree's path."""
-    cache = DatasetCache(Path(cache_dir), max_bytes=max_bytes)
+    cache = DatasetCache(Path(cache_dir), max_bytes=max_bytes, range_size=range_size)
     return cache.stage(store, org, dataset, version, progress=progress, workers=workers)

@@ -156,6 +156,13 @@ class _MinioRead:
             data = self._response.read(None if n < 0 else n)
         return bytes(data)
 
+    def read1(self, n: int, /) -> bytes:
+        """Up to ``n`` bytes from one receive: bulk transfers read 1 MiB chunks this way, because ``read(n)`` costs
+        a zero-filled ``n``-byte buffer and an extra copy per call (http.client)."""
+        with _translated(self._what):
+            data = self._response.read1(n)
+        return bytes(data)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._response.close()
