@@ -31,7 +31,7 @@ class JobContext:
     checkpointer: Checkpointer = field(default_factory=lambda: Checkpointer(None))
     data_dir: Path | None = None
     dataset: str | None = None  # the staged version, resolved: org/name@vN
-    emit: Callable[[str], None] = print  # result lines for the log (and the tests)
+    emit: Callable[[str], None] = field(default_factory=lambda: emit_line)  # result lines for the log and tests
 
     # ---- parameters ----
     def param(self, name: str, default: Any, kind: type | None = None) -> Any:
@@ -140,3 +140,18 @@ class JobContext:
         local = LocalDirStore(parts.path if parts.scheme == "file" else uri)
         local.write(name, data)
         return str(local.root / name)
+
+
+def emit_line(text: str) -> None:
+    """One line in ONE write: ranks share the job's stdout, and print()'s separate newline write lets two ranks'
+    lines interleave (a pipe write under 4 KiB is atomic)."""
+    import os
+    import sys
+
+    data = (text + "\n").encode()
+    sys.stdout.flush()
+    try:
+        os.write(sys.stdout.fileno(), data)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (a captured stream): best effort
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
