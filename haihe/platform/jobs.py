@@ -102,9 +102,7 @@ def submit(
     resubmitted_from: str | None = None,
 ) -> Job:
     spec = validate_spec(raw_spec)
-    project = access.project_for_write(session, principal, org_name, project_name)
-    if principal.role_in(project.org_id) is None and not principal.is_platform_admin:
-        raise PermissionDenied("only members of the org may submit jobs")
+    project = access.project_for_write(session, principal, org_name, project_name)  # members with a write role
     if idempotency_key:
         if len(idempotency_key) > 128:
             raise InvalidInput("Idempotency-Key is longer than 128 characters", field="idempotency_key")
@@ -140,7 +138,7 @@ def submit(
         array_size=spec.sweep_size(),
         resubmitted_from=resubmitted_from,
     )
-    launch = launch_for_new(ctx, session, job, project, principal)
+    launch = launch_for(ctx, session, job)
     scheduler.check(launch)  # refuse what the backend cannot do: a 4xx, nothing stored
     session.add(job)
     try:
@@ -172,14 +170,6 @@ def _require_tracking(ctx: PlatformContext, spec: JobSpec) -> None:
     if not ok:
         raise TrackingUnavailable(f"tracking (MLflow) is unavailable and this job {needs}; nothing was submitted, "
                                   "try again when it is back", component="mlflow")
-
-
-def launch_for_new(ctx: PlatformContext, session: Session, job: Job, project: Project, principal: Principal) -> Launch:
-    org = session.get(Org, project.org_id)
-    user = session.get(User, principal.user_id)
-    assert org is not None and user is not None
-    spec = validate_spec({k: v for k, v in job.spec.items() if not k.startswith("_")})
-    return render_launch(spec, _render_context(ctx, job, org, project, user))
 
 
 def _resolve_dataset(session: Session, principal: Principal, org_name: str, spec: JobSpec) -> str:

@@ -119,7 +119,7 @@ class Reconciler:
     def cycle(self, scheduler_name: str) -> CycleReport:
         report = CycleReport(scheduler_name)
         try:
-            scheduler = self.ctx.scheduler(scheduler_name)
+            self.ctx.scheduler(scheduler_name)  # a scheduler that cannot be built is reported, not raised
         except HaiheError as exc:
             report.error = exc.message
             return report
@@ -131,7 +131,6 @@ class Reconciler:
                 session.rollback()
                 report.error = exc.message
                 log.warning("reconcile %s: %s", scheduler_name, exc.message)
-            del scheduler
         return report
 
     def _pending(self, session: Session, name: str, report: CycleReport) -> None:
