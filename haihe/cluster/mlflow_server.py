@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from haihe.cluster.procs import ManagedProcess, StartupError, port_open, wait_until
+from haihe.cluster.procs import ManagedProcess, port_open, start_service
 
 
 @dataclass
@@ -101,20 +101,8 @@ class MlflowServer:
     def start(self, timeout: float = 120.0) -> None:
         """Start the server (or reuse a running one) and wait for ``/health``."""
         self.home.mkdir(parents=True, exist_ok=True)
-        proc = self._process()
-        if not proc.is_running():
-            if port_open(self.host, self.port):
-                raise StartupError(
-                    f"mlflow: port {self.host}:{self.port} is already taken by another process"
-                )
-            proc.start()
-        try:
-            wait_until(
-                self.is_ready, timeout=timeout, what="mlflow", log_path=self.log_path, alive=proc.is_running
-            )
-        except StartupError:
-            proc.stop()
-            raise
+        start_service(self._process(), name="mlflow", host=self.host, port=self.port, ready=self.is_ready,
+                      timeout=timeout)
 
     def stop(self) -> bool:
         return self._process().stop()

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from haihe.cluster.procs import ManagedProcess, StartupError, port_open, wait_until
+from haihe.cluster.procs import ManagedProcess, StartupError, port_open, start_service
 from haihe.errors import InvalidInput
 
 DEFAULT_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
@@ -127,21 +127,8 @@ class PostgresServer:
 
     def start(self, timeout: float = 60.0) -> None:
         """initdb if needed, start the server (or reuse a running one) and wait until it accepts queries."""
-        proc = self._process()
-        if not proc.is_running():
-            if port_open(self.host, self.port):
-                raise StartupError(
-                    f"postgres: port {self.host}:{self.port} is already taken by another process"
-                )
-            self.init()
-            proc.start()
-        try:
-            wait_until(
-                self.is_ready, timeout=timeout, what="postgres", log_path=self.log_path, alive=proc.is_running
-            )
-        except StartupError:
-            self.stop()
-            raise
+        start_service(self._process(), name="postgres", host=self.host, port=self.port, ready=self.is_ready,
+                      timeout=timeout, prepare=self.init, stop=self.stop)
 
     def stop(self) -> bool:
         """Fast shutdown (disconnect clients, checkpoint); the process-group kill is the fallback."""

@@ -145,3 +145,29 @@ class ManagedProcess:
                 break
         self.pid_path.unlink(missing_ok=True)
         return True
+
+
+def start_service(
+    proc: ManagedProcess,
+    *,
+    name: str,
+    host: str,
+    port: int,
+    ready: Callable[[], bool],
+    timeout: float,
+    prepare: Callable[[], object] | None = None,
+    stop: Callable[[], object] | None = None,
+) -> None:
+    """Start a local service the same way everywhere: reuse our running child; refuse a port another process
+    holds; ``prepare`` (format, initdb) and start; wait until ``ready``; on failure stop what was started."""
+    if not proc.is_running():
+        if port_open(host, port):
+            raise StartupError(f"{name}: port {host}:{port} is already taken by another process")
+        if prepare is not None:
+            prepare()
+        proc.start()
+    try:
+        wait_until(ready, timeout=timeout, what=name, log_path=proc.log_path, alive=proc.is_running)
+    except StartupError:
+        (stop or proc.stop)()
+        raise

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from haihe.cluster.procs import ManagedProcess, StartupError, port_open, wait_until
+from haihe.cluster.procs import ManagedProcess, StartupError, port_open, start_service
 from haihe.errors import InvalidInput, StorageUnavailable
 
 if TYPE_CHECKING:
@@ -148,23 +148,8 @@ class S3Server:
 
     def start(self, timeout: float = 60.0) -> None:
         """Format if needed, start the gateway and wait for a real S3 call to succeed; reuse a running one."""
-        proc = self._process()
-        if proc.is_running():
-            wait_until(
-                self.is_ready, timeout=timeout, what="s3", log_path=self.log_path, alive=proc.is_running
-            )
-            return
-        if port_open(self.host, self.port):
-            raise StartupError(f"s3: port {self.host}:{self.port} is already taken by another process")
-        self.format()
-        proc.start()
-        try:
-            wait_until(
-                self.is_ready, timeout=timeout, what="s3", log_path=self.log_path, alive=proc.is_running
-            )
-        except StartupError:
-            proc.stop()
-            raise
+        start_service(self._process(), name="s3", host=self.host, port=self.port, ready=self.is_ready,
+                      timeout=timeout, prepare=self.format)
 
     def stop(self) -> bool:
         return self._process().stop()
