@@ -124,7 +124,8 @@ def test_submit_and_watch_the_live_log_stream(server: Server, browser_context: A
     page.locator("#log-toggle").click()  # follow again: the held lines appear
     expect(logs).to_contain_text("[haihe] done", timeout=TIMEOUT_MS)
     page.wait_for_selector('#job-state .badge[data-state="SUCCEEDED"]', timeout=TIMEOUT_MS)
-    assert page.locator("#log-status").get_attribute("data-state") == "ended"
+    # the stream's end event may land a moment after the state badge: wait for it with the test's deadline
+    expect(page.locator("#log-status")).to_have_attribute("data-state", "ended", timeout=TIMEOUT_MS)
     with page.expect_download() as dl:
         page.locator("#log-download").click()
     assert "[haihe] done" in Path(dl.value.path()).read_text()
