@@ -1,9 +1,10 @@
 """The reconciler: one loop per scheduler, one batched status call per cycle, the job state machine in one place.
 
 Each cycle, per scheduler:
-1. PENDING jobs (committed, not yet accepted by the scheduler): ask the scheduler which of their tags it already
-   knows (``find``: one call) and adopt those native ids — the platform may have crashed between the scheduler's
-   accept and its own commit; submit the rest, so no job is lost and none is submitted twice.
+1. PENDING jobs (committed, not yet accepted by the scheduler; past the submit grace, or deferred by an outage):
+   ask the scheduler which of their tags it already knows (``find``: one call) and adopt those native ids — the
+   platform may have crashed between the scheduler's accept and its own commit; submit the rest, so no job is lost
+   and none is submitted twice.
 2. Live jobs: ONE ``status(refs)`` call; apply each answer through :func:`transition` (terminal states are final),
    writing the timeline (queued with reason and position, started on nodes, requeued, finished with exit code) and
    settling the quota reservation of every job that ended — exactly once, because settling happens in the same
@@ -19,7 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from haihe.errors import HaiheError, ServiceUnavailable
@@ -134,9 +135,13 @@ class Reconciler:
         return report
 
     def _pending(self, session: Session, name: str, report: CycleReport) -> None:
+        # A job whose submit attempt already failed (its count was committed with the deferral) is in no request's
+        # hands: retry it at once, so deferred work leaves within a cycle of the scheduler coming back. Only a job
+        # never attempted may still be inside its submit request, and waits out the grace.
         cutoff = utcnow() - SUBMIT_GRACE
-        pending = session.scalars(select(Job).where(Job.scheduler == name, Job.state == JobState.PENDING.value,
-                                                    Job.created_at < cutoff)).all()
+        pending = session.scalars(select(Job).where(
+            Job.scheduler == name, Job.state == JobState.PENDING.value,
+            or_(Job.created_at < cutoff, Job.submit_attempts > 0))).all()
         if not pending:
             return
         scheduler = self.ctx.scheduler(name)
