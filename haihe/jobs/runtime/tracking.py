@@ -1,9 +1,10 @@
 """MLflow tracking for a job: rank 0 owns the run; every other rank (and a job whose MLflow is down) gets a
 :class:`NullTracker` that accepts the same calls and drops them.
 
-MLflow being unreachable must not kill a week of training: the runtime probes ``/health`` with a short timeout,
-and if that (or any later call) fails it logs one warning and carries on without tracking. Only a recipe that
-must register a model at the end treats "tracking unavailable" as a failure (``ExitCode.TRACKING_UNAVAILABLE``).
+MLflow being unreachable must not kill a week of training: the runtime probes ``/health`` with a short timeout
+and, if MLflow is down at the start, carries on without tracking. A later outage (an MLflow restart) only delays
+writes: they are kept and sent again with backoff; what never got through by the end is named in the log. Only a
+recipe that must register a model treats "tracking unavailable" as a failure (``ExitCode.TRACKING_UNAVAILABLE``).
 
 A requeued job continues its MLflow run: the run is found again by its tags (job id and array index).
 """
@@ -14,7 +15,7 @@ import logging
 import os
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from haihe.errors import TrackingUnavailable
@@ -23,6 +24,9 @@ from haihe.jobs.runtime.contract import RuntimeEnv
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 50  # buffered metric values per log_batch request
+MAX_PENDING = 200_000  # metric values kept while MLflow is down (~20 MB); beyond it the oldest are named and dropped
+RETRY_MIN_S, RETRY_MAX_S = 2.0, 30.0  # backoff between retries while MLflow is down
+END_RETRY_S = 60.0  # how long the end of a job keeps trying to send what is pending
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 
 
@@ -92,53 +96,113 @@ def probe(uri: str, timeout: float = 5.0) -> str | None:
 
 
 class MlflowTracker:
-    """The job's MLflow run, through ``MlflowClient`` (no global fluent state, so user code may use its own)."""
+    """The job's MLflow run, through ``MlflowClient`` (no global fluent state, so user code may use its own).
 
-    def __init__(self, client: Any, run_id: str) -> None:
+    A failed write is kept, not dropped: it is sent again with backoff by a later flush, so an MLflow restart
+    mid-training loses nothing. MLflow ignores a metric logged twice with the same key, step, timestamp and
+    value, so re-sending a batch the server may have half-seen cannot duplicate it. At ``end`` the pending
+    writes get a few more tries; whatever still failed is named in the log (keys and steps).
+    """
+
+    def __init__(self, client: Any, run_id: str, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, max_pending: int = MAX_PENDING) -> None:
         self.client = client
         self.run_id: str | None = run_id
-        self._buffer: list[Any] = []
-        self._failed = False
+        self._buffer: list[Any] = []  # metrics not yet sent (or sent and failed), oldest first
+        self._writes: list[tuple[str, dict[str, Any]]] = []  # params/tags batches that failed: sent again
+        self._clock, self._sleep, self._max_pending = clock, sleep, max_pending
+        self._retry_at = 0.0  # while MLflow is down: no request before this moment
+        self._backoff = 0.0
+        self._down_since: float | None = None
+        self.dropped: dict[str, list[int]] = {}  # metric key -> steps that were never recorded
 
     @property
     def active(self) -> bool:
-        return not self._failed
+        """False while MLflow is down (after one more try to send what is pending)."""
+        if self._down_since is not None:
+            self._flush(force=True)
+        return self._down_since is None
 
-    def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if self._failed:
-            return None
+    @property
+    def pending(self) -> int:
+        return len(self._buffer) + len(self._writes)
+
+    def _send(self, what: str, **batch: Any) -> bool:
+        """One ``log_batch``; on failure remember when to try again (backoff doubling to ``RETRY_MAX_S``)."""
         try:
-            return fn(*args, **kwargs)
+            self.client.log_batch(self.run_id, **batch)
         except Exception as exc:  # MLflow raises many types; none of them may stop training
-            self._failed = True
-            log.warning("MLflow %s failed (%s: %s); continuing without tracking", what, type(exc).__name__, exc)
-            return None
+            now = self._clock()
+            self._backoff = min(RETRY_MAX_S, self._backoff * 2 if self._backoff else RETRY_MIN_S)
+            self._retry_at = now + self._backoff
+            if self._down_since is None:
+                self._down_since = now
+                log.warning("MLflow %s failed (%s: %s); training continues, writes are kept and retried",
+                            what, type(exc).__name__, exc)  # fmt: skip
+            return False
+        if self._down_since is not None:
+            log.info("MLflow is back after %.0f s; sending the kept writes", self._clock() - self._down_since)
+            self._down_since = None
+        self._backoff = 0.0
+        return True
+
+    def _write(self, what: str, **batch: Any) -> None:
+        self._writes.append((what, batch))
+        self._flush()
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(str(k), str(v)[:MAX_PARAM_LEN]) for k, v in sorted(params.items())]
         for start in range(0, len(items), 100):
-            self._guard("log_params", self.client.log_batch, self.run_id, params=items[start : start + 100])
+            self._write("log_params", params=items[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         self._buffer.extend(Metric(k, float(v), now, step or 0) for k, v in metrics.items())
+        if len(self._buffer) > self._max_pending:  # a long outage: keep the newest, name the oldest as lost
+            for m in self._buffer[: len(self._buffer) - self._max_pending]:
+                self.dropped.setdefault(m.key, []).append(m.step)
+            del self._buffer[: len(self._buffer) - self._max_pending]
         if len(self._buffer) >= FLUSH_EVERY:
             self.flush()
 
     def flush(self) -> None:
-        batch, self._buffer = self._buffer, []
-        for start in range(0, len(batch), 1000):
-            self._guard("log_metrics", self.client.log_batch, self.run_id, metrics=batch[start : start + 1000])
+        """Send what is pending (while MLflow is down: only once the backoff has passed)."""
+        self._flush()
+
+    def _flush(self, *, force: bool = False) -> bool:
+        """Send what is pending; True when nothing is left. While MLflow is down, waits for the backoff unless
+        ``force``."""
+        if not force and self._clock() < self._retry_at:
+            return False
+        while self._writes:
+            what, batch = self._writes[0]
+            if not self._send(what, **batch):
+                return False
+            self._writes.pop(0)
+        while self._buffer:
+            chunk = self._buffer[:1000]
+            if not self._send("log_metrics", metrics=chunk):
+                return False
+            del self._buffer[: len(chunk)]
+        return True
+
+    def _drain(self) -> bool:
+        """Flush, trying a few more times over ~``END_RETRY_S`` when MLflow is down (the job is ending)."""
+        deadline = self._clock() + END_RETRY_S
+        while not self._flush(force=True):
+            if self._clock() >= deadline:
+                return False
+            self._sleep(min(RETRY_MAX_S, max(0.5, deadline - self._clock()) / 4))
+        return True
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
-        self._guard("set_tags", self.client.log_batch, self.run_id, tags=items)
+        self._write("set_tags", tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_model(self, model: Any, name: str = "model", **kwargs: Any) -> str | None:
         """Log a torch model to the run (pickle format: it loads back as its class); return its ``models:/`` URI.
@@ -146,8 +210,7 @@ class MlflowTracker:
         import mlflow
         import mlflow.pytorch
 
-        self.flush()
-        if self._failed:
+        if not self._drain():
             raise TrackingUnavailable("MLflow is unavailable: cannot log the model", component="mlflow")
         kwargs.setdefault("serialization_format", "pickle")
         kwargs.setdefault("pip_requirements", ["torch", "numpy"])  # skip slow requirement inference
@@ -161,8 +224,30 @@ class MlflowTracker:
         return str(info.model_uri)
 
     def end(self, status: str = "FINISHED") -> None:
-        self.flush()
-        self._guard("end run", self.client.set_terminated, self.run_id, status)
+        if not self._drain():
+            for m in self._buffer:
+                self.dropped.setdefault(m.key, []).append(m.step)
+            lost_writes = sorted({what for what, _ in self._writes})
+            self._buffer, self._writes = [], []
+            if lost_writes:
+                log.error("MLflow stayed unavailable: NOT recorded in run %s: %s", self.run_id,
+                          ", ".join(lost_writes))  # fmt: skip
+        if self.dropped:
+            log.error("MLflow stayed unavailable: metrics NOT recorded in run %s: %s", self.run_id,
+                      unrecorded(self.dropped))  # fmt: skip
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except Exception as exc:
+            log.error("MLflow could not mark run %s %s (%s: %s)", self.run_id, status, type(exc).__name__, exc)
+
+
+def unrecorded(dropped: Mapping[str, list[int]]) -> str:
+    """``loss steps 3-90 (88 values); acc steps 10-10 (1 value)`` - what the log says was lost."""
+    parts = []
+    for key, steps in sorted(dropped.items()):
+        n = len(steps)
+        parts.append(f"{key} steps {min(steps)}-{max(steps)} ({n} value{'s' if n != 1 else ''})")
+    return "; ".join(parts)
 
 
 def _find_run(client: Any, experiment_id: str, env: RuntimeEnv) -> str | None:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from haihe.errors import HaiheError, RateLimited
@@ -69,6 +70,14 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The database cannot be reached (restart, failover, network): a 503 the client may retry, not a 500."""
+    log.warning("%s %s -> database unavailable: %s", request.method, request.url.path,
+                str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+    return error_response(503, "database_unavailable", "database unavailable; try again shortly",
+                          headers={"Retry-After": "5"})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal", "internal error; it has been logged")
@@ -78,4 +87,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HaiheError, _haihe_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # OperationalError: connection refused/lost, server shutting down; InterfaceError: a connection closed under us
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(InterfaceError, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)
