@@ -130,7 +130,8 @@ class RegisterSpec(_Strict):
 
 
 class TrackingSpec(_Strict):
-    experiment: Annotated[str | None, Field(max_length=200)] = None
+    # printable text only: the experiment name reaches the job's environment and batch script
+    experiment: Annotated[str | None, Field(max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")] = None
 
 
 class CheckpointSpec(_Strict):

@@ -67,7 +67,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+    field = "body" if exc.status_code == 400 else None  # FastAPI's own 400s are about the body it could not parse
+    return error_response(exc.status_code, code, str(exc.detail), field, headers=getattr(exc, "headers", None))
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:

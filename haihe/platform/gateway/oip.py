@@ -69,7 +69,7 @@ def oip_rows(req: InferRequest, max_rows: int) -> list[Any]:
         return list(flat)
     try:
         arr = np.asarray(flat, dtype=DTYPES[t.datatype]).reshape(t.shape)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # OverflowError: an int too big for the datatype
         raise InvalidInput(f"inputs[0].data is not {t.datatype}", field="inputs.0.data") from None
     return list(arr)
 
