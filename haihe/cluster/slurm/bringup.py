@@ -122,7 +122,8 @@ class SlurmCluster:
         return self._proc(f"slurmd-{node}", ["unshare", "--uts", "sh", "-c", script], env=self.command_env())
 
     def slurmrestd(self) -> ManagedProcess:
-        env = {**self.command_env(), "SLURM_JWT": "daemon"}
+        # SLURM_BITSTR_LEN=0: whole array task-id expressions in /jobs (default cuts them at 64 chars with '...')
+        env = {**self.command_env(), "SLURM_JWT": "daemon", "SLURM_BITSTR_LEN": "0"}
         plugins = REST_PLUGINS + (",openapi/dbv0.0.38" if self.accounting else "")
         argv = ["slurmrestd", "-f", str(self.slurm_conf), "-a", "rest_auth/jwt", "-s", plugins,
                 "-u", "nobody", "-g", "nogroup", f"127.0.0.1:{self.layout.port(REST_PORT)}"]

@@ -57,6 +57,7 @@ class ClusterDescription:
     qos: tuple[QosSpec, ...]
     def_mem_per_cpu_mb: int = 500
     default_account: str = "haihe"
+    max_job_count: int = 200000  # slurmctld MaxJobCount (Slurm: 10000); every array task and every ended job counts
 
     def node_type(self, name: str) -> NodeType:
         for nt in self.node_types:
@@ -149,6 +150,9 @@ def parse_description(data: dict[str, Any], source: str = "<description>") -> Cl
                 max_jobs_per_user=q.get("max_jobs_per_user"),
             )
         )
+    max_jobs = cluster.get("max_job_count", 200000)
+    if not isinstance(max_jobs, int) or isinstance(max_jobs, bool) or max_jobs < 1:
+        raise InvalidInput(f"{source}: cluster.max_job_count must be a positive integer", field="cluster.max_job_count")
     return ClusterDescription(
         name=str(cluster.get("name", "haihe")),
         node_types=tuple(node_types),
@@ -156,6 +160,7 @@ def parse_description(data: dict[str, Any], source: str = "<description>") -> Cl
         qos=tuple(qos),
         def_mem_per_cpu_mb=int(cluster.get("def_mem_per_cpu_mb", 500)),
         default_account=str(cluster.get("default_account", "haihe")),
+        max_job_count=max_jobs,
     )
 
 

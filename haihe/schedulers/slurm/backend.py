@@ -58,7 +58,8 @@ def build(url: str, *, runner: CommandRunner | None = None, transport: SlurmTran
         raise InvalidInput(f"{url}: needs jobs=<dir shared with the compute nodes> for job logs", field="scheduler")
     qos = tuple(q for q in query["qos"].split(",") if q) if "qos" in query else None
     accounting = qos is None
-    cmd_env = {**os.environ, **({"SLURM_CONF": conf} if conf else {})}
+    # SLURM_BITSTR_LEN=0: squeue prints a pending array's whole task-id expression, not 64 chars and '...'
+    cmd_env = {**os.environ, **({"SLURM_CONF": conf} if conf else {}), "SLURM_BITSTR_LEN": "0"}
     runner = runner or SubprocessRunner(cmd_env, timeout=timeout or 20.0)
     if transport is None:
         if parts.scheme == "slurm+cli":

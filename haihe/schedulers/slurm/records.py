@@ -7,8 +7,8 @@ another. Both are reduced here to :class:`SlurmJob`, then array tasks are folded
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Container, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from haihe.schedulers.base import JobState, JobStatus, NodeInfo, Partition
@@ -164,6 +164,52 @@ def from_sacct(job: Mapping[str, Any]) -> SlurmJob:
         tag=comment or tag_from_name(str(job.get("name", ""))),
         task=_task(arr.get("task_id")) if array_id else None,
     )
+
+
+def array_tasks(expr: str) -> tuple[list[int], bool]:
+    """Slurm's task-id expression ('0-4,7,10-20:5%2') → the task ids, and whether the expression was whole.
+
+    Slurm cuts the expression at SLURM_BITSTR_LEN characters (default 64) and ends it with '...'; the ids before
+    the cut are returned and the flag says the rest is unknown (those tasks are looked up in accounting instead).
+    """
+    text = expr.split("%", 1)[0].strip()
+    whole = not text.endswith("...")
+    text = text.rstrip(".")
+    out: list[int] = []
+    parts = [p for p in text.split(",") if p]
+    for i, part in enumerate(parts):
+        span, _, step = part.partition(":")
+        lo, _, hi = span.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or (step and not step.isdigit()):
+            if not whole and i == len(parts) - 1:
+                break  # the cut may fall inside the last range ("901-")
+            raise ValueError(f"not a Slurm array expression: {expr!r}")
+        if not whole and i == len(parts) - 1 and not hi and part.endswith("-"):
+            break
+        out.extend(range(int(lo), int(hi or lo) + 1, int(step or 1)))
+    return out, whole
+
+
+def jobs_from_squeue(job: Mapping[str, Any], wanted: Container[str] | None = None) -> list[SlurmJob]:
+    """One squeue/REST record → one SlurmJob per job or array task.
+
+    Tasks of an array that have not started yet share ONE record (task id unset, ``array_task_string`` '0-999')
+    whatever flags squeue gets (--json ignores -r on 22.05), so it is expanded here into one SlurmJob per task.
+    The expanded tasks carry the record's own job id: Slurm gives a task its own id only when it starts.
+    With ``wanted`` (array ids asked about), an ended array nobody asked about stays one record: slurmctld keeps
+    ended arrays for MinJobAge and expanding them all would cost every cycle for nothing.
+    """
+    rec = from_squeue(job)
+    expr = str(job.get("array_task_string") or "")
+    if wanted is not None and rec.ref not in wanted and rec.state != JobState.QUEUED:
+        return [rec]  # pending ones still expand: each task counts for queue positions
+    if rec.ref == rec.job_id and rec.task is None and expr:
+        try:
+            ids, _ = array_tasks(expr)
+        except ValueError:
+            return [rec]
+        return [replace(rec, task=str(i)) for i in ids]
+    return [rec]
 
 
 _STATE_ORDER = (JobState.FAILED, JobState.TIMEOUT, JobState.CANCELLED, JobState.SUCCEEDED)

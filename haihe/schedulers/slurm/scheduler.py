@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -127,22 +127,25 @@ class SlurmScheduler(BaseScheduler):
 
     def _status(self, refs: list[str]) -> dict[str, JobStatus]:
         self._require_ctld()
-        live = [records.from_squeue(j) for j in self.transport.jobs()]
+        by_ref: dict[str, list[records.SlurmJob]] = {}  # plain job id or array id → its records
+        by_task: dict[str, records.SlurmJob] = {}  # "<array id>_<task>" → that task's record
+        wanted = {r.split("_")[0] for r in refs}
+        live = [t for j in self.transport.jobs() for t in records.jobs_from_squeue(j, wanted)]
         positions = records.queue_positions(live)
-        by_ref: dict[str, list[records.SlurmJob]] = {}
-        for j in live:
-            by_ref.setdefault(j.ref, []).append(j)
-            by_ref.setdefault(j.job_id, []).append(j)  # array task ids (123_4 is job_id N) resolve too
-        missing = [r for r in refs if r.split("_")[0] not in by_ref]
+        _index(live, by_ref, by_task)
+        missing = [r for r in refs if not _known(r, by_ref, by_task)]
         if missing:
-            for j in (records.from_sacct(x) for x in self.transport.accounting(missing) or []):
-                by_ref.setdefault(j.ref, []).append(j)
+            # ask accounting per job/array id, not per task: one short -j list, and tasks slurmctld purged come too
+            ids = list(dict.fromkeys(r.split("_")[0] for r in missing))
+            _index((records.from_sacct(x) for x in self.transport.accounting(ids) or []), by_ref, by_task)
         out: dict[str, JobStatus] = {}
         for ref in refs:
             base, _, task = ref.partition("_")
-            tasks = by_ref.get(base, [])
             if task:
-                tasks = [t for t in tasks if t.job_id == ref or _task_index(t, base) == task]
+                one = by_task.get(ref)
+                tasks = [one] if one is not None else []
+            else:
+                tasks = by_ref.get(base, [])
             if tasks:
                 out[ref] = records.fold(ref, _dedup(tasks), positions.get(base))
         return out
@@ -240,12 +243,24 @@ class SlurmScheduler(BaseScheduler):
         return ClusterInfo(scheduler=self.url, partitions=parts, nodes=nodes, queue_length=queue, qos=tuple(qos))
 
 
-def _task_index(job: records.SlurmJob, base: str) -> str | None:
-    return job.task if job.ref == base else None
+def _index(jobs: Iterable[records.SlurmJob], by_ref: dict[str, list[records.SlurmJob]],
+           by_task: dict[str, records.SlurmJob]) -> None:
+    """Index records by ref and by array task; what slurmctld said first (live) wins over accounting."""
+    for j in jobs:
+        by_ref.setdefault(j.ref, []).append(j)
+        if j.job_id != j.ref:
+            by_ref.setdefault(j.job_id, []).append(j)  # a started task's own job id resolves too
+        if j.task is not None:
+            by_task.setdefault(f"{j.ref}_{j.task}", j)
+
+
+def _known(ref: str, by_ref: Mapping[str, list[records.SlurmJob]], by_task: Mapping[str, records.SlurmJob]) -> bool:
+    return ref in by_task if "_" in ref else ref in by_ref
 
 
 def _dedup(tasks: list[records.SlurmJob]) -> list[records.SlurmJob]:
-    return list({t.job_id: t for t in tasks}.values())
+    # tasks of a pending array share the array's job id until they start: key on the task too
+    return list({(t.job_id, t.task): t for t in tasks}.values())
 
 
 def _decode_prefix(data: bytes) -> tuple[str, int]:

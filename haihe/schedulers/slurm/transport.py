@@ -83,3 +83,55 @@ def translate(message: str, *, what: str = "submit") -> HaiheError:
         if fragment in low:
             return InvalidInput(f"slurm refused the job: {meaning} ({message.strip()})", field=field)
     return InvalidInput(f"slurm refused to {what}: {message.strip()}", field="launch")
+
+
+class CountingTransport:
+    """Wraps a transport and counts the calls per verb: how many scheduler round trips a reconcile cycle costs
+    (the load tests and ``bench/bench_reconcile.py`` read it; ``reset()`` between cycles)."""
+
+    def __init__(self, inner: SlurmTransport) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.calls: dict[str, int] = {}
+
+    def _count(self, verb: str) -> None:
+        self.calls[verb] = self.calls.get(verb, 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def reset(self) -> None:
+        self.calls.clear()
+
+    def submit(self, script: str, options: Mapping[str, str], environment: Mapping[str, str]) -> str:
+        self._count("submit")
+        return self.inner.submit(script, options, environment)
+
+    def jobs(self) -> list[Json]:
+        self._count("jobs")
+        return self.inner.jobs()
+
+    def accounting(self, job_ids: Sequence[str]) -> list[Json] | None:
+        self._count("accounting")
+        return self.inner.accounting(job_ids)
+
+    def recent_accounting(self, days: int) -> list[Json] | None:
+        self._count("recent_accounting")
+        return self.inner.recent_accounting(days)
+
+    def cancel(self, job_id: str) -> None:
+        self._count("cancel")
+        self.inner.cancel(job_id)
+
+    def nodes(self) -> list[Json]:
+        self._count("nodes")
+        return self.inner.nodes()
+
+    def partitions(self) -> list[Json]:
+        self._count("partitions")
+        return self.inner.partitions()
+
+    def qos_names(self) -> list[str] | None:
+        self._count("qos_names")
+        return self.inner.qos_names()
