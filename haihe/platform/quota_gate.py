@@ -5,6 +5,7 @@ The quotas service implements :class:`QuotaGate`; until it is configured the pla
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.orm import Session
@@ -25,6 +26,9 @@ class QuotaGate(Protocol):
     def settle(self, session: Session, job: Job, status: JobStatus) -> None:
         """The job ended: charge what the scheduler accounted, release the rest. Must be idempotent."""
 
+    def settle_many(self, session: Session, ended: Sequence[tuple[Job, JobStatus]]) -> None:
+        """``settle`` for every job one reconcile cycle saw end, in a few queries (10,000 may end at once)."""
+
 
 class AllowAll:
     """The default gate: allows everything, records nothing."""
@@ -36,4 +40,7 @@ class AllowAll:
         return None
 
     def settle(self, session: Session, job: Job, status: JobStatus) -> None:
+        return None
+
+    def settle_many(self, session: Session, ended: Sequence[tuple[Job, JobStatus]]) -> None:
         return None

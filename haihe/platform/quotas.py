@@ -17,11 +17,11 @@ import csv
 import datetime as dt
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -206,47 +206,79 @@ class LedgerQuotaGate:
         session.flush()
         record_crossings(session, job.org_id, job.project_id, period)
 
-    def _reserved(self, session: Session, job: Job) -> dict[str, float]:
-        rows = session.execute(select(LedgerEntry.resource, func.sum(LedgerEntry.amount)).where(
-            LedgerEntry.job_id == job.id, LedgerEntry.kind == "reserve").group_by(LedgerEntry.resource)).all()
-        return {res: float(total) for res, total in rows if total}
-
     def release(self, session: Session, job: Job) -> None:
-        self._close(session, job, charge={})
+        self._close_many(session, [(job, {})])
 
     def settle(self, session: Session, job: Job, status: JobStatus) -> None:
-        elapsed = status.elapsed_s
-        if elapsed is None and job.started_at and job.ended_at:
-            elapsed = (job.ended_at - job.started_at).total_seconds()
-        elapsed = max(0.0, elapsed or 0.0)
-        res = job.spec.get("resources", {})
-        nodes = int(res.get("nodes", 1))
-        gpus = status.alloc_gpus if status.alloc_gpus is not None else nodes * int(res.get("gpus_per_node", 0))
-        cpus = status.alloc_cpus if status.alloc_cpus is not None else (
-            nodes * int(res.get("tasks_per_node", 1)) * int(res.get("cpus_per_task", 1)))
-        self._close(session, job, charge={"gpu_s": elapsed * gpus, "cpu_s": elapsed * cpus})
+        self.settle_many(session, [(job, status)])
 
-    def _close(self, session: Session, job: Job, charge: dict[str, float]) -> None:
-        if session.scalar(select(LedgerEntry.id).where(LedgerEntry.ref == f"closed:{job.id}")) is not None:
-            return  # settled already: exactly once
-        period = period_of(job.created_at)
-        base = {"period": period, "org_id": job.org_id, "project_id": job.project_id, "user_id": job.user_id,
-                "job_id": job.id}
-        session.add(LedgerEntry(**base, kind="marker", resource="none", amount=0.0, ref=f"closed:{job.id}",
-                                note=f"job ended {job.state}"))
-        for res, amount in self._reserved(session, job).items():
-            session.add(LedgerEntry(**base, kind="reserve", resource=res, amount=-amount,
-                                    ref=f"release:{job.id}:{res}", note="reservation released"))
-        for res, amount in charge.items():
-            if amount > 0:
-                session.add(LedgerEntry(**base, kind="charge", resource=res, amount=amount,
-                                        ref=f"charge:{job.id}:{res}", note="accounted usage"))
-        try:
-            session.flush()
-        except IntegrityError:  # a concurrent settle got there first
+    def settle_many(self, session: Session, ended: Sequence[tuple[Job, JobStatus]]) -> None:
+        """Settle every job that ended in one reconcile cycle with a few queries, not a few per job."""
+        self._close_many(session, [(job, _charge(job, status)) for job, status in ended])
+
+    def _close_many(self, session: Session, items: Sequence[tuple[Job, dict[str, float]]]) -> None:
+        if not items:
+            return
+        ids = [job.id for job, _ in items]
+        closed: set[str] = set()
+        reserved: dict[str, dict[str, float]] = {}
+        with session.no_autoflush:  # the cycle's pending job updates go out in one flush below
+            for chunk in _chunks(ids):
+                closed.update(session.scalars(select(LedgerEntry.ref).where(
+                    LedgerEntry.ref.in_([f"closed:{i}" for i in chunk]))))
+                for job_id, res, total in session.execute(
+                        select(LedgerEntry.job_id, LedgerEntry.resource, func.sum(LedgerEntry.amount))
+                        .where(LedgerEntry.job_id.in_(chunk), LedgerEntry.kind == "reserve")
+                        .group_by(LedgerEntry.job_id, LedgerEntry.resource)):
+                    if total:
+                        reserved.setdefault(str(job_id), {})[res] = float(total)
+        scopes: set[tuple[int, int | None, str]] = set()
+        rows: list[dict[str, Any]] = []
+        for job, charge in items:
+            if f"closed:{job.id}" in closed:
+                continue  # settled already: exactly once
+            closed.add(f"closed:{job.id}")
+            period = period_of(job.created_at)
+            scopes.add((job.org_id, job.project_id, period))
+            base = {"period": period, "org_id": job.org_id, "project_id": job.project_id, "user_id": job.user_id,
+                    "job_id": job.id}
+            rows.append({**base, "kind": "marker", "resource": "none", "amount": 0.0, "ref": f"closed:{job.id}",
+                         "note": f"job ended {job.state}"})
+            for res, amount in reserved.get(str(job.id), {}).items():
+                rows.append({**base, "kind": "reserve", "resource": res, "amount": -amount,
+                             "ref": f"release:{job.id}:{res}", "note": "reservation released"})
+            for res, amount in charge.items():
+                if amount > 0:
+                    rows.append({**base, "kind": "charge", "resource": res, "amount": amount,
+                                 "ref": f"charge:{job.id}:{res}", "note": "accounted usage"})
+        if not rows:
+            return
+        try:  # one executemany for the whole batch (ORM adds would be one INSERT per entry)
+            session.execute(insert(LedgerEntry), rows)
+        except IntegrityError:  # a concurrent settle got there first; the next cycle redoes this one's work
             session.rollback()
             return
-        record_crossings(session, job.org_id, job.project_id, period)
+        for org_id, project_id, period in scopes:
+            record_crossings(session, org_id, project_id, period)
+
+
+def _charge(job: Job, status: JobStatus) -> dict[str, float]:
+    """What an ended job is charged: accounted wall time × allocated GPUs and CPUs (the spec's when unreported)."""
+    elapsed = status.elapsed_s
+    if elapsed is None and job.started_at and job.ended_at:
+        elapsed = (job.ended_at - job.started_at).total_seconds()
+    elapsed = max(0.0, elapsed or 0.0)
+    res = job.spec.get("resources", {})
+    nodes = int(res.get("nodes", 1))
+    gpus = status.alloc_gpus if status.alloc_gpus is not None else nodes * int(res.get("gpus_per_node", 0))
+    cpus = status.alloc_cpus if status.alloc_cpus is not None else (
+        nodes * int(res.get("tasks_per_node", 1)) * int(res.get("cpus_per_task", 1)))
+    return {"gpu_s": elapsed * gpus, "cpu_s": elapsed * cpus}
+
+
+def _chunks(values: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+    for i in range(0, len(values), size):
+        yield values[i:i + size]
 
 
 def record_usage(session: Session, *, org_id: int, resource: str, amount: float, source: str,

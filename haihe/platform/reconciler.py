@@ -48,8 +48,11 @@ class CycleReport:
     scheduler_calls: int = 0
 
 
-def transition(session: Session, ctx: PlatformContext, job: Job, st: JobStatus) -> bool:
-    """Apply a scheduler's view of a job; returns True if anything changed. Terminal states are never left."""
+def transition(session: Session, ctx: PlatformContext, job: Job, st: JobStatus,
+               ended: list[tuple[Job, JobStatus]] | None = None) -> bool:
+    """Apply a scheduler's view of a job; returns True if anything changed. Terminal states are never left.
+
+    A job that ended is settled at once, or appended to ``ended`` for the caller to settle as a batch."""
     current = JobState(job.state)
     if current.is_terminal():
         return False
@@ -87,7 +90,10 @@ def transition(session: Session, ctx: PlatformContext, job: Job, st: JobStatus) 
             job.reason = st.reason or ("" if new == JobState.SUCCEEDED else new.value.lower())
             add_event(session, job, "finished", _finished_message(new, st), exit_code=st.exit_code,
                       elapsed_s=st.elapsed_s)
-            ctx.quota.settle(session, job, st)
+            if ended is None:
+                ctx.quota.settle(session, job, st)
+            else:
+                ended.append((job, st))
     elif new == JobState.QUEUED and (st.reason or "") != job.reason:
         job.reason = st.reason or ""
         add_event(session, job, "queued", _queued_message(st), reason=st.reason, position=st.queue_position)
@@ -172,6 +178,7 @@ class Reconciler:
             return
         statuses = self.ctx.scheduler(name).status([j.native_id for j in jobs if j.native_id])
         report.scheduler_calls += 1
+        ended: list[tuple[Job, JobStatus]] = []
         for job in jobs:
             assert job.native_id is not None
             st = statuses.get(job.native_id)
@@ -181,13 +188,14 @@ class Reconciler:
                 if misses >= MISSES_BEFORE_LOST:
                     lost = JobStatus(ref=job.native_id, state=JobState.FAILED,
                                      reason=f"lost: {name} has no record of job {job.native_id}")
-                    transition(session, self.ctx, job, lost)
+                    transition(session, self.ctx, job, lost, ended)
                     self._misses.pop(job.id, None)
                     report.lost += 1
                 continue
             self._misses.pop(job.id, None)
-            if transition(session, self.ctx, job, st):
+            if transition(session, self.ctx, job, st, ended):
                 report.transitions += 1
+        self.ctx.quota.settle_many(session, ended)
         session.commit()
 
     def run_once(self) -> list[CycleReport]:

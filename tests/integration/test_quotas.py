@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import threading
@@ -217,3 +218,38 @@ def test_max_jobs_and_gpus(qenv: QEnv, tmp_path: Path) -> None:
     qenv.submit()
     with pytest.raises(QuotaExceeded, match="max_jobs"):
         qenv.submit()
+
+
+def test_three_hundred_jobs_ending_in_one_cycle_settle_once_in_a_bounded_number_of_statements(qenv: QEnv) -> None:
+    from sqlalchemy import event
+
+    qenv.set_quota(cpu_hours=1000)
+    refs = [qenv.submit().native_id for _ in range(300)]
+    for ref in refs:
+        assert ref is not None
+        qenv.fake.set(ref, JobState.SUCCEEDED, exit_code=0, elapsed_s=60.0, alloc_cpus=1, alloc_gpus=0)
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(qenv.ctx.db.engine, "before_cursor_execute", count)
+    try:
+        report = Reconciler(qenv.ctx).cycle("fake")
+    finally:
+        event.remove(qenv.ctx.db.engine, "before_cursor_execute", count)
+    assert report.transitions == 300 and report.error is None
+    # the ledger work of 300 ended jobs is a handful of batched statements, not several per job; on PostgreSQL the
+    # ORM batches the job events too (SQLite's driver gets one INSERT per event: fine for the embedded default)
+    ledger = [st for st in statements if " ledger" in st or "quota" in st]
+    assert len(ledger) < 30, collections.Counter(st[:60] for st in ledger).most_common(5)
+    if qenv.ctx.db.engine.dialect.name == "postgresql":
+        assert len(statements) < 60, collections.Counter(st[:60] for st in statements).most_common(5)
+    Reconciler(qenv.ctx).run_once()  # a second cycle settles nothing again
+    with qenv.ctx.db.session() as s:
+        markers = s.scalar(select(func.count()).select_from(LedgerEntry).where(LedgerEntry.kind == "marker"))
+        charged = s.scalar(select(func.sum(LedgerEntry.amount)).where(LedgerEntry.kind == "charge"))
+        reserved = s.scalar(select(func.sum(LedgerEntry.amount)).where(LedgerEntry.kind == "reserve"))
+    assert markers == 300
+    assert charged == pytest.approx(300 * 60.0)
+    assert reserved == pytest.approx(0.0)
