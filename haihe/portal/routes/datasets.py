@@ -21,7 +21,7 @@ from haihe.portal.web import Page, PortalRoute, SignedIn, redirect
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
 
 VISIBILITIES = ("private", "org", "public")
-NOTICES = ("created", "shared", "unshared", "visibility")
+NOTICES = ("created", "shared", "unshared", "visibility", "uploaded")
 
 
 def _member_orgs(page: Page) -> list[str]:
