@@ -32,7 +32,7 @@ from haihe.datasets.store import ObjectStore
 from haihe.datasets.upload import FileSpec, FileTargets, Uploads, UploadSession
 from haihe.datasets.versions import delete_version, download_urls, read_manifest
 from haihe.errors import Conflict, HaiheError, InvalidInput, NotFound, PermissionDenied, StorageUnavailable
-from haihe.platform import access, audit
+from haihe.platform import access, audit, quotas
 from haihe.platform.access import Principal
 from haihe.platform.dataset_rows import Dataset, DatasetShare, DatasetVersion, VersionState, Visibility
 from haihe.platform.models import Job, Org, Role, utcnow
@@ -351,6 +351,7 @@ def start_version(session: Session, principal: Principal, storage: DatasetStorag
     specs = [f if isinstance(f, FileSpec) else FileSpec.model_validate(dict(f)) for f in files]
     if not specs:
         raise InvalidInput("a version needs at least one file", field="files")
+    quotas.check_storage(session, ds.org_id, sum(s.size for s in specs))  # 402 before anything reaches S3
     number = (session.scalar(select(func.max(DatasetVersion.number)).where(DatasetVersion.dataset_id == ds.id))
               or 0) + 1
     row = DatasetVersion(dataset_id=ds.id, number=number, state=VersionState.UPLOADING.value, note=note,
@@ -575,13 +576,3 @@ def collect_garbage(session: Session, storage: DatasetStorage, settings: Setting
         session.commit()
         report.uploads_expired.append(f"{ds.org.name}/{ds.name}@v{row.number}")
     return report
-
-
-def storage_bytes_by_org(session: Session) -> dict[int, int]:
-    """Bytes each org holds in datasets: committed versions plus uploads in progress (declared sizes), including
-    deleted datasets until GC removes them. The quotas service calls this; it does not enforce anything here."""
-    q = (select(Dataset.org_id, func.sum(DatasetVersion.total_bytes))
-         .join(DatasetVersion, DatasetVersion.dataset_id == Dataset.id)
-         .where(DatasetVersion.state.in_([VersionState.COMMITTED.value, VersionState.UPLOADING.value]))
-         .group_by(Dataset.org_id))
-    return {int(org_id): int(total or 0) for org_id, total in session.execute(q)}

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from haihe.errors import InvalidInput, NotFound, QuotaExceeded
 from haihe.platform import access, audit
 from haihe.platform.access import Principal
+from haihe.platform.dataset_rows import Dataset, DatasetVersion, VersionState
 from haihe.platform.models import (
     Job,
     LedgerEntry,
@@ -131,11 +132,37 @@ def balances(session: Session, quota: Quota | None, org_id: int, project_id: int
         limit = getattr(quota, name) if quota else None
         used = sums.get(("charge", res), 0.0) / unit
         reserved = sums.get(("reserve", res), 0.0) / unit
+        if name == "storage_bytes":  # a level, not a flow: what the org's datasets hold now (orgs own datasets)
+            used, reserved = (float(storage_held(session, org_id)) if project_id is None else 0.0), 0.0
         out.append(Balance(name, limit, used, reserved, warn))
     count, gpus = _active_jobs(session, org_id, project_id, None)
     out.append(Balance("max_jobs", quota.max_jobs if quota else None, float(count), 0.0, warn))
     out.append(Balance("max_gpus", quota.max_gpus if quota else None, float(gpus), 0.0, warn))
     return out
+
+
+def storage_held(session: Session, org_id: int) -> int:
+    """Bytes the org's datasets hold: committed versions and uploads in progress (declared sizes), deleted datasets
+    included until GC removes their objects."""
+    q = (select(func.coalesce(func.sum(DatasetVersion.total_bytes), 0))
+         .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
+         .where(Dataset.org_id == org_id,
+                DatasetVersion.state.in_([VersionState.COMMITTED.value, VersionState.UPLOADING.value])))
+    return int(session.scalar(q) or 0)
+
+
+def check_storage(session: Session, org_id: int, adding: int) -> None:
+    """Refuse a dataset version that would take the org over its storage quota; holds the quota row's lock for the
+    rest of the transaction, so two uploads cannot both take the last bytes."""
+    for q in _lock_quotas(session, org_id, None):
+        if q.storage_bytes is None:
+            continue
+        held = storage_held(session, org_id)
+        if held + adding > q.storage_bytes:
+            left = max(q.storage_bytes - held, 0)
+            raise QuotaExceeded(f"quota storage_bytes of {_scope_name(session, q)} exceeded: this version needs "
+                                f"{adding} bytes, {left} of {q.storage_bytes} left", field="files",
+                                quota="storage_bytes", need=adding, left=left, limit=q.storage_bytes)
 
 
 # -- the gate -----------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from haihe.datasets.memory import MemoryStore, MemoryTransport
 from haihe.datasets.push import pull, push
 from haihe.errors import StorageUnavailable
 from haihe.platform import datasets_service as svc
+from haihe.platform import quotas
 from haihe.platform.context import PlatformContext
 from haihe.platform.dataset_rows import Dataset
 from haihe.platform.models import AuditEvent, Job, Org, Project, User
@@ -286,12 +287,13 @@ def test_gc_expires_abandoned_uploads_and_storage_bytes(env: Env, tmp_path: Path
     HttpUploadBackend(env.api(env.bob), env.org_b, other).begin([svc.FileSpec(path="big", size=3 * PART)])
     with env.ctx.db.session() as s:
         ids = {o.name: o.id for o in s.scalars(select(Org))}
-        assert svc.storage_bytes_by_org(s) == {ids[env.org_a]: 1000, ids[env.org_b]: 3 * PART}
+        assert quotas.storage_held(s, ids[env.org_a]) == 1000
+        assert quotas.storage_held(s, ids[env.org_b]) == 3 * PART
         storage = env.client.app.state.dataset_storage  # type: ignore[attr-defined]
         report = svc.collect_garbage(s, storage, env.ctx.settings,
                                      now=dt.datetime.now(dt.UTC) + dt.timedelta(days=8))
         assert report.uploads_expired == [f"{env.org_b}/{other}@v1"]
-        assert svc.storage_bytes_by_org(s) == {ids[env.org_a]: 1000}
+        assert quotas.storage_held(s, ids[env.org_b]) == 0
     assert env.store.uploads == {}
     r = env.client.post("/api/v1/admin/datasets/gc", headers=env.alice)
     assert r.status_code == 403
@@ -359,3 +361,21 @@ def test_soft_deleted_rows_keep_their_versions_until_gc(env: Env, tmp_path: Path
     with env.ctx.db.session() as s:
         ds = s.scalar(select(Dataset).where(Dataset.name == name))
         assert ds is not None and ds.deleted_at is not None and len(ds.versions) == 1
+
+
+def test_storage_quota_refuses_a_version_that_would_go_over_naming_the_field(env: Env, tmp_path: Path) -> None:
+    r = env.client.put(f"/api/v1/orgs/{env.org_a}/quota", json={"storage_bytes": 1500}, headers=env.t.admin_headers)
+    assert r.status_code == 200, r.text
+    name = env.create(env.alice)
+    env.push(env.alice, name, make_tree(tmp_path / "one", {"x.bin": 1000}))
+    before = set(env.store.objects)
+    r = env.client.post(f"{env.url(name)}/versions", headers=env.alice,
+                        json={"files": [{"path": "y.bin", "size": 1000}]})
+    assert r.status_code == 402, r.text
+    body = r.json()["error"]
+    assert body["field"] == "files" and "storage_bytes" in body["message"] and body["details"]["left"] == 500
+    assert set(env.store.objects) == before and env.store.uploads == {}  # nothing reached storage
+    shown = env.client.get(f"/api/v1/orgs/{env.org_a}/quota", headers=env.alice).json()
+    storage = next(b for b in shown["balances"] if b["resource"] == "storage_bytes")
+    assert storage["used"] == 1000 and storage["limit"] == 1500
+    assert [v["number"] for v in env.client.get(env.url(name), headers=env.alice).json()["versions"]] == [1]
