@@ -24,6 +24,7 @@ from haihe.cluster.mlflow_server import MlflowServer
 from haihe.cluster.ray_head import RayHead
 from haihe.model_zoo import ModelZoo
 from haihe.model_zoo.seed import seed_minilm
+from tests.fixtures.figures import Figures
 from tests.fixtures.platform import bearer
 from tests.integration.endpoint_stack import Platform, platform_process, wait_for
 
@@ -219,7 +220,8 @@ async def _load(url: str, key: str, x: Any, seconds: float, clients: int) -> Cou
 
 @pytest.mark.slow
 def test_load_with_rolling_update_only_200_and_429_and_metered_equals_served(
-        stack: Platform, tenant: dict[str, Any], digits: dict[str, Any], mlflow_server: MlflowServer) -> None:
+        stack: Platform, tenant: dict[str, Any], digits: dict[str, Any], mlflow_server: MlflowServer,
+        figures: Figures) -> None:
     import threading
 
     from sqlalchemy import func, select
@@ -263,3 +265,8 @@ def test_load_with_rolling_update_only_200_and_429_and_metered_equals_served(
         after = float(s.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0.0)).where(
             LedgerEntry.org_id == org_id, LedgerEntry.resource == "requests")) or 0)
     assert after - before == served
+    figures.record("test_load_with_rolling_update_only_200_and_429_and_metered_equals_served",
+                   f"16 clients for {LOAD_SECONDS} s at the gateway's rate limit, a rolling model update mid-way",
+                   {"status_codes": {str(k): v for k, v in sorted(codes.items())}, "served": served,
+                    "metered": after - before, "other_than_200_429": sum(v for k, v in codes.items()
+                                                                          if k not in (200, 429))})
