@@ -7,9 +7,15 @@
   read from local disk.
 
 Usage: ``python bench/bench_datasets.py [--size 1G] [--shards 16] [--repeat 3] [--port P | --endpoint URL
---access-key K --secret-key S]``. The host may be shared and noisy: each path is measured ``--repeat`` times on the
-same data, baseline and haihe side by side in every round, and the median of each round's ratio is reported.
-Without an endpoint it starts its own S3 server (JuiceFS gateway) with the same bring-up code as ``haihe up``.
+--access-key K --secret-key S --server-pid PID]``. The host may be shared and noisy: each path is measured
+``--repeat`` times on the same data, baseline and haihe side by side in every round, and the median of each round's
+ratio is reported.
+Without an endpoint it starts its own S3 server (JuiceFS gateway) with the same bring-up code as ``haihe up``, on
+``--port``, else on ``HAIHE_TEST_PORT_BASE + 930`` when that is set, else on a free port.
+
+Every path is also costed in CPU seconds per GiB, for this process and for the S3 server, and the bench prints the
+ratio each pair would reach if the host's cores were the only limit: on a small shared host that, not the network,
+bounds the throughput, and it is the figure to compare with the measured ratio.
 """
 
 from __future__ import annotations
@@ -40,6 +46,21 @@ from haihe.datasets.versions import download_urls, read_manifest
 
 BUCKET = "haihe-datasets"
 SAMPLE = 256 * 1024
+PORT_OFFSET = 930  # from HAIHE_TEST_PORT_BASE: clear of the test fixtures' ports (base .. base+299, +500, +950..)
+
+SIDES = """\
+what each side does (same data, same parallelism on both sides of a pair):
+  push    raw: minio fput_object per file, files in turn, 16 MiB parts, {w} parallel part uploads (signed sha256
+               of every part); haihe: push() reads each file once, sha256 while {w} threads PUT presigned parts,
+               then commits the manifest
+  pull    raw: minio fget_object per file, {w} files at once, no integrity check; haihe: stage() into the
+               cache, {w} files at once, sha256 of every byte while it is received, checked before the rename;
+               pull(): the same through presigned URLs
+  stream  local: read_bytes() each shard from local disk (page cache), decode_tar, one thread; haihe: the
+               streaming loader, {p} shards in flight received into reused buffers, sha256 as bytes arrive, the
+               same decode_tar; also shown: local + sha256 (the same checks as the loader), raw get_object
+  each round starts every phase with a different line and deletes each downloaded copy before the next line
+  ratio = haihe MiB/s / baseline MiB/s; targets: push and pull >= 0.9x, stream >= 0.8x"""
 
 
 def parse_size(text: str) -> int:
@@ -68,7 +89,7 @@ class Timer:
 
     def __init__(self, server_pid: int | None) -> None:
         self.server_pid = server_pid
-        self.cpu: dict[str, list[tuple[float, float]]] = {}
+        self.cpu: dict[str, list[tuple[float, float, float]]] = {}  # (client CPU-s, server CPU-s, wall s) per GiB
 
     def server_cpu(self) -> float:
         if self.server_pid is None:
@@ -84,7 +105,7 @@ class Timer:
         fn()
         seconds = time.perf_counter() - start
         gib = nbytes / (1 << 30)
-        used = ((time.process_time() - cpu) / gib, (self.server_cpu() - server) / gib)
+        used = ((time.process_time() - cpu) / gib, (self.server_cpu() - server) / gib, seconds / gib)
         self.cpu.setdefault(what, []).append(used)
         rate = nbytes / seconds / (1 << 20)
         print(f"  {what:<48} {seconds:7.2f} s  {rate:8.1f} MiB/s   cpu-s/GiB: client {used[0]:5.2f}  s3 {used[1]:5.2f}")
@@ -92,9 +113,10 @@ class Timer:
 
 
 def one_round(
-    store: MinioStore, src: Path, work: Path, org: str, workers: int, prefetch: int, timed: Timer
+    store: MinioStore, src: Path, work: Path, org: str, workers: int, prefetch: int, timed: Timer, rotate: int
 ) -> dict[str, float]:
-    """One measurement of every path; returns the ratios (haihe / baseline) of this round."""
+    """One measurement of every path; returns the ratios (haihe / baseline) of this round. ``rotate`` picks which
+    line of each phase runs first."""
     files = sorted(p for p in src.iterdir())
     nbytes = sum(p.stat().st_size for p in files)
     client = store.client
@@ -112,28 +134,52 @@ def one_round(
                 )
             )
 
+    def phase(lines: list[tuple[str, Callable[[], object], Path | None]]) -> dict[str, float]:
+        """Run a phase's lines, starting at a different one every round (so no side always runs first, after the
+        other has filled the page cache), each written copy removed before the next line (outside the timing)."""
+        rates = {}
+        for i in range(len(lines)):
+            what, fn, output = lines[(i + rotate) % len(lines)]
+            rates[what] = timed(what, nbytes, fn)
+            if output is not None:
+                shutil.rmtree(output, ignore_errors=True)
+        return rates
+
     print("push")
-    raw = timed("raw minio fput_object", nbytes, raw_push)
-    ours = timed(
-        "haihe push (sha256 + presigned parts + commit)",
-        nbytes,
-        lambda: push(
-            src, LocalBackend(Uploads(store), org, "ds"), HttpTransport(pool_size=workers * 2), workers=workers
-        ),
+    pushed = phase(
+        [
+            ("raw minio fput_object", raw_push, None),
+            (
+                "haihe push (sha256 + presigned parts + commit)",
+                lambda: push(
+                    src, LocalBackend(Uploads(store), org, "ds"), HttpTransport(pool_size=workers * 2), workers=workers
+                ),
+                None,
+            ),
+        ]
     )
-    print("pull")
-    raw_p = timed("raw minio fget_object", nbytes, raw_pull)
-    staged = timed(
-        "haihe stage (sha256-checked, into cache)",
-        nbytes,
-        lambda: stage(store, org, "ds", 1, work / "cache", workers=workers),
-    )
+    raw, ours = pushed["raw minio fput_object"], pushed["haihe push (sha256 + presigned parts + commit)"]
     manifest = read_manifest(store, org, "ds", 1)
-    pulled = timed(
-        "haihe pull (presigned URLs, sha256-checked)",
-        nbytes,
-        lambda: pull(manifest, download_urls(store, manifest), work / "pulled", HttpTransport(), workers=workers),
+    print("pull")
+    pulls = phase(
+        [
+            ("raw minio fget_object", raw_pull, work / "rawpull"),
+            (
+                "haihe stage (sha256-checked, into cache)",
+                lambda: stage(store, org, "ds", 1, work / "cache", workers=workers),
+                work / "cache",
+            ),
+            (
+                "haihe pull (presigned URLs, sha256-checked)",
+                lambda: pull(
+                    manifest, download_urls(store, manifest), work / "pulled", HttpTransport(), workers=workers
+                ),
+                work / "pulled",
+            ),
+        ]
     )
+    raw_p, staged = pulls["raw minio fget_object"], pulls["haihe stage (sha256-checked, into cache)"]
+    pulled = pulls["haihe pull (presigned URLs, sha256-checked)"]
     print("stream")
 
     def local_read() -> None:
@@ -165,11 +211,22 @@ def one_round(
         for _ in reader.samples(reader.shards):
             pass
 
-    local = timed("tar shards from local disk", nbytes, local_read)
-    local_v = timed("tar shards from local disk + sha256", nbytes, local_read_verified)
-    timed(f"raw minio get_object, {prefetch} threads (no decode)", nbytes, raw_stream)
-    stream = timed("haihe streaming loader (S3, prefetch, sha256)", nbytes, streamed)
-    ratios = {
+    def sha256_only() -> None:
+        for p in files:
+            hashlib.sha256(p.read_bytes())
+
+    streams = phase(
+        [
+            ("tar shards from local disk", local_read, None),
+            ("tar shards from local disk + sha256", local_read_verified, None),
+            (f"raw minio get_object, {prefetch} threads (no decode)", raw_stream, None),
+            ("haihe streaming loader (S3, prefetch, sha256)", streamed, None),
+            ("local read_bytes + sha256, no decode", sha256_only, None),
+        ]
+    )
+    local, local_v = streams["tar shards from local disk"], streams["tar shards from local disk + sha256"]
+    stream = streams["haihe streaming loader (S3, prefetch, sha256)"]
+    ratios = {  # the keys name pairs of lines in PAIRS
         "push": ours / raw,
         "stage": staged / raw_p,
         "presigned pull": pulled / raw_p,
@@ -178,6 +235,40 @@ def one_round(
     }
     print("  round: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     return ratios
+
+
+# ratio -> (haihe line, baseline line, whether the baseline runs on one core); for the CPU-bound ceiling
+PAIRS = {
+    "push": ("haihe push (sha256 + presigned parts + commit)", "raw minio fput_object", False),
+    "stage": ("haihe stage (sha256-checked, into cache)", "raw minio fget_object", False),
+    "presigned pull": ("haihe pull (presigned URLs, sha256-checked)", "raw minio fget_object", False),
+    "stream": ("haihe streaming loader (S3, prefetch, sha256)", "tar shards from local disk", True),
+    "stream vs local+sha256": (
+        "haihe streaming loader (S3, prefetch, sha256)",
+        "tar shards from local disk + sha256",
+        True,
+    ),
+}
+
+
+def cpu_ceiling(timed: Timer, key: str, cores: int) -> tuple[float, float, float, float]:
+    """CPU-s per GiB (client + S3 server) of the haihe side and the baseline, and two bounds on the ratio, from the
+    medians over the rounds:
+
+    * ``both_bound``: the ratio if the cores were the only limit of both sides (CPU over the cores a side can use:
+      all of them, or one for the single-threaded local read);
+    * ``best``: the best haihe could do against the baseline as measured, if the cores were idle: it needs at
+      least its CPU over all the cores, and is credited with nothing better than the baseline's own time."""
+    ours, base, single = PAIRS[key]
+
+    def med(what: str, i: int) -> float:
+        return statistics.median(u[i] for u in timed.cpu[what])
+
+    t_ours, t_base = med(ours, 0) + med(ours, 1), med(base, 0) + med(base, 1)
+    both_bound = (t_base if single else t_base / cores) / (t_ours / cores)
+    wall_base = med(base, 2)
+    best = wall_base / max(wall_base, t_ours / cores)
+    return t_ours, t_base, both_bound, best
 
 
 def run(
@@ -190,26 +281,35 @@ def run(
         make_shards(src, size, shards)
         nbytes = sum(p.stat().st_size for p in src.iterdir())
         print(f"data: {shards} tar shards, {nbytes / (1 << 20):.0f} MiB, {workers} workers, prefetch {prefetch}")
+        print(SIDES.format(w=workers, p=prefetch))
         rounds = []
         for n in range(repeat):
-            print(f"round {n + 1}/{repeat}")
+            print(f"round {n + 1}/{repeat} (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
             org = f"bench-{uuid.uuid4().hex[:8]}"
             round_dir = work / f"round{n}"
             round_dir.mkdir()
             try:
-                rounds.append(one_round(store, src, round_dir, org, workers, prefetch, timed))
+                rounds.append(one_round(store, src, round_dir, org, workers, prefetch, timed, n))
             finally:
                 shutil.rmtree(round_dir, ignore_errors=True)
                 store.delete([i.key for i in store.list(f"{org}/")])
-        print(f"ratios, median of {repeat} (haihe / baseline; targets: push, pull >= 0.9, stream >= 0.8)")
-        for key in rounds[0]:
-            values = sorted(r[key] for r in rounds)
-            spread = f"   (runs {', '.join(f'{v:.2f}' for v in values)})" if repeat > 1 else ""
-            print(f"  {key:<24} {statistics.median(values):5.2f}x{spread}")
         print("CPU seconds per GiB, median (client = this process, s3 = the S3 server)")
         for what, used in timed.cpu.items():
             client, server = (statistics.median(u[i] for u in used) for i in (0, 1))
-            print(f"  {what:<48} client {client:5.2f}  s3 {server:5.2f}")
+            print(f"  {what:<52} client {client:5.2f}  s3 {server:5.2f}")
+        cores = len(os.sched_getaffinity(0))
+        targets = {"push": 0.9, "stage": 0.9, "presigned pull": 0.9, "stream": 0.8}
+        print(f"RATIOS, median of {repeat} rounds (haihe / baseline)")
+        for key in rounds[0]:
+            values = sorted(r[key] for r in rounds)
+            target = f"target {targets[key]:.1f}x" if key in targets else "no target"
+            each = ", ".join(f"{v:.2f}" for v in values)
+            print(f"  {key:<24} {statistics.median(values):5.2f}x  {target:<13} rounds {each}")
+        print(f"what the CPU allows on {cores} cores: CPU-s/GiB (client + S3 server, medians) haihe vs baseline;")
+        print("  the ratio if both sides were CPU-bound; the best ratio on idle cores against the baseline's time")
+        for key in rounds[0]:
+            ours, base, both_bound, best = cpu_ceiling(timed, key, cores)
+            print(f"  {key:<24} {ours:4.2f} vs {base:4.2f}   both CPU-bound {both_bound:4.2f}x   best {best:4.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -221,7 +321,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--prefetch", type=int, default=4, help="shards the streaming loader keeps in flight")
     parser.add_argument("--repeat", type=int, default=3, help="rounds on the same data; medians are reported")
-    parser.add_argument("--port", type=int, default=0, help="port of the S3 server it starts (default: a free one)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help=f"port of the S3 server it starts (default: HAIHE_TEST_PORT_BASE + {PORT_OFFSET}, else a free one)",
+    )
     parser.add_argument("--endpoint")
     parser.add_argument("--server-pid", type=int, help="pid of the S3 server at --endpoint, to count its CPU time")
     parser.add_argument("--access-key")
@@ -233,7 +338,9 @@ def main() -> None:
         store = MinioStore(args.endpoint, args.access_key, args.secret_key, BUCKET)
     else:
         home = Path(tempfile.mkdtemp(prefix="haihe-bench-s3-"))
-        server = S3Server(home, args.port or free_port(), access_key="bench", secret_key=uuid.uuid4().hex)
+        base = os.environ.get("HAIHE_TEST_PORT_BASE")
+        port = args.port or (int(base) + PORT_OFFSET if base else free_port())
+        server = S3Server(home, port, access_key="bench", secret_key=uuid.uuid4().hex)
         server.start(timeout=120)
         server.ensure_buckets([BUCKET])
         store = MinioStore(server.endpoint, server.access_key, server.secret_key, BUCKET)

@@ -160,8 +160,9 @@ class ShardReader:
         finally:
             stream.close()
         if got != length:
-            raise IntegrityError(f"{shard.path}: bytes {start}-{start + length} came back short ({got})",
-                                 field=shard.path)
+            raise IntegrityError(
+                f"{shard.path}: bytes {start}-{start + length} came back short ({got})", field=shard.path
+            )
         return got
 
     def samples(self, shards: Sequence[Shard]) -> Iterator[Sample]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Protocol
 
-from haihe.datasets.store import ReadStream
+from haihe.datasets.store import ReadStream, body_readinto
 from haihe.errors import InvalidInput, NotFound, StorageUnavailable
 
 
@@ -47,6 +47,15 @@ class _HttpRead:
 
         try:
             return bytes(self._response.read1(n))
+        except (HTTPError, OSError) as exc:
+            raise StorageUnavailable(f"GET {_redact(self._url)}: connection lost ({type(exc).__name__})") from None
+
+    def readinto(self, view: memoryview, /) -> int:
+        """Fill ``view`` from the body, received straight into it (``store.body_readinto``)."""
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return body_readinto(self._response, view)
         except (HTTPError, OSError) as exc:
             raise StorageUnavailable(f"GET {_redact(self._url)}: connection lost ({type(exc).__name__})") from None
 

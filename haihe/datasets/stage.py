@@ -147,8 +147,15 @@ class DatasetCache:
             target = incoming / entry.sha256
             if per_file > 1 and entry.size > self.range_size:
                 download_ranges(
-                    store, key, target, name=entry.path, size=entry.size, sha256=entry.sha256, parallel=per_file,
-                    range_size=self.range_size, progress=count,
+                    store,
+                    key,
+                    target,
+                    name=entry.path,
+                    size=entry.size,
+                    sha256=entry.sha256,
+                    parallel=per_file,
+                    range_size=self.range_size,
+                    progress=count,
                 )
             else:
                 download_verified(

@@ -42,6 +42,9 @@ class PartInfo:
 
 
 class ReadStream(Protocol):
+    """An object body. Bulk readers also use ``readinto(memoryview) -> int`` when a stream has it
+    (``hashing.read_into``); it is optional, so ``io.BytesIO`` and plain file objects qualify as they are."""
+
     def read(self, n: int = -1, /) -> bytes: ...
 
     def close(self) -> None: ...
@@ -163,10 +166,35 @@ class _MinioRead:
             data = self._response.read1(n)
         return bytes(data)
 
+    def readinto(self, view: memoryview, /) -> int:
+        """Fill ``view`` from the body (fewer bytes only at its end); see ``body_readinto``."""
+        with _translated(self._what):
+            return body_readinto(self._response, view)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._response.close()
             self._response.release_conn()
+
+
+def body_readinto(response: Any, view: memoryview) -> int:
+    """Receive an urllib3 response's body straight into ``view``, without an intermediate ``bytes``.
+
+    urllib3 2's own ``readinto`` is ``read(n)`` plus a copy; its http.client response (``_fp``, the one private
+    name used here) receives with ``recv_into`` into the caller's buffer, which saves a copy and an allocation per
+    chunk (about 0.1 CPU-s per GiB measured here). Only for a body without Content-Encoding, which urllib3 would
+    decode; otherwise, and for any other urllib3, fall back to ``read1`` and copy."""
+    raw = getattr(response, "_fp", None)
+    encoding = response.headers.get("Content-Encoding", "identity").lower()
+    if raw is not None and hasattr(raw, "readinto") and encoding in ("", "identity"):
+        n = int(raw.readinto(view))
+        if not n and len(view) and getattr(raw, "length", None):
+            # http.client ends a body cut short by the server (killed, restarted) as if it were complete
+            raise ConnectionResetError(f"connection closed with {raw.length} bytes of the body unread")
+        return n
+    block = response.read1(len(view))
+    view[: len(block)] = block
+    return len(block)
 
 
 class _MinioMultipart:
