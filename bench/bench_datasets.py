@@ -211,6 +211,11 @@ def one_round(
         for _ in reader.samples(reader.shards):
             pass
 
+    def streamed_unverified() -> None:
+        reader = ShardReader(store, manifest, prefetch=prefetch, verify=False)
+        for _ in reader.samples(reader.shards):
+            pass
+
     def sha256_only() -> None:
         for p in files:
             hashlib.sha256(p.read_bytes())
@@ -221,6 +226,7 @@ def one_round(
             ("tar shards from local disk + sha256", local_read_verified, None),
             (f"raw minio get_object, {prefetch} threads (no decode)", raw_stream, None),
             ("haihe streaming loader (S3, prefetch, sha256)", streamed, None),
+            ("haihe streaming loader, verify=False", streamed_unverified, None),
             ("local read_bytes + sha256, no decode", sha256_only, None),
         ]
     )
@@ -232,6 +238,7 @@ def one_round(
         "presigned pull": pulled / raw_p,
         "stream": stream / local,
         "stream vs local+sha256": stream / local_v,
+        "stream verify=False": streams["haihe streaming loader, verify=False"] / local,
     }
     print("  round: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     return ratios
@@ -248,6 +255,7 @@ PAIRS = {
         "tar shards from local disk + sha256",
         True,
     ),
+    "stream verify=False": ("haihe streaming loader, verify=False", "tar shards from local disk", True),
 }
 
 
