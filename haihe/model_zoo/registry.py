@@ -75,10 +75,19 @@ class Lineage:
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> Lineage:
-        try:
-            return cls(tags.get(TAG_JOB), tags.get(TAG_RUN), tags.get(TAG_DATASET))
-        except InvalidInput:  # tags edited by hand in MLflow's UI: report what is there, never fail a listing
-            return cls()
+        # each field on its own: a tag edited by hand in MLflow's UI, or a dataset that is no platform dataset
+        # (a recipe's built-in data), drops only itself, and a listing never fails
+        values: dict[str, str] = {}
+        for name, key in (("job_id", TAG_JOB), ("run_id", TAG_RUN), ("dataset", TAG_DATASET)):
+            value = tags.get(key)
+            if value is None:
+                continue
+            try:
+                cls(**{name: value})
+            except InvalidInput:
+                continue
+            values[name] = value
+        return cls(**values)
 
     def to_tags(self) -> dict[str, str]:
         pairs = ((TAG_JOB, self.job_id), (TAG_RUN, self.run_id), (TAG_DATASET, self.dataset))

@@ -90,6 +90,12 @@ def test_digits_run_is_tracked_checkpointed_and_registered(
     version = client.get_model_version(f"{org}~digits", "1")
     assert version.run_id == run.info.run_id
     assert version.tags["haihe.job_id"] == env.job_id and version.tags["haihe.run_id"] == run.info.run_id
+    # and the zoo lists it, with its lineage: a job's model is a zoo model like any other
+    from haihe.model_zoo import ModelZoo
+
+    detail = ModelZoo.connect(env.tracking_uri).get(f"{org}/digits:1")
+    assert detail.selected is not None and detail.selected.lineage.job_id == env.job_id
+    assert detail.selected.lineage.run_id == run.info.run_id
     # newest 2 of the checkpoints every 20 steps (20..120) are kept
     store = MinioStore(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, CKPT_BUCKET)
     keys = sorted(o.key.rsplit("/", 1)[1] for o in store.list(f"{org}/digits/"))

@@ -349,3 +349,13 @@ def test_seed_is_idempotent_and_finishes_a_half_done_seed(zoo: ModelZoo, fake: F
     detail = zoo.get("public/minilm-l6")
     assert [v.version for v in detail.versions] == [1]
     assert detail.model.visibility == "public" and detail.model.task == "text-embedding"
+
+
+def test_lineage_from_tags_drops_only_the_field_it_cannot_read() -> None:
+    from haihe.model_zoo import Lineage
+
+    run = "a" * 32
+    got = Lineage.from_tags({"haihe.job_id": "job-1", "haihe.run_id": run,
+                             "haihe.dataset": "builtin:sklearn.datasets.load_digits"})
+    assert (got.job_id, got.run_id, got.dataset) == ("job-1", run, None)
+    assert Lineage.from_tags({"haihe.run_id": "not-a-run"}) == Lineage()

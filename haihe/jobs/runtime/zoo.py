@@ -14,6 +14,7 @@ from typing import Any
 from haihe.errors import TrackingUnavailable
 from haihe.jobs.runtime.contract import RegistryError
 from haihe.model_zoo.names import ZooRef
+from haihe.model_zoo.registry import TAG_ORG, TAG_VISIBILITY, TAG_ZOO
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,16 @@ def register(target: ZooRef, source_uri: str, tracking_uri: str, *, run_id: str 
     name = target.registered_name
     try:
         try:
-            client.get_registered_model(name)
+            existing = client.get_registered_model(name)
+            if existing.tags.get(TAG_ZOO) != "1":  # made outside the zoo (MLflow's UI, an old job): adopt it
+                client.set_registered_model_tag(name, TAG_ZOO, "1")
+                client.set_registered_model_tag(name, TAG_ORG, target.org)
         except MlflowException as exc:
             if "RESOURCE_DOES_NOT_EXIST" not in str(exc.error_code):
                 raise
-            client.create_registered_model(name, tags={"haihe.org": target.org}, description=description or None)
+            # the same model tags the zoo's own register sets: without haihe.zoo the zoo would not list it
+            client.create_registered_model(name, tags={TAG_ZOO: "1", TAG_ORG: target.org, TAG_VISIBILITY: "private"},
+                                           description=description or None)
         # MLflow 3 logs models as LoggedModels (models:/m-<id>); a version made from one must name its id
         model_id = source_uri.rsplit("/", 1)[1] if source_uri.startswith("models:/m-") else None
         version = client.create_model_version(name, source_uri, run_id=run_id, tags=dict(lineage),

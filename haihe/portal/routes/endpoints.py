@@ -7,6 +7,7 @@ put in a URL); the copy-paste examples use the gateway's public address from ``s
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -27,6 +28,8 @@ CREATE_FIELDS = ("org", "name", "model", "scheduler", "min_replicas", "max_repli
 INT_FIELDS = ("min_replicas", "max_replicas", "max_batch_size")
 DEFAULTS = {"min_replicas": "1", "max_replicas": "1", "max_batch_size": "16"}
 KEY_PLACEHOLDER = "$HAIHE_KEY"
+FALLBACK_ROW_SHAPE = [4]
+RECIPE_ROW_SHAPES = {"digits-cnn": [1, 8, 8]}  # one 8x8 grey image (the recipe's DigitsCNN input)
 CHART_W, CHART_H = 600, 160
 
 
@@ -102,13 +105,42 @@ def _latency(by_key: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "pct_max": round(100 * float(k["max_latency_ms"] or 0) / peak, 1)} for k in by_key]
 
 
-def examples(base_url: str, ep: Endpoint, key: str) -> dict[str, str]:
+def example_tensor(ep: Endpoint, input_shape: list[int] | None = None) -> dict[str, Any]:
+    """One input row the served model accepts: a string for text models, else zeros of the model's input shape."""
+    if "embedding" in ep.task or "text" in ep.task:
+        return {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]}
+    shape = [1, *(max(d, 1) for d in (input_shape or FALLBACK_ROW_SHAPE))]
+    return {"name": "x", "shape": shape, "datatype": "FP32", "data": [0.0] * math.prod(shape)}
+
+
+def _row_shape(page: Page, ep: Endpoint) -> list[int] | None:
+    """The shape of one input row of the served version: from its card's first tensor input, else from the
+    built-in recipe that trained it (recipes register no card). None when neither says."""
+    from haihe.platform import jobs
+    from haihe.platform import zoo as zoo_svc
+    from haihe.platform.api.zoo import get_services
+
+    try:
+        ref = f"{ep.model_ref.split('@')[0].split(':')[0]}:{ep.model_version}"
+        detail = zoo_svc.get_model(get_services(page.request, page.ctx), page.session, page.principal, ref)
+        version = detail.selected or detail.latest
+        if version is None:
+            return None
+        for f in (version.card.input_schema if version.card else ()):
+            if f.type == "tensor" and f.shape:
+                return list(f.shape[1:])  # the first dimension is the batch
+        if version.lineage.job_id:
+            recipe = jobs.get_job(page.session, page.principal, version.lineage.job_id).spec.get("recipe")
+            return RECIPE_ROW_SHAPES.get(str(recipe))
+    except (HaiheError, OSError):
+        return None  # the zoo is unreachable or the job is not the caller's: the generic example stays
+    return None
+
+
+def examples(base_url: str, ep: Endpoint, key: str, input_shape: list[int] | None = None) -> dict[str, str]:
     """Copy-paste calls of the endpoint through the gateway: curl, Python requests, the openai client."""
     base = base_url.rstrip("/")
-    text = "embedding" in ep.task or "text" in ep.task
-    tensor = ({"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]} if text else
-              {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.0, 0.0, 0.0, 0.0]})
-    body = json.dumps({"inputs": [tensor]})
+    body = json.dumps({"inputs": [example_tensor(ep, input_shape)]})
     infer = f"{base}/v2/models/{ep.name}/infer"
     curl = (f"curl -s -H \"Authorization: Bearer {key}\" -H \"Content-Type: application/json\" \\\n"
             f"  {infer} \\\n  -d '{body}'")
@@ -137,7 +169,8 @@ def _endpoint_page(page: Page, org: str, name: str, *, new_key: str = "", done: 
     usage = svc.usage(page.session, page.principal, org, name)
     return page.render("endpoint.html", status, nav="endpoints", ep=ep, usage=usage, chart=_chart(usage["minutes"]),
                        latency=_latency(usage["by_key"]), keys=_endpoint_keys(page, org, name), new_key=new_key,
-                       examples=examples(page.ctx.settings.public_url, ep, new_key or KEY_PLACEHOLDER),
+                       examples=examples(page.ctx.settings.public_url, ep, new_key or KEY_PLACEHOLDER,
+                                         _row_shape(page, ep)),
                        done=done if done in NOTICES else "", errors=errors or FormErrors())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -19,15 +20,18 @@ from haihe.platform.context import PlatformContext
 from haihe.platform.models import Job
 from haihe.portal import extensions
 from haihe.portal.summaries import STATE_TONE, job_charges, job_row
-from haihe.portal.web import PortalRoute, SignedIn, redirect
+from haihe.portal.web import Page, PortalRoute, SignedIn, redirect
 from haihe.schedulers.base import JobState, LogChunk
 
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 50
 POLL_S = 1.0
 KEEPALIVE_EVERY = 15  # polls between comments that keep proxies from closing an idle stream
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+END_WAIT_POLLS = 60  # polls a finished log waits for the reconciler to record the job's final state
+TERMINAL_STATES = frozenset(st.value for st in JobState if st.is_terminal())
 
 
 @router.get("/jobs", response_class=HTMLResponse)
@@ -61,7 +65,26 @@ def job_page(job_id: str, page: SignedIn, done: str = "") -> HTMLResponse:
                        charges=job_charges(s, job.id), metrics=extensions.job_metrics(page, job.id),
                        done=done if done in ("cancelled", "submitted", "resubmitted") else "",
                        can_cancel=not JobState(job.state).is_terminal(), resubmitted_from=job.resubmitted_from,
+                       produced=produced_versions(page, job),
                        state_names={st.value: page.t(f"state.{st.value}") for st in JobState})
+
+
+def produced_versions(page: Page, job: Job) -> list[dict[str, Any]]:
+    """The zoo versions this job registered (``register:`` in its spec), found by the job id in their lineage."""
+    target = (job.spec.get("register") or {}).get("name") if isinstance(job.spec.get("register"), dict) else None
+    if not target or job.state != JobState.SUCCEEDED.value or not page.ctx.settings.mlflow_url:
+        return []
+    from haihe.platform import zoo
+    from haihe.platform.api.zoo import get_services
+
+    ref = f"{job.org.name}/{target}"
+    try:
+        detail = zoo.get_model(get_services(page.request, page.ctx), page.session, page.principal, ref)
+    except (HaiheError, OSError) as exc:
+        log.info("zoo versions of job %s unavailable: %s", job.id, exc)
+        return []
+    return [{"org": job.org.name, "name": target, "version": v.version} for v in detail.versions
+            if v.lineage.job_id == job.id]
 
 
 def _read_logs(ctx: PlatformContext, principal: Principal, job_id: str, offset: int) -> tuple[LogChunk, str, str]:
@@ -74,6 +97,12 @@ def _read_logs(ctx: PlatformContext, principal: Principal, job_id: str, offset: 
             chunk, notice = LogChunk("", offset, complete=False), exc.message
         job = s.get(Job, job_id)
         return chunk, job.state if job else "", notice
+
+
+def _job_state(ctx: PlatformContext, job_id: str) -> str:
+    with ctx.db.session() as s:
+        job = s.get(Job, job_id)
+        return job.state if job else ""
 
 
 def _sse(event: str, data: dict[str, Any], event_id: int | None = None) -> str:
@@ -105,6 +134,16 @@ async def log_stream(job_id: str, request: Request, page: SignedIn,
                 yield _sse("log", {"text": chunk.data}, chunk.offset)
             pos = chunk.offset
             if chunk.complete:
+                # The scheduler can call the job over a moment before the reconciler records it: hold the end
+                # until the platform's own state is final, so the page's badge shows how the job ended.
+                for _ in range(END_WAIT_POLLS):
+                    if state in TERMINAL_STATES or not state:
+                        break
+                    await asyncio.sleep(POLL_S)
+                    new_state = await run_in_threadpool(_job_state, ctx, job_id)
+                    if new_state != state:
+                        state = new_state
+                        yield _sse("state", {"state": state, "tone": STATE_TONE.get(state, "muted")})
                 yield _sse("end", {"state": state})
                 return
             polls += 1

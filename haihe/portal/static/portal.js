@@ -77,7 +77,10 @@ function drawSeries(canvas, points) {
   }
   g.fillText(String(x0), pad.l, h - 8);
   g.fillText(String(x1), w - pad.r - g.measureText(String(x1)).width, h - 8);
-  g.strokeStyle = "#0b5cad"; g.lineWidth = 2; g.beginPath();
+  g.strokeStyle = "#0b5cad"; g.fillStyle = "#0b5cad"; g.lineWidth = 2; g.beginPath();
+  if (points.length === 1) {  /* a final metric (test accuracy): one dot, not an invisible line */
+    g.arc(sx(points[0][0]), sy(points[0][1]), 4, 0, 2 * Math.PI); g.fill(); return;
+  }
   points.forEach((p, i) => (i ? g.lineTo(sx(p[0]), sy(p[1])) : g.moveTo(sx(p[0]), sy(p[1]))));
   g.stroke();
 }
@@ -86,7 +89,9 @@ function initCharts() {
   const data = readJSON("metrics-data");
   const box = document.getElementById("charts");
   if (!data || !box) return;
-  Object.keys(data).sort().forEach((name) => {
+  /* the run's own metrics first, MLflow's system metrics (system/...) after them */
+  const rank = (name) => (name.startsWith("system/") || name.includes("/system/") ? 1 : 0);
+  Object.keys(data).sort((a, b) => rank(a) - rank(b) || a.localeCompare(b)).forEach((name) => {
     const fig = document.createElement("figure");
     fig.className = "chart";
     const cap = document.createElement("figcaption");
@@ -95,6 +100,7 @@ function initCharts() {
     canvas.setAttribute("role", "img");
     canvas.setAttribute("aria-label", name);
     canvas.dataset.metric = name;
+    canvas.dataset.points = String(data[name].length);
     fig.append(cap, canvas);
     box.appendChild(fig);
     drawSeries(canvas, data[name]);
@@ -181,51 +187,7 @@ async function uploadCode(input, form) {
   }
 }
 
-/* -- dataset folder upload: presigned multipart straight to S3, with a progress bar ------------------------------ */
-function initDatasetUpload() {
-  const box = document.getElementById("upload");
-  if (!box) return;
-  const input = document.getElementById("folder");
-  const bar = document.getElementById("upload-progress");
-  const status = document.getElementById("upload-status");
-  const say = (key, values) => { status.textContent = fmt(box.dataset["msg" + key], values || {}); };
-  document.getElementById("start-upload").addEventListener("click", async () => {
-    const files = Array.from(input.files || []);
-    if (!files.length) return;
-    const strip = (f) => { const p = f.webkitRelativePath || f.name; const i = p.indexOf("/"); return i > 0 ? p.slice(i + 1) : p; };
-    say("Preparing");
-    try {
-      const api = box.dataset.api;
-      const headers = { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() };
-      const byPath = new Map(files.map((f) => [strip(f), f]));
-      const r = await fetch(api + "/versions", { method: "POST", headers, body: JSON.stringify({
-        files: files.map((f) => ({ path: strip(f), size: f.size })), note: document.getElementById("up-note").value }) });
-      if (!r.ok) throw new Error((await r.json()).error.message);
-      const ticket = await r.json();
-      const total = files.reduce((n, f) => n + f.size, 0) || 1;
-      let sent = 0;
-      for (const target of ticket.files) {
-        const file = byPath.get(target.path);
-        for (const part of target.parts) {
-          const put = await fetch(part.url, { method: "PUT", body: file.slice(part.offset, part.offset + part.size) });
-          if (!put.ok) throw new Error("HTTP " + put.status);
-          sent += part.size;
-          bar.value = Math.round((100 * sent) / total);
-          say("Sending", { pct: bar.value });
-        }
-      }
-      say("Committing");
-      const done = await fetch(`${api}/uploads/${encodeURIComponent(ticket.upload_id)}/complete`, {
-        method: "POST", headers, body: JSON.stringify({ hashes: {} }) });
-      if (!done.ok) throw new Error((await done.json()).error.message);
-      bar.value = 100;
-      say("Done", { version: "v" + ticket.version });
-      setTimeout(() => window.location.reload(), 800);
-    } catch (err) {
-      say("Failed", { detail: err.message });
-    }
-  });
-}
+/* the dataset folder upload lives in upload.js */
 
 /* -- copy buttons: data-copy names the element whose text goes to the clipboard ---------------------------------- */
 function initCopy() {
@@ -248,6 +210,5 @@ document.addEventListener("DOMContentLoaded", () => {
   initLogs();
   initCharts();
   initNewJob();
-  initDatasetUpload();
   initCopy();
 });
