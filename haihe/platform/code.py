@@ -7,7 +7,9 @@ uploaded twice is one object). The job runtime downloads and unpacks it on the n
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -17,6 +19,7 @@ from haihe.platform.access import Principal
 from haihe.platform.context import PlatformContext
 
 MAX_CODE_BYTES = 256 * 1024 * 1024
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -34,14 +37,45 @@ def create_upload(ctx: PlatformContext, session: Session, principal: Principal, 
     s = ctx.settings
     if not s.s3_endpoint:
         raise InvalidInput("this platform has no S3 storage configured for code bundles", field="workdir")
+    if not _SHA256.fullmatch(sha256):
+        raise InvalidInput("sha256 must be 64 lowercase hex digits", field="sha256")
     key = f"code/{org}/{project}/{sha256}.tar.gz"
     try:
-        from minio import Minio
-
-        endpoint = s.s3_endpoint.split("://", 1)[-1].rstrip("/")
-        client = Minio(endpoint, access_key=s.s3_access_key, secret_key=s.s3_secret_key,
-                       secure=s.s3_endpoint.startswith("https"), region=s.s3_region)
-        url = client.presigned_put_object(s.code_bucket, key, expires=dt.timedelta(hours=1))
+        url = _client(ctx).presigned_put_object(s.code_bucket, key, expires=dt.timedelta(hours=1))
     except Exception as exc:  # minio raises several types; all mean storage trouble here
         raise StorageUnavailable(f"cannot prepare the code upload: {type(exc).__name__}") from exc
     return CodeUpload(code_uri=f"s3://{s.code_bucket}/{key}", url=url, max_bytes=MAX_CODE_BYTES)
+
+
+def check_bundle(ctx: PlatformContext, code_uri: str, org: str, project: str) -> None:
+    """A job may name only a bundle uploaded for its own project that is really there and within the limit, so a
+    job is never accepted that would fail on the node for want of its code."""
+    s = ctx.settings
+    prefix = f"s3://{s.code_bucket}/code/{org}/{project}/"
+    if not code_uri.startswith(prefix) or not _SHA256.fullmatch(code_uri[len(prefix):].removesuffix(".tar.gz")):
+        raise InvalidInput(f"code_uri must be an upload made for {org}/{project} ({prefix}<sha256>.tar.gz)",
+                           field="code_uri")
+    if not s.s3_endpoint:
+        raise InvalidInput("this platform has no S3 storage configured for code bundles", field="code_uri")
+    from minio.error import S3Error
+
+    try:
+        size = _client(ctx).stat_object(s.code_bucket, code_uri.split("/", 3)[3]).size
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+            raise InvalidInput("the code bundle was never uploaded (or has expired); upload it again",
+                               field="code_uri") from None
+        raise StorageUnavailable(f"cannot check the code bundle: {exc.code}") from exc
+    except Exception as exc:  # connection refused, timeouts: storage trouble
+        raise StorageUnavailable(f"cannot check the code bundle: {type(exc).__name__}") from exc
+    if size is not None and size > MAX_CODE_BYTES:
+        raise PayloadTooLarge(f"the code bundle is {size} bytes; the limit is {MAX_CODE_BYTES}", field="code_uri")
+
+
+def _client(ctx: PlatformContext) -> Any:
+    from minio import Minio
+
+    s = ctx.settings
+    endpoint = s.s3_endpoint.split("://", 1)[-1].rstrip("/")
+    return Minio(endpoint, access_key=s.s3_access_key, secret_key=s.s3_secret_key,
+                 secure=s.s3_endpoint.startswith("https"), region=s.s3_region)

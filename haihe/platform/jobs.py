@@ -32,7 +32,7 @@ from haihe.errors import (
 )
 from haihe.jobs.render import RenderContext, render_launch
 from haihe.jobs.spec import JobSpec, validate_spec
-from haihe.platform import access, audit
+from haihe.platform import access, audit, code
 from haihe.platform.access import Principal
 from haihe.platform.context import PlatformContext
 from haihe.platform.mlflow_proxy import JobScope, job_tracking
@@ -112,8 +112,8 @@ def submit(
             if existing.project_id != project.id or existing.spec.get("name") != spec.name:
                 raise Conflict("Idempotency-Key already used for a different job", field="idempotency_key")
             return existing
-    if code_uri is not None and not code_uri.startswith(f"s3://{ctx.settings.code_bucket}/code/{org_name}/"):
-        raise InvalidInput("code_uri must be an upload made for this org", field="code_uri")
+    if code_uri is not None:
+        code.check_bundle(ctx, code_uri, org_name, project_name)
     if spec.workdir and code_uri is None:
         raise InvalidInput("workdir is packed and uploaded by the CLI; submit with its code_uri", field="workdir")
     _require_tracking(ctx, spec)

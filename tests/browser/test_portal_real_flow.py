@@ -260,3 +260,57 @@ def test_another_orgs_real_job_and_dataset_urls_are_404(stack: RealStack, browse
         assert response is not None and response.status == 404, url
         assert secret not in page.content()
         shoot_both(page, step)
+
+
+def test_my_own_code_archive_goes_straight_to_s3_and_runs_on_slurm(
+        stack: RealStack, browser_context: Any, s3_server: Any, tmp_path: Path) -> None:
+    import hashlib
+    import tarfile
+
+    from haihe.datasets.store import MinioStore
+
+    org, project, user = stack.tenant()
+    marker = uuid.uuid4().hex
+    src = tmp_path / "code"
+    src.mkdir()
+    (src / "train.py").write_text(f"import socket\nprint('own code {marker} on', socket.gethostname())\n")
+    archive = tmp_path / "code.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "train.py", arcname="train.py")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+
+    page = browser_context.new_page()
+    sign_in(page, stack, user)
+    page.goto(stack.url + "/jobs/new")
+    page.locator("#f-name").fill("own-code")
+    page.locator('input[name="source"][value="own"]').check()
+    page.locator("#f-entrypoint").fill("python3 train.py")
+    page.locator("#f-partition").select_option("cpu")
+    page.locator("#f-time_limit").fill("00:05:00")
+    page.locator("#f-workdir").set_input_files(str(archive))
+    expect(page.locator("#hint-workdir")).to_have_text("Code uploaded.", timeout=UI_TIMEOUT_MS)
+    code_uri = page.locator("#f-code_uri").input_value()
+    assert code_uri.endswith(f"/{digest}.tar.gz"), code_uri  # content-addressed by the hash the browser computed
+    bucket, key = code_uri.removeprefix("s3://").split("/", 1)
+    store = MinioStore(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, bucket)
+    body = store.open(key)  # the browser PUT it straight to S3: the bytes are the archive's
+    try:
+        assert body.read() == archive.read_bytes()
+    finally:
+        body.close()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "11-own-code-uploaded-en.png"), full_page=True)
+    page.locator("#submit-job").click()
+    page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}\?done=submitted"), timeout=UI_TIMEOUT_MS)
+    expect(page.locator("#logs")).to_contain_text(f"own code {marker} on c", timeout=TRAIN_TIMEOUT_MS)
+    page.wait_for_selector('#job-state .badge[data-state="SUCCEEDED"]', timeout=TRAIN_TIMEOUT_MS)
+    shoot_both(page, "12-own-code-ran")
+
+    # a job may name only a bundle that was really uploaded, for its own project
+    token = stack.api("POST", "/api/v1/auth/token", json={"username": user, "password": PASSWORD}).json()["token"]
+    spec = {"name": "no-code", "entrypoint": ["python3", "train.py"],
+            "resources": {"partition": "cpu", "time_limit": 5}}
+    for uri in (code_uri.replace(digest, "0" * 64), code_uri.replace(f"/{project}/", "/someone-else/")):
+        r = stack.api("POST", f"/api/v1/orgs/{org}/projects/{project}/jobs", token=token,
+                      json={"spec": spec, "code_uri": uri})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "code_uri", r.text

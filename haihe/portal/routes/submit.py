@@ -26,6 +26,7 @@ from haihe.portal.forms import (
 from haihe.portal.summaries import describe_all, partition_table
 from haihe.portal.web import Page, PortalRoute, SignedIn, redirect
 from haihe.schedulers.base import Launch, Resources
+from haihe.platform.code import MAX_CODE_BYTES
 
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
 
@@ -103,7 +104,7 @@ def _render(page: Page, values: dict[str, str], errors: FormErrors, mode: str, s
                        spec_yaml=spec_yaml, targets=targets, schedulers=schedulers,
                        default_scheduler=page.ctx.settings.default_scheduler, partitions=parts,
                        clusters=clusters, lefts=lefts, estimate=estimate(values), sources=SOURCES,
-                       launchers=LAUNCHERS, recipes=RECIPES)
+                       launchers=LAUNCHERS, recipes=RECIPES, code_max_bytes=MAX_CODE_BYTES)
 
 
 def _yaml_of(spec: dict[str, Any]) -> str:

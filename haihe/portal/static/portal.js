@@ -156,10 +156,21 @@ function initNewJob() {
   });
   update();
   const archive = document.getElementById("f-workdir");
-  if (archive) archive.addEventListener("change", () => uploadCode(archive, form));
+  if (archive) {
+    archive.addEventListener("change", () => uploadCode(archive, form));
+    /* a bundle belongs to one project: another target means uploading it again */
+    form.elements.target.addEventListener("change", () => {
+      document.getElementById("f-code_uri").value = "";
+      if (archive.files[0]) uploadCode(archive, form);
+    });
+  }
 }
 
 async function sha256Hex(buf) {
+  if (!(window.crypto && crypto.subtle)) {
+    /* plain http to a host other than localhost has no WebCrypto: upload.js's SHA-256 stands in */
+    return new window.HaiheSha256().update(new Uint8Array(buf)).hex();
+  }
   const digest = await crypto.subtle.digest("SHA-256", buf);
   return Array.from(new Uint8Array(digest)).map((b) => b.toString(16).padStart(2, "0")).join("");
 }
@@ -169,6 +180,13 @@ async function uploadCode(input, form) {
   const file = input.files[0];
   if (!file) return;
   const [org, project] = form.elements.target.value.split("/");
+  document.getElementById("f-code_uri").value = "";
+  if (file.size > Number(hint.dataset.max)) {
+    /* refused before reading a byte: the server would refuse it too, after the whole file was hashed */
+    hint.textContent = hint.dataset.tooBig;
+    input.value = "";
+    return;
+  }
   hint.textContent = hint.dataset.uploading;
   try {
     const buf = await file.arrayBuffer();
