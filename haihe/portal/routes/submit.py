@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 from haihe.errors import HaiheError, InvalidInput, QuotaExceeded
 from haihe.jobs.spec import RECIPES
 from haihe.platform import identity, jobs, quotas
+from haihe.platform.code import MAX_CODE_BYTES
 from haihe.platform.quotas import job_need
 from haihe.portal.forms import (
     DEFAULTS,
@@ -26,7 +27,6 @@ from haihe.portal.forms import (
 from haihe.portal.summaries import describe_all, partition_table
 from haihe.portal.web import Page, PortalRoute, SignedIn, redirect
 from haihe.schedulers.base import Launch, Resources
-from haihe.platform.code import MAX_CODE_BYTES
 
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
 
