@@ -33,7 +33,7 @@ class Server:
 
     def api(self, method: str, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token or self.admin_token}"}
-        return httpx.request(method, self.url + path, headers=headers, timeout=30, **kw)
+        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kw)
 
     def tenant(self) -> tuple[str, str, str]:
         """A fresh org with a project and a researcher (password PASSWORD)."""

@@ -19,7 +19,8 @@ import httpx
 
 from haihe.cluster.ports import PortPlan
 from haihe.cluster.procs import ManagedProcess, port_open, wait_until
-from tests.fixtures.platform import PASSWORD, unique
+from tests.browser.conftest import Server
+from tests.fixtures.platform import PASSWORD
 
 REPO = Path(__file__).resolve().parents[2]
 SERVING_WALLTIME_MIN = 20  # inside the debug partition's MaxTime (30), far beyond the module's run
@@ -27,25 +28,11 @@ START_TIMEOUT_S = 120.0  # generous: several engineers share a 2-core host
 
 
 @dataclass
-class RealStack:
-    url: str
-    admin_token: str
-    home: Path
-    process: ManagedProcess
+class RealStack(Server):
+    """The browser fixtures' ``Server`` (api, tenant) plus the process behind it."""
 
-    def api(self, method: str, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token or self.admin_token}"}
-        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kw)
-
-    def tenant(self) -> tuple[str, str, str]:
-        """A fresh org with a project and a researcher (password PASSWORD)."""
-        org, project, user = unique("org"), unique("p"), unique("u")
-        assert self.api("POST", "/api/v1/orgs", json={"name": org}).status_code == 201
-        assert self.api("POST", f"/api/v1/orgs/{org}/projects", json={"name": project}).status_code == 201
-        r = self.api("POST", f"/api/v1/orgs/{org}/users", json={"username": user, "role": "researcher",
-                                                                 "password": PASSWORD})
-        assert r.status_code == 201, r.text
-        return org, project, user
+    home: Path = Path()
+    process: ManagedProcess | None = None
 
 
 def start_real_stack(home: Path, ports: PortPlan, slurm: Any, s3: Any, mlflow: Any) -> Iterator[RealStack]:
