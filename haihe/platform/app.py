@@ -29,6 +29,7 @@ from haihe.platform.api.limits import BodyLimit
 from haihe.platform.context import PlatformContext
 from haihe.platform.gateway import routes as gateway_routes
 from haihe.platform.gateway.hub import EndpointsHub
+from haihe.platform.lease import LeaderLease
 from haihe.platform.metrics import Metrics, MetricsMiddleware
 from haihe.platform.reconciler import PeriodicThread, ReconcilerThread
 from haihe.platform.settings import Settings
@@ -49,15 +50,19 @@ def create_platform_app(settings: Settings | None = None, *, migrate: bool = Tru
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("haihe %s up (database %s)", __version__, ctx.db.engine.dialect.name)
+        # several API processes may share the database: only the lease holder runs the background work
+        lease = LeaderLease(ctx.db, max(settings.leader_lease_s, 3 * settings.reconcile_interval_s))
         loop = None
         if settings.reconcile_interval_s > 0 and settings.schedulers:
-            loop = ReconcilerThread(ctx, settings.reconcile_interval_s)
+            loop = ReconcilerThread(ctx, settings.reconcile_interval_s, leader=lease)
             loop.start()
         upkeep = None
         if settings.maintenance_interval_s > 0 and settings.s3_endpoint:
-            upkeep = PeriodicThread("haihe-maintenance", settings.maintenance_interval_s, lambda: _maintenance(app))
+            upkeep = PeriodicThread("haihe-maintenance", settings.maintenance_interval_s,
+                                    lease.guard(lambda: _maintenance(app)))
             upkeep.start()
-        hub.start(supervise=settings.reconcile_interval_s > 0)  # metering flusher + endpoint supervisor
+        # metering flusher (every process meters what it serves) + endpoint supervisor (the leader steps endpoints)
+        hub.start(supervise=settings.reconcile_interval_s > 0, leader=lease)
         try:
             yield
         finally:
@@ -65,6 +70,7 @@ def create_platform_app(settings: Settings | None = None, *, migrate: bool = Tru
                 if thread is not None:
                     thread.stop()
             hub.stop()  # drains the meter into the ledger
+            lease.release()
             ctx.close()
 
     app = FastAPI(

@@ -158,6 +158,17 @@ class LoginThrottle(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class Lease(Base):
+    """A named lease: the one API process that holds ``platform-leader`` runs the background work (reconciler,
+    endpoint supervisor, maintenance); the others serve requests. Taken and renewed by one conditional UPDATE."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
 class AuditEvent(Base):
     """Who did what to which target, when, from where, and how it ended. Append-only."""
 

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from haihe.errors import HaiheError, ServiceUnavailable
 from haihe.platform.context import PlatformContext
 from haihe.platform.jobs import add_event, dispatch
+from haihe.platform.lease import LeaderLease
 from haihe.platform.models import Job, utcnow
 from haihe.schedulers.base import JobState, JobStatus
 
@@ -229,6 +230,7 @@ class PeriodicThread:
 class ReconcilerThread(PeriodicThread):
     """The reconciler every ``interval`` seconds (started by the app's lifespan)."""
 
-    def __init__(self, ctx: PlatformContext, interval: float) -> None:
+    def __init__(self, ctx: PlatformContext, interval: float, leader: LeaderLease | None = None) -> None:
         self.reconciler = Reconciler(ctx)
-        super().__init__("haihe-reconciler", interval, self.reconciler.run_once)
+        work = leader.guard(self.reconciler.run_once) if leader else self.reconciler.run_once
+        super().__init__("haihe-reconciler", interval, work)

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     maintenance_interval_s: float = Field(
         3600.0, ge=0, description="Seconds between maintenance runs (dataset GC, expired uploads); 0 disables them."
     )
+    leader_lease_s: float = Field(
+        15.0, ge=1, description="Leader lease of the background work when several API processes share a database: "
+        "another process takes over this long after the leader stops renewing (at least 3 reconcile intervals)."
+    )
 
     # API behaviour
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted by JSON routes.")

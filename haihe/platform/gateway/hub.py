@@ -23,6 +23,7 @@ from haihe.platform.gateway.limits import QuotaBook, TokenBuckets
 from haihe.platform.gateway.metering import Flusher, Meter, load_request_quota
 from haihe.platform.gateway.runtimes import ServingRuntime
 from haihe.platform.gateway.supervisor import Step, serving_target
+from haihe.platform.lease import LeaderLease
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class EndpointsHub:
         self._stop = threading.Event()
         self._flusher: Flusher | None = None
         self._thread: threading.Thread | None = None
+        self.leader: LeaderLease | None = None  # set by start(); None: this hub steps endpoints unconditionally
         self.cycles = 0
 
     # -- collaborators ------------------------------------------------------------------------------------------
@@ -151,7 +153,12 @@ class EndpointsHub:
 
     # -- supervisor ---------------------------------------------------------------------------------------------
     def supervise_once(self) -> None:
-        """One cycle over every endpoint; an endpoint whose backend fails is skipped, the others go on."""
+        """One cycle over every endpoint; an endpoint whose backend fails is skipped, the others go on. Only the
+        leader (when a lease is set) steps endpoints; every process refreshes its routes."""
+        if self.leader is not None and not self.leader.renew():
+            self.refresh_routes()
+            self.cycles += 1
+            return
         with self.ctx.db.session() as s:
             ids = list(s.scalars(select(Endpoint.id)))
         for endpoint_id in ids:
@@ -177,8 +184,9 @@ class EndpointsHub:
                 log.exception("endpoint supervisor cycle failed")
             self._stop.wait(self.config.supervise_interval_s)
 
-    def start(self, supervise: bool = True) -> None:
+    def start(self, supervise: bool = True, leader: LeaderLease | None = None) -> None:
         """Start the flusher (and the supervisor); an app's lifespan may run more than once, so threads are new."""
+        self.leader = leader
         self._stop = threading.Event()
         self._flusher = Flusher(self.meter, self.config.flush_interval_s)
         self._flusher.start()

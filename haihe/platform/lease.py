@@ -1,0 +1,106 @@
+"""The leader lease: several API processes may serve one platform, but only the holder of ``platform-leader`` runs
+the background work (reconciler, endpoint supervisor, dataset maintenance), so no job is submitted twice and no
+endpoint is stepped by two supervisors. Taken, renewed and handed over through the database both already share.
+
+One conditional UPDATE takes or renews the lease (``holder = me OR expires_at < now``), atomic on SQLite and
+PostgreSQL alike; a missing row is inserted, and the loser of that race sees the primary key conflict. A holder that
+dies stops renewing, and another process takes over once ``ttl`` has passed — at once when the dead holder ran on
+the same host (a restart after a crash need not wait).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, insert, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from haihe.platform.db import Database
+from haihe.platform.models import Lease, utcnow
+
+log = logging.getLogger(__name__)
+
+LEADER = "platform-leader"
+
+
+class LeaderLease:
+    def __init__(self, db: Database, ttl_s: float, *, name: str = LEADER, holder: str | None = None,
+                 now: Callable[[], dt.datetime] = utcnow) -> None:
+        self.db = db
+        self.ttl = dt.timedelta(seconds=ttl_s)
+        self.name = name
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.now = now
+        self.held = False
+
+    def renew(self) -> bool:
+        """Take or renew the lease; True while this process holds it. A database outage means not holding it."""
+        now = self.now()
+        try:
+            with self.db.session() as s:
+                result = s.execute(update(Lease).where(
+                    Lease.name == self.name, (Lease.holder == self.holder) | (Lease.expires_at < now))
+                    .values(holder=self.holder, expires_at=now + self.ttl)
+                    .execution_options(synchronize_session=False))
+                taken = cast("CursorResult[Any]", result).rowcount
+                if not taken:
+                    row = s.get(Lease, self.name)
+                    if row is None:
+                        s.execute(insert(Lease).values(name=self.name, holder=self.holder,
+                                                       expires_at=now + self.ttl))
+                        taken = 1
+                    elif _dead_here(row.holder):  # our own host's holder was killed: no need to wait the ttl out
+                        result = s.execute(update(Lease).where(Lease.name == self.name, Lease.holder == row.holder)
+                                           .values(holder=self.holder, expires_at=now + self.ttl)
+                                           .execution_options(synchronize_session=False))
+                        taken = cast("CursorResult[Any]", result).rowcount
+                s.commit()
+        except IntegrityError:  # another process inserted the row first: it leads
+            taken = 0
+        except OperationalError as exc:
+            log.warning("leader lease %s: database unavailable (%s)", self.name, type(exc).__name__)
+            taken = 0
+        if bool(taken) != self.held:
+            log.info("%s the leader lease %s", "took" if taken else "lost", self.name)
+        self.held = bool(taken)
+        return self.held
+
+    def release(self) -> None:
+        """Hand the lease over at once (shutdown), instead of making the next leader wait out the ttl."""
+        if not self.held:
+            return
+        try:
+            with self.db.session() as s:
+                s.execute(update(Lease).where(Lease.name == self.name, Lease.holder == self.holder)
+                          .values(expires_at=self.now() - dt.timedelta(seconds=1)))
+                s.commit()
+        except OperationalError:
+            pass  # it expires on its own
+        self.held = False
+
+    def guard(self, work: Callable[[], object]) -> Callable[[], object]:
+        """``work`` run only while this process holds the lease (renewed first, every time)."""
+        def run() -> object:
+            return work() if self.renew() else None
+        return run
+
+
+def _dead_here(holder: str) -> bool:
+    """The holder ran on this host and its process is gone (a crash, kill -9): ``host:pid:nonce``."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
