@@ -9,11 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.orm import Session
 
-from haihe.errors import InvalidInput, PayloadTooLarge, StorageUnavailable
+from haihe.datasets.store import MinioStore
+from haihe.errors import InvalidInput, NotFound, PayloadTooLarge
 from haihe.platform import access
 from haihe.platform.access import Principal
 from haihe.platform.context import PlatformContext
@@ -40,10 +40,7 @@ def create_upload(ctx: PlatformContext, session: Session, principal: Principal, 
     if not _SHA256.fullmatch(sha256):
         raise InvalidInput("sha256 must be 64 lowercase hex digits", field="sha256")
     key = f"code/{org}/{project}/{sha256}.tar.gz"
-    try:
-        url = _client(ctx).presigned_put_object(s.code_bucket, key, expires=dt.timedelta(hours=1))
-    except Exception as exc:  # minio raises several types; all mean storage trouble here
-        raise StorageUnavailable(f"cannot prepare the code upload: {type(exc).__name__}") from exc
+    url = _store(ctx).presign("PUT", key, expires=dt.timedelta(hours=1))  # StorageUnavailable when S3 is down
     return CodeUpload(code_uri=f"s3://{s.code_bucket}/{key}", url=url, max_bytes=MAX_CODE_BYTES)
 
 
@@ -57,25 +54,15 @@ def check_bundle(ctx: PlatformContext, code_uri: str, org: str, project: str) ->
                            field="code_uri")
     if not s.s3_endpoint:
         raise InvalidInput("this platform has no S3 storage configured for code bundles", field="code_uri")
-    from minio.error import S3Error
-
-    try:
-        size = _client(ctx).stat_object(s.code_bucket, code_uri.split("/", 3)[3]).size
-    except S3Error as exc:
-        if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
-            raise InvalidInput("the code bundle was never uploaded (or has expired); upload it again",
-                               field="code_uri") from None
-        raise StorageUnavailable(f"cannot check the code bundle: {exc.code}") from exc
-    except Exception as exc:  # connection refused, timeouts: storage trouble
-        raise StorageUnavailable(f"cannot check the code bundle: {type(exc).__name__}") from exc
-    if size is not None and size > MAX_CODE_BYTES:
+    try:  # StorageUnavailable passes through: S3 down is a 503, not the user's mistake
+        size = _store(ctx).stat(code_uri.split("/", 3)[3]).size
+    except NotFound:
+        raise InvalidInput("the code bundle was never uploaded (or has expired); upload it again",
+                           field="code_uri") from None
+    if size > MAX_CODE_BYTES:
         raise PayloadTooLarge(f"the code bundle is {size} bytes; the limit is {MAX_CODE_BYTES}", field="code_uri")
 
 
-def _client(ctx: PlatformContext) -> Any:
-    from minio import Minio
-
+def _store(ctx: PlatformContext) -> MinioStore:
     s = ctx.settings
-    endpoint = s.s3_endpoint.split("://", 1)[-1].rstrip("/")
-    return Minio(endpoint, access_key=s.s3_access_key, secret_key=s.s3_secret_key,
-                 secure=s.s3_endpoint.startswith("https"), region=s.s3_region)
+    return MinioStore(s.s3_endpoint, s.s3_access_key, s.s3_secret_key, s.code_bucket, region=s.s3_region)

@@ -18,8 +18,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, insert, update
+from sqlalchemy import ColumnElement, CursorResult, insert, update
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
 from haihe.platform.db import Database
 from haihe.platform.models import Lease, utcnow
@@ -44,32 +45,32 @@ class LeaderLease:
         now = self.now()
         try:
             with self.db.session() as s:
-                result = s.execute(update(Lease).where(
-                    Lease.name == self.name, (Lease.holder == self.holder) | (Lease.expires_at < now))
-                    .values(holder=self.holder, expires_at=now + self.ttl)
-                    .execution_options(synchronize_session=False))
-                taken = cast("CursorResult[Any]", result).rowcount
+                taken = self._take(s, (Lease.holder == self.holder) | (Lease.expires_at < now), now)
                 if not taken:
                     row = s.get(Lease, self.name)
                     if row is None:
                         s.execute(insert(Lease).values(name=self.name, holder=self.holder,
                                                        expires_at=now + self.ttl))
-                        taken = 1
+                        taken = True
                     elif _dead_here(row.holder):  # our own host's holder was killed: no need to wait the ttl out
-                        result = s.execute(update(Lease).where(Lease.name == self.name, Lease.holder == row.holder)
-                                           .values(holder=self.holder, expires_at=now + self.ttl)
-                                           .execution_options(synchronize_session=False))
-                        taken = cast("CursorResult[Any]", result).rowcount
+                        taken = self._take(s, Lease.holder == row.holder, now)
                 s.commit()
         except IntegrityError:  # another process inserted the row first: it leads
-            taken = 0
+            taken = False
         except OperationalError as exc:
             log.warning("leader lease %s: database unavailable (%s)", self.name, type(exc).__name__)
-            taken = 0
+            taken = False
         if bool(taken) != self.held:
             log.info("%s the leader lease %s", "took" if taken else "lost", self.name)
         self.held = bool(taken)
         return self.held
+
+    def _take(self, s: Session, condition: ColumnElement[bool], now: dt.datetime) -> bool:
+        """Make this process the holder where ``condition`` holds: one atomic conditional UPDATE."""
+        result = s.execute(update(Lease).where(Lease.name == self.name, condition)
+                           .values(holder=self.holder, expires_at=now + self.ttl)
+                           .execution_options(synchronize_session=False))
+        return bool(cast("CursorResult[Any]", result).rowcount)
 
     def release(self) -> None:
         """Hand the lease over at once (shutdown), instead of making the next leader wait out the ttl."""
