@@ -32,11 +32,14 @@ def _resolve_project(client: HaiheClient, project: str | None) -> tuple[str, str
 
 
 def _upload_workdir(client: HaiheClient, org: str, project: str, workdir: Path) -> str:
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from haihe.workdir import pack
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()) as bar:
+    # progress on stderr: stdout carries only the answer, so `--json | jq` works
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=Console(stderr=True)) as bar:
         task = bar.add_task(f"packing {workdir}", total=None)
         bundle = pack(workdir, progress=lambda done, total: bar.update(task, completed=done, total=total))
         bar.update(task, description=f"packed {bundle.files} files", completed=bundle.raw_bytes,
@@ -84,7 +87,7 @@ def submit(
 def _follow(client: HaiheClient, job_id: str) -> int:
     from rich.console import Console
 
-    console = Console()
+    console = Console(stderr=True)  # status lines on stderr; stdout is the job's log
     last_state = ""
     with console.status("waiting for the job to start…") as status:
         while True:

@@ -100,6 +100,7 @@ def pull(
     dest: Annotated[Path | None, typer.Option("--to", help="Directory to create (default: ./<name>-v<N>).")] = None,
 ) -> None:
     """Download a version's MLflow model directory (straight from storage when it can be)."""
+    from rich.console import Console
     from rich.progress import Progress
 
     from haihe.cli import _client
@@ -109,7 +110,7 @@ def pull(
         manifest = c.model_download(ref)
         target = dest or Path(f"{split_ref(ref)[1]}-v{manifest['version']}")
         total = sum(f.get("size") or 0 for f in manifest["files"])
-        with Progress() as bar:
+        with Progress(console=Console(stderr=True)) as bar:
             task = bar.add_task(f"pulling {manifest['ref']}", total=total or None)
             done: dict[str, int] = {}
 

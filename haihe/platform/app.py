@@ -70,6 +70,7 @@ def create_platform_app(settings: Settings | None = None, *, migrate: bool = Tru
                 if thread is not None:
                     thread.stop()
             hub.stop()  # drains the meter into the ledger
+            await mlflow_proxy.close_http(app.state)
             lease.release()
             ctx.close()
 

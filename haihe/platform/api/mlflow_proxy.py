@@ -8,6 +8,7 @@ Refusals use MLflow's error format, so MLflow's client raises its usual exceptio
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -133,6 +134,26 @@ def _scope_state(ctx: PlatformContext, scope: JobScope) -> bool:
         return True
 
 
+def _http(request: Request) -> httpx.AsyncClient:
+    """One pooled client per app for every proxied call: building one per request costs a TLS context each time
+    (``ssl.create_default_context`` was most of the API's CPU while jobs logged). Closed by the app's lifespan."""
+    loop = asyncio.get_running_loop()
+    held: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = getattr(request.app.state,
+                                                                               "mlflow_proxy_http", None)
+    if held is None or held[0] is not loop:  # a pool belongs to one event loop (test clients may run several)
+        http = httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=3.0),
+                                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        request.app.state.mlflow_proxy_http = held = (loop, http)
+    return held[1]
+
+
+async def close_http(state: Any) -> None:
+    held: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = getattr(state, "mlflow_proxy_http", None)
+    if held is not None and held[0] is asyncio.get_running_loop():
+        state.mlflow_proxy_http = None
+        await held[1].aclose()
+
+
 def _cache(request: Request) -> ProxyCache:
     cache: ProxyCache | None = getattr(request.app.state, "mlflow_proxy_cache", None)
     if cache is None:
@@ -173,7 +194,7 @@ async def mlflow_proxy(path: str, request: Request, ctx: CtxDep) -> Response:
                 return _mlflow_error(400, "MALFORMED_REQUEST", "the request body must be a JSON object")
             body = parsed
 
-    http = httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=3.0))
+    http = _http(request)
     try:
         policy = Policy(scope, MlflowLookup(http, upstream, _cache(request)), writable=writable)
         call = Call(request.method, path, parse_qs(request.url.query), body)
@@ -181,7 +202,6 @@ async def mlflow_proxy(path: str, request: Request, ctx: CtxDep) -> Response:
         if not decision.allowed:
             log.info("mlflow proxy refused %s /%s for job %s: %s", request.method, path, scope.job_id,
                      decision.message)
-            await http.aclose()
             return _mlflow_error(decision.status, decision.error_code, decision.message)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         url = f"{upstream}/{quote(path)}" + (f"?{request.url.query}" if request.url.query else "")
@@ -189,10 +209,8 @@ async def mlflow_proxy(path: str, request: Request, ctx: CtxDep) -> Response:
         upstream_request = http.build_request(request.method, url, headers=headers, content=content)
         response = await http.send(upstream_request, stream=True)
     except _Upstream as exc:
-        await http.aclose()
         return _mlflow_error(503, "TEMPORARILY_UNAVAILABLE", f"the MLflow server is unreachable ({exc})")
     except httpx.TransportError as exc:
-        await http.aclose()
         return _mlflow_error(503, "TEMPORARILY_UNAVAILABLE",
                              f"the MLflow server is unreachable ({type(exc).__name__})")
     if decision.filter is not None and response.is_success:
@@ -203,15 +221,10 @@ async def mlflow_proxy(path: str, request: Request, ctx: CtxDep) -> Response:
             filtered = None
         finally:
             await response.aclose()
-            await http.aclose()
         if filtered is None:
             return _mlflow_error(503, "TEMPORARILY_UNAVAILABLE", "the MLflow server sent an unreadable answer")
         return JSONResponse(filtered, status_code=response.status_code)
 
-    async def close() -> None:
-        await response.aclose()
-        await http.aclose()
-
     out_headers = {k: v for k, v in response.headers.items() if k.lower() not in _HOP}
     return StreamingResponse(response.aiter_raw(), status_code=response.status_code, headers=out_headers,
-                             background=BackgroundTask(close))
+                             background=BackgroundTask(response.aclose))
