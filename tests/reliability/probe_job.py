@@ -150,7 +150,7 @@ def _write_own_output() -> str:
     own = own_credentials()
     if own is None:
         raise PermissionError("no per-job credentials")
-    bucket, _, prefix = ARGS["own_output"].removeprefix("s3://").partition("/")
+    bucket, _, prefix = os.environ["HAIHE_OUTPUT_URI"].removeprefix("s3://").partition("/")
     _s3(*own).put_object(Bucket=bucket, Key=f"{prefix}/probe.txt", Body=b"mine")
     return "wrote own output"
 

@@ -1,0 +1,263 @@
+"""Issue 15: a hostile tenant's job, on the real Slurm cluster and the real Ray head, against the real S3 server and
+MLflow, tries to reach the platform and another org; every attempt is its own assertion that names what it tried.
+
+Org beta's "victim" job runs first: it stages beta's dataset, unpacks its code bundle, writes secrets into its
+working directory, its /tmp and its own output prefix, and prints where they are and its pid. Then org acme's probe
+(tests/reliability/probe_job.py) gets all of that as arguments — what an attacker could learn or guess — and tries:
+running as root or as the platform, any credential that lists buckets, reading beta's dataset, code bundle, output
+and MLflow artifacts (directly on S3 and through the MLflow proxy), writing outside its own prefix, reading the
+platform's state, database and secrets, reading the victim's files and staged data, and SIGKILLing the victim.
+A control proves the probe really had working credentials: it writes its own output prefix. The victim must still
+end SUCCEEDED (it was not killed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.live_platform import Cli, LivePlatform, start_live_platform
+
+pytestmark = [pytest.mark.slurm, pytest.mark.ray, pytest.mark.s3, pytest.mark.mlflow, pytest.mark.slow]
+
+PROBE = (Path(__file__).parent / "probe_job.py").read_text()
+SCHEDULERS = ("slurm", "ray")
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"}
+
+VICTIM = r'''
+import json, os, sys, time, pathlib
+import httpx, boto3
+cwd = pathlib.Path.cwd()
+(cwd / "victim-secret.txt").write_text("beta-cwd-secret")
+tmp = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / "victim-tmp-secret.txt"
+tmp.write_text("beta-tmp-secret")
+creds = httpx.post(os.environ["HAIHE_CREDENTIALS_URL"],
+                   headers={"Authorization": "Bearer " + os.environ["HAIHE_JOB_TOKEN"]}, timeout=10).json()
+bucket, _, prefix = os.environ["HAIHE_OUTPUT_URI"].removeprefix("s3://").partition("/")
+s3 = boto3.client("s3", endpoint_url=os.environ["HAIHE_S3_ENDPOINT"], region_name="us-east-1",
+                  aws_access_key_id=creds["access_key"], aws_secret_access_key=creds["secret_key"],
+                  aws_session_token=creds.get("session_token"))
+s3.put_object(Bucket=bucket, Key=prefix + "/victim-output.bin", Body=b"beta-output-secret")
+mount = os.environ["HAIHE_DATA_DIR"]
+staged = sorted(str(p) for p in pathlib.Path(mount).rglob("*") if p.is_file())
+print("VICTIM " + json.dumps({"pid": os.getpid(), "cwd_secret": str(cwd / "victim-secret.txt"),
+      "tmp_secret": str(tmp), "staged": staged[0], "cwd": str(cwd),
+      "output": f"s3://{bucket}/{prefix}/victim-output.bin"}), flush=True)
+deadline = time.time() + 240
+while time.time() < deadline and not (cwd / "victim-secret.txt").with_name("stop").exists():
+    time.sleep(1)
+'''
+
+
+def _wait_job(live: LivePlatform, h: dict[str, str], job_id: str, pred: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{live.url}/api/v1/jobs/{job_id}", headers=h, timeout=10).json()
+        if pred(job):
+            return job
+        time.sleep(1)
+    raise AssertionError(f"{what}: not reached in {timeout}s (job is {job.get('state')}: {job.get('reason')})")
+
+
+def _log(live: LivePlatform, h: dict[str, str], job_id: str) -> str:
+    text, offset = "", 0
+    while True:
+        chunk = httpx.get(f"{live.url}/api/v1/jobs/{job_id}/logs", params={"offset": offset}, headers=h,
+                          timeout=10).json()
+        text += chunk["data"]
+        if not chunk["data"] or chunk["offset"] == offset:
+            return text
+        offset = chunk["offset"]
+
+
+def _line(text: str, marker: str) -> dict[str, Any] | None:
+    for line in text.splitlines():
+        if line.startswith(marker + " "):
+            return json.loads(line[len(marker) + 1:])
+    return None
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, slurm_cluster: Any, ray_head: Any, s3_server: Any,
+         mlflow_server: Any) -> Iterator[LivePlatform]:
+    home = tmp_path_factory.mktemp("isolation-platform")
+    yield from start_live_platform(
+        home, schedulers={"slurm": slurm_cluster.scheduler_url("cli"), "ray": ray_head.scheduler_url},
+        default="slurm", s3=s3_server, mlflow=mlflow_server, extra_env=dict(slurm_cluster.env))
+
+
+@pytest.fixture(scope="module")
+def tenants(live: LivePlatform, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """acme (alice, the attacker) and beta (bob, the victim) with a dataset and a code bundle of beta's."""
+    cli = live.cli()
+    cli.bootstrap("acme", "vision", "alice")
+    cli.run("admin", "orgs", "create", "beta")
+    cli.run("admin", "projects", "create", "beta", "lab")
+    cli.run("admin", "users", "create", "beta", "bob", "--password-stdin", stdin="correct-horse-battery\n")
+    cli.login("bob")
+    data = tmp_path_factory.mktemp("beta-data")
+    (data / "secret.csv").write_text("beta,dataset,secret\n")
+    cli.run("datasets", "push", str(data), "--name", "secretdata", "--org", "beta", as_user="bob")
+    return {"cli": cli, "alice": live.token("alice"), "bob": live.token("bob")}
+
+
+def _submit_victim(cli: Cli, live: LivePlatform, scheduler: str, work: Path) -> str:
+    (work / "src").mkdir(parents=True, exist_ok=True)
+    (work / "src" / "victim.py").write_text(VICTIM)
+    resources = "{partition: cpu, time_limit: 10}" if scheduler == "slurm" else "{time_limit: 10}"
+    (work / "victim.yaml").write_text(
+        f"name: victim-{scheduler}\nproject: beta/lab\nscheduler: {scheduler}\nworkdir: ./src\n"
+        f"entrypoint: [python, victim.py]\ndataset: {{name: secretdata, mount: /data}}\nresources: {resources}\n")
+    out = cli.run("submit", str(work / "victim.yaml"), "--json", as_user="bob")
+    return str(json.loads(out)["id"])
+
+
+def _mlflow_artifact(mlflow_server: Any) -> tuple[str, str]:
+    """beta's run with an artifact, made straight on the MLflow server: (proxy path, s3 uri)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server.url)
+    name = "beta/lab"
+    exp = client.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(name)
+    run = client.create_run(exp_id, tags={"haihe.org": "beta"})
+    client.log_text(run.info.run_id, "beta-model-secret", "model/weights.txt")
+    rel = f"{exp_id}/{run.info.run_id}/artifacts/model/weights.txt"
+    return f"/api/2.0/mlflow-artifacts/artifacts/{rel}", f"s3://{mlflow_server.bucket}/artifacts/{rel}"
+
+
+PROBE_RESULTS: dict[str, dict[str, Any]] = {}
+
+
+@pytest.fixture(scope="module")
+def probe(live: LivePlatform, tenants: dict[str, Any], s3_server: Any, mlflow_server: Any, services_home: Path,
+          slurm_cluster: Any, ray_head: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    def run(scheduler: str) -> dict[str, Any]:
+        if scheduler in PROBE_RESULTS:
+            return PROBE_RESULTS[scheduler]
+        cli: Cli = tenants["cli"]
+        work = tmp_path_factory.mktemp(f"victim-{scheduler}")
+        victim_id = _submit_victim(cli, live, scheduler, work)
+        victim_job = _wait_job(live, tenants["bob"], victim_id,
+                               lambda j: j["state"] in TERMINAL or _line(_log(live, tenants["bob"], victim_id),
+                                                                         "VICTIM") is not None,
+                               300, "the victim reports")
+        victim = _line(_log(live, tenants["bob"], victim_id), "VICTIM")
+        assert victim is not None, \
+            f"victim ended {victim_job['state']}: {_log(live, tenants['bob'], victim_id)[-3000:]}"
+        full = httpx.get(f"{live.url}/api/v1/jobs/{victim_id}", headers=tenants["bob"]).json()
+        artifact_path, artifact_s3 = _mlflow_artifact(mlflow_server)
+        code_uri = re.search(r"s3://\S+\.tar\.gz", json.dumps(full))
+        args = {
+            "s3_endpoint": s3_server.endpoint,
+            "platform_uids": sorted({0, os.getuid()}),
+            "secret_files": [str(live.home / "admin.json"), str(services_home / "secrets.json")],
+            "other_objects": {
+                "dataset file": "s3://haihe-datasets/beta/secretdata/v1/secret.csv",
+                "job output": victim["output"],
+                "MLflow model artifact": artifact_s3,
+                **({"code bundle": code_uri.group(0)} if code_uri else {}),
+            },
+            "forbidden_writes": {
+                "into org B's dataset": "s3://haihe-datasets/beta/secretdata/v1/secret.csv",
+                "into org B's job output": victim["output"],
+                "outside any job prefix": "s3://haihe-code/evil.bin",
+            },
+            "mlflow_paths": {"model artifact": artifact_path},
+            "paths": {
+                "the platform's state directory": str(live.home),
+                "the platform's database": str(live.home / "haihe.db"),
+                "the services' secrets": str(services_home / "secrets.json"),
+                "the S3 server's data": str(s3_server.home),
+                "org B's job log": str(_log_file(full, slurm_cluster, ray_head)),
+                "org B's working directory file": victim["cwd_secret"],
+                "org B's /tmp file": victim["tmp_secret"],
+                "org B's staged dataset": victim["staged"],
+            },
+            "pids": {"org B's running job": victim["pid"]},
+        }
+        spec = {"name": f"probe-{scheduler}", "scheduler": scheduler, "entrypoint": ["python", "-c", PROBE],
+                "env": {"PROBE_ARGS": json.dumps(args)},
+                "resources": {"partition": "cpu", "time_limit": 10} if scheduler == "slurm" else {"time_limit": 10}}
+        r = httpx.post(f"{live.url}/api/v1/orgs/acme/projects/vision/jobs", json={"spec": spec},
+                       headers=tenants["alice"], timeout=30)
+        assert r.status_code == 201, r.text
+        probe_id = r.json()["id"]
+        ended = _wait_job(live, tenants["alice"], probe_id, lambda j: j["state"] in TERMINAL, 300, "the probe ends")
+        text = _log(live, tenants["alice"], probe_id)
+        results = _line(text, "HAIHE_PROBE")
+        assert results is not None, f"probe ended {ended['state']} ({ended.get('reason')}):\n{text[-4000:]}"
+        if os.path.isdir(victim["cwd"]):  # as root: let the victim finish now instead of at its deadline
+            Path(victim["cwd"], "stop").touch()
+        victim_end = _wait_job(live, tenants["bob"], victim_id, lambda j: j["state"] in TERMINAL, 300,
+                               "the victim ends")
+        results["victim survived"] = {"ok": victim_end["state"] == "SUCCEEDED", "detail": victim_end["state"]}
+        PROBE_RESULTS[scheduler] = results
+        return results
+
+    return run
+
+
+def _log_file(job: dict[str, Any], slurm_cluster: Any, ray_head: Any) -> Path:
+    """Where the scheduler keeps the victim's log on the node (found as root, as an attacker might guess it)."""
+    if job["scheduler"] == "slurm":
+        pattern, root = f"{job['native_id']}.out", Path(slurm_cluster.jobs_dir)
+    else:
+        pattern, root = f"job-driver-{job['native_id']}.log", Path(ray_head.temp_dir)
+    found = sorted(root.rglob(pattern))
+    assert found, f"no {pattern} under {root}"
+    return found[0]
+
+
+ATTACKS = (
+    "run as uid 0",
+    "run as the platform's uid",
+    "become root with setuid(0)",
+    "list buckets with any credential found",
+    "read org B's dataset file",
+    "read org B's job output",
+    "read org B's MLflow model artifact",
+    "read org B's code bundle",
+    "write into org B's dataset",
+    "write into org B's job output",
+    "write outside any job prefix",
+    "read org B's model artifact through MLflow",
+    "read the platform's state directory",
+    "read the platform's database",
+    "read the services' secrets",
+    "read the S3 server's data",
+    "read org B's job log",
+    "read org B's working directory file",
+    "read org B's /tmp file",
+    "read org B's staged dataset",
+    "signal org B's running job",
+)
+
+
+def _result(results: dict[str, Any], attack: str) -> dict[str, Any]:
+    hits = [v for k, v in results.items() if k == attack or k.startswith(attack + " (")]
+    assert hits, f"the probe did not report {attack!r}; it reported {sorted(results)}"
+    return hits[0]
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_hostile_job_cannot(probe: Any, scheduler: str, attack: str) -> None:
+    got = _result(probe(scheduler), attack)
+    assert not got["ok"], f"on {scheduler}, org A's job could {attack}: {got['detail']}"
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_legitimate_paths_still_work_for_the_probe_and_the_victim(probe: Any, scheduler: str) -> None:
+    results = probe(scheduler)
+    assert results["control: write own output prefix"]["ok"], results["control: write own output prefix"]
+    assert results["victim survived"]["ok"], f"org B's job did not succeed: {results['victim survived']}"
