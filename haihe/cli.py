@@ -332,6 +332,14 @@ def users_create(
     _print(_memberships(dict(user)), _USER_COLS, as_json)
 
 
+@users.command("map")
+def users_map(org: str, username: str, unix_name: str, as_json: JsonOpt = False) -> None:
+    """Map USERNAME of ORG to the existing Unix account UNIX_NAME: their Slurm jobs run as it."""
+    with _client() as c:
+        _print(dict(c.map_unix_account(org, username, unix_name)), ["org", "username", "unix_name", "origin"],
+               as_json)
+
+
 @users.command("ls")
 def users_ls(org: Annotated[str | None, typer.Option(help="Only members of this org.")] = None,
              as_json: JsonOpt = False) -> None:

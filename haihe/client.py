@@ -128,8 +128,10 @@ def load_credentials() -> dict[str, str]:
 def save_credentials(url: str, token: str, username: str) -> Path:
     path = credentials_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.parent.chmod(0o700)  # the login token is a bearer secret: no other account may read it
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a stale tmp file keeps its old mode through O_CREAT
     with os.fdopen(fd, "w") as f:
         json.dump({"url": url, "token": token, "username": username}, f)
     tmp.replace(path)
@@ -257,6 +259,12 @@ class HaiheClient(DatasetsClientMixin, ZooClientMixin, EndpointsClientMixin):
     def add_member(self, org: str, username: str, role: str = "researcher") -> User:
         result: User = self.request("POST", f"/api/v1/orgs/{_seg(org)}/members",
                                     json={"username": username, "role": role})
+        return result
+
+    def map_unix_account(self, org: str, username: str, unix_name: str) -> dict[str, Any]:
+        """Platform admins: map a member of ``org`` to an existing Unix account on the cluster."""
+        result: dict[str, Any] = self.request("PUT", f"/api/v1/orgs/{_seg(org)}/users/{_seg(username)}/unix-account",
+                                              json={"unix_name": unix_name})
         return result
 
     def list_users(self, org: str | None = None) -> list[User]:

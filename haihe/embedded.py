@@ -51,11 +51,27 @@ def _write_private(path: Path, data: dict[str, Any]) -> None:
         json.dump(data, f, indent=2)
 
 
+def secure_home(home: Path) -> None:
+    """The state directory: mode 711 (others may traverse to a service's own dir, e.g. slurm/, never list it);
+    the database, credentials and secrets in it mode 600, whatever an older version left (docs/security.md)."""
+    from haihe.cluster.unix import private_dir
+
+    private_dir(home, mode=0o711)
+    for name in ("haihe.db", "haihe.db-wal", "haihe.db-shm", "admin.json", "up.json", "haihe.toml"):
+        path = home / name
+        if path.exists():
+            path.chmod(0o600)
+    for name in ("api", "services"):
+        if (home / name).is_dir():
+            (home / name).chmod(0o700 if name == "api" else 0o711)
+
+
 def _api_process(home: Path, port: int, env: dict[str, str]) -> ManagedProcess:
     argv = [sys.executable, "-m", "uvicorn", "haihe.server:create_app", "--factory", "--host", HOST,
             "--port", str(port), "--no-access-log", "--timeout-keep-alive", "30"]
+    # umask 077: the database (and its WAL), logs and anything else the API writes are private to its account
     return ManagedProcess("api", argv, log_path=home / "api" / "api.log", pid_path=home / "api" / "api.pid",
-                          env=env, cwd=home)
+                          env=env, cwd=home, umask=0o077)
 
 
 def _stack(options: EmbeddedOptions) -> Any:
@@ -84,6 +100,8 @@ def _api_env(options: EmbeddedOptions, stack: Any, slurm: Any | None) -> dict[st
         "HAIHE_S3_ENDPOINT": endpoints.get("s3", ""),
         "HAIHE_S3_ACCESS_KEY": client.get("AWS_ACCESS_KEY_ID", ""),
         "HAIHE_S3_SECRET_KEY": client.get("AWS_SECRET_ACCESS_KEY", ""),
+        "HAIHE_S3_STS_ACCESS_KEY": stack.secrets.s3_sts_access_key if endpoints.get("s3") else "",
+        "HAIHE_S3_STS_SECRET_KEY": stack.secrets.s3_sts_secret_key if endpoints.get("s3") else "",
         "HAIHE_MLFLOW_URL": endpoints.get("mlflow", ""),
         "HAIHE_SCHEDULERS": json.dumps(schedulers),
         "HAIHE_DEFAULT_SCHEDULER": "ray" if "ray" in schedulers else next(iter(schedulers), ""),
@@ -128,7 +146,7 @@ def _seed_zoo(stack: Any, home: Path, echo: Echo) -> None:
 def run_embedded(options: EmbeddedOptions, echo: Echo = print) -> int:
     """Bring everything up; in the foreground, wait for Ctrl-C and stop it all. Returns an exit code."""
     home = options.resolved_home
-    home.mkdir(parents=True, exist_ok=True)
+    secure_home(home)
     t0 = time.monotonic()
     echo(f"Haihe home: {home}")
     _write_private(home / "up.json", {"api_port": options.api_port, "port_base": options.port_base,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from haihe.cluster.procs import ManagedProcess, port_open, start_service
+from haihe.cluster.unix import own_tree, private_dir
 
 
 @dataclass
@@ -28,6 +29,7 @@ class MlflowServer:
     host: str = "127.0.0.1"
     workers: int = 1  # one uvicorn worker: the box has 2 cores and the server is mostly idle
     backend_store_uri: str | None = None  # default: sqlite under home
+    user: str | None = None  # run as this account, owning home (mode 700); None: the caller's account
 
     def __post_init__(self) -> None:
         self.home = Path(self.home)
@@ -95,12 +97,17 @@ class MlflowServer:
             pid_path=self.home / "mlflow.pid",
             env=self.env(),
             cwd=self.home,
+            user=self.user,
+            umask=0o077,  # the tracking database and logs private to the server's account
         )
 
     # ---- lifecycle ----
     def start(self, timeout: float = 120.0) -> None:
         """Start the server (or reuse a running one) and wait for ``/health``."""
-        self.home.mkdir(parents=True, exist_ok=True)
+        if self.user:
+            own_tree(self.home, self.user)
+        else:
+            private_dir(self.home)
         start_service(self._process(), name="mlflow", host=self.host, port=self.port, ready=self.is_ready,
                       timeout=timeout)
 

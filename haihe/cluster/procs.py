@@ -92,6 +92,7 @@ class ManagedProcess:
     env: Mapping[str, str] | None = None
     cwd: Path | None = None
     user: str | None = None  # run as this user (runuser -u); for daemons that refuse root
+    umask: int | None = None  # e.g. 0o077: whatever the service creates is private to its account
 
     def pid(self) -> int | None:
         try:
@@ -122,6 +123,7 @@ class ManagedProcess:
                 env=env,
                 cwd=self.cwd,
                 start_new_session=True,
+                umask=-1 if self.umask is None else self.umask,
             )
         self.pid_path.write_text(str(proc.pid))
         self._proc = proc

@@ -3,6 +3,10 @@
 Used by ``haihe up`` (through LocalStack) and by the test fixture ``ray_head``. Stopping sends SIGTERM to the
 head's process group and then sweeps the few Ray processes that detach into their own sessions — by pid, never
 ``ray stop`` (which kills every Ray on the host, including other people's heads).
+
+Never as root: started by root, the head (and so every Ray worker and job) runs as the unprivileged account
+:data:`RAY_USER`, with its temp/session dir in ``/tmp`` owned by that account (mode 700), never under the
+platform's state directory. The platform talks to it over HTTP only (dashboard Jobs API; logs come over HTTP too).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 from haihe.cluster.ports import PortPlan
 from haihe.cluster.procs import ManagedProcess, pid_alive, port_open, wait_until
+from haihe.cluster.unix import JOBS_GROUP, ensure_user, grant_traverse, is_root, private_dir
 
 # Offsets into PortPlan.ray(...) (base+100 .. base+199). Workers take one port each from the range at the end.
 GCS, DASHBOARD, CLIENT_SERVER, NODE_MANAGER, OBJECT_MANAGER = 0, 1, 2, 3, 4
@@ -31,6 +36,20 @@ HOST = "127.0.0.1"
 # Unix socket paths are limited to ~107 characters, and Ray nests them as
 # <temp-dir>/session_<date>_<time>_<pid>/sockets/plasma_store (~60 characters below the temp dir).
 _MAX_TEMP_DIR = 40
+RAY_USER = "haihe-ray"  # the shared Ray cluster's account when the head is started by root
+
+
+def default_user() -> str | None:
+    """:data:`RAY_USER` when running as root (the head must never run as root), else the caller's own account."""
+    return RAY_USER if is_root() else None
+
+
+def runtime_paths() -> list[Path]:
+    """What Ray processes (and sandboxed jobs) must reach read-only: this venv, its base Python, Haihe itself."""
+    import haihe
+
+    paths = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable), Path(haihe.__file__).parent]
+    return list(dict.fromkeys(paths))
 
 
 def loopback_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -68,19 +87,22 @@ class RayHead:
         ports: PortPlan,
         num_cpus: int | None = None,
         object_store_bytes: int | None = None,
+        user: str | None = None,
     ) -> None:
         self.home = Path(home)
+        # None: RAY_USER when root; "": the account of whoever starts it.
+        self.user = (user or None) if user is not None else default_user()
         self.ports = ports
         self.num_cpus = num_cpus if num_cpus is not None else default_num_cpus()
         self.object_store_bytes = object_store_bytes or default_object_store_bytes()
         self.temp_dir = self._short_temp_dir()
         self.process = ManagedProcess(
             name="ray-head",
-            argv=self.argv(),
+            argv=self.launch_argv(),
             log_path=self.home / "logs" / "ray-head.log",
             pid_path=self.home / "run" / "ray-head.pid",
             env=self.env(),
-            cwd=self.home,
+            cwd=self.temp_dir if self.user else self.home,
         )
 
     # -- addresses --------------------------------------------------------------------------------------
@@ -104,10 +126,18 @@ class RayHead:
     # -- command line -----------------------------------------------------------------------------------
     def _short_temp_dir(self) -> Path:
         preferred = self.home / "ray"
-        if len(str(preferred)) <= _MAX_TEMP_DIR:
+        if not self.user and len(str(preferred)) <= _MAX_TEMP_DIR:
             return preferred
         digest = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:10]
-        return Path("/tmp") / f"haihe-ray-{digest}"  # noqa: S108 - a per-instance dir, named for its home
+        root = Path("/tmp") / f"haihe-ray-{digest}"  # noqa: S108 - a per-instance dir, named for its home
+        # Run as another account, the session dir stays out of the state directory (which that account must
+        # not traverse): under /tmp, in a mode-700 dir of that account's (Ray makes its own temp dir 777).
+        return root / "r" if self.user else root
+
+    @property
+    def private_root(self) -> Path:
+        """The directory to remove on wipe: the temp dir, or its private parent when run as another account."""
+        return self.temp_dir.parent if self.user else self.temp_dir
 
     def argv(self) -> list[str]:
         p = self.ports.ray
@@ -137,12 +167,24 @@ class RayHead:
             "--include-dashboard", "true",
         ]  # fmt: skip
 
+    def launch_argv(self) -> list[str]:
+        """``argv()``, under ``setpriv`` as :attr:`user` when set: setpriv execs, so the pid we keep is Ray's own
+        (runuser would stay as a root parent)."""
+        if not self.user:
+            return self.argv()
+        return ["setpriv", f"--reuid={self.user}", f"--regid={JOBS_GROUP}", "--init-groups", "--", *self.argv()]
+
     def env(self) -> dict[str, str]:
         env = loopback_env()
         env["DASHBOARD_METRIC_PORT"] = str(self.ports.ray(DASHBOARD_METRIC))
         env["AUTOSCALER_METRIC_PORT"] = str(self.ports.ray(AUTOSCALER_METRIC))
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         env.pop("RAY_ADDRESS", None)  # an inherited address would make `ray start` join another cluster
+        if self.user:
+            env["HOME"] = env["TMPDIR"] = str(self.temp_dir)  # never root's (private) home
+            for key in [k for k in env if k.startswith(("AWS_", "MLFLOW_", "HAIHE_", "MINIO_"))]:
+                env.pop(key)  # the platform's keys and settings never reach Ray processes (and so jobs)
+        env["HAIHE_RAY_TEMP_DIR"] = str(self.temp_dir)  # where job sandboxes find the session dir
         return env
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -166,7 +208,7 @@ class RayHead:
         if self.is_running():
             wait_until(self.is_ready, timeout=timeout, what="ray head", log_path=self.process.log_path)
             return
-        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_dirs()
         self.process.start()
         try:
             wait_until(
@@ -179,6 +221,15 @@ class RayHead:
         except Exception:
             self.stop()
             raise
+
+    def _prepare_dirs(self) -> None:
+        if not self.user:
+            self.temp_dir.mkdir(parents=True, exist_ok=True)
+            return
+        ensure_user(self.user, group=JOBS_GROUP)
+        grant_traverse(runtime_paths(), group=JOBS_GROUP)  # e.g. the venv's python under /root/.pyenv
+        private_dir(self.private_root, owner=self.user, mode=0o700)
+        private_dir(self.temp_dir, owner=self.user, mode=0o700)
 
     def stop(self, timeout: float = 20.0) -> bool:
         """SIGTERM the head's process group; then SIGKILL the strays that detached into their own sessions.
@@ -212,7 +263,7 @@ class RayHead:
     def wipe(self) -> None:
         """Remove the head's temp dir (sessions, logs, spilled objects); only when stopped."""
         if not self.is_running():
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            shutil.rmtree(self.private_root, ignore_errors=True)
 
 
 def _proc_table() -> dict[int, tuple[int, str, int]]:

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from haihe.cluster.procs import ManagedProcess, StartupError, port_open, start_service
+from haihe.cluster.unix import own_tree, private_dir
 from haihe.errors import InvalidInput, StorageUnavailable
 
 if TYPE_CHECKING:
     from minio import Minio
 
 VOLUME_NAME = "haihe"
+BROKER_POLICY = "haihe-broker"
 
 
 def find_juicefs() -> str:
@@ -47,6 +49,10 @@ class S3Server:
     secret_key: str = field(repr=False)
     host: str = "127.0.0.1"
     juicefs: str | None = None  # path of the binary; found lazily so that building the object never fails
+    # the credentials broker: an IAM user that may AssumeRole (the root keys may not) for jobs' temporary keys
+    broker_access_key: str = field(default="", repr=False)
+    broker_secret_key: str = field(default="", repr=False)
+    user: str | None = None  # run the gateway (and format) as this account, owning home (mode 700); None: caller
 
     def __post_init__(self) -> None:
         self.home = Path(self.home)
@@ -132,19 +138,32 @@ class S3Server:
             pid_path=self.home / "s3.pid",
             env=self.gateway_env(),
             cwd=self.home,
+            user=self.user,
+            umask=0o077,  # chunks, metadata and logs private to the gateway's account
         )
 
     # ---- lifecycle ----
     def format(self) -> None:
         """Create the volume once; later calls see the marker and do nothing."""
+        self._own_home()
         if self._format_marker.exists():
             return
-        self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "s3data").mkdir(exist_ok=True)
-        done = subprocess.run(self.format_argv(), capture_output=True, text=True, check=False, timeout=60)
+        (self.home / "s3data").mkdir(mode=0o700, exist_ok=True)
+        argv = self.format_argv()
+        if self.user:
+            argv = ["runuser", "-u", self.user, "--", *argv]
+            own_tree(self.home, self.user)
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60, umask=0o077)
         if done.returncode != 0:
             raise StartupError(f"juicefs format failed ({done.returncode}):\n{done.stderr[-2000:]}")
         self._format_marker.write_text("ok\n")
+
+    def _own_home(self) -> None:
+        """home is mode 700: owned by the gateway's account (every file below it too, if root ran it before)."""
+        if self.user:
+            own_tree(self.home, self.user)
+        else:
+            private_dir(self.home)
 
     def start(self, timeout: float = 60.0) -> None:
         """Format if needed, start the gateway and wait for a real S3 call to succeed; reuse a running one."""
@@ -212,3 +231,36 @@ class S3Server:
                 raise StorageUnavailable(
                     f"cannot create bucket {name!r} on {self.endpoint}: {exc}", component="s3"
                 ) from exc
+
+    def ensure_broker(self, buckets: Iterable[str]) -> None:
+        """Create (or update) the broker user and its policy: objects and listing in ``buckets`` only, so even a
+        too-wide session policy cannot reach another bucket (MLflow's). Idempotent; nothing without broker keys."""
+        if not self.broker_access_key:
+            return
+        import json
+        import tempfile
+
+        from minio import MinioAdmin
+        from minio.credentials import StaticProvider
+        from minio.error import MinioAdminException
+        from urllib3.exceptions import HTTPError
+
+        names = sorted(set(buckets))
+        policy = {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+                                           "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+             "Resource": [f"arn:aws:s3:::{b}/*" for b in names]},
+            {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [f"arn:aws:s3:::{b}" for b in names]},
+        ]}
+        admin = MinioAdmin(endpoint=f"{self.host}:{self.port}",
+                           credentials=StaticProvider(self.access_key, self.secret_key), secure=False)
+        try:
+            with tempfile.NamedTemporaryFile("w", suffix=".json", dir=self.home) as fh:
+                json.dump(policy, fh)
+                fh.flush()
+                admin.user_add(self.broker_access_key, self.broker_secret_key)
+                admin.policy_add(BROKER_POLICY, fh.name)
+                admin.policy_set(BROKER_POLICY, user=self.broker_access_key)
+        except (MinioAdminException, HTTPError, OSError, ValueError) as exc:
+            raise StorageUnavailable(f"cannot create the credentials broker on {self.endpoint}: "
+                                     f"{type(exc).__name__}", component="s3") from exc

@@ -21,6 +21,7 @@ from typing import Protocol, cast
 
 from haihe.cluster.ports import PortPlan
 from haihe.cluster.procs import ManagedProcess, StartupError, port_open, wait_until
+from haihe.cluster.unix import SERVICE_USER, grant_traverse, is_root, private_dir, service_account
 from haihe.errors import InvalidInput
 
 HOST = "127.0.0.1"
@@ -55,12 +56,17 @@ class StackSecrets:
     s3_access_key: str = field(repr=False)
     s3_secret_key: str = field(repr=False)
     app_secret: str = field(repr=False)  # signs the API's sessions and CSRF tokens
+    # the S3 credentials broker (an IAM user that may AssumeRole): jobs get temporary keys, never the root ones
+    s3_sts_access_key: str = field(default="", repr=False)
+    s3_sts_secret_key: str = field(default="", repr=False)
 
 
 _SECRET_MAKERS: dict[str, Callable[[], str]] = {
     "s3_access_key": lambda: "haihe" + secrets.token_hex(6),
     "s3_secret_key": lambda: secrets.token_hex(20),
     "app_secret": lambda: secrets.token_urlsafe(32),
+    "s3_sts_access_key": lambda: "haihebroker" + secrets.token_hex(6),
+    "s3_sts_secret_key": lambda: secrets.token_hex(20),
 }
 
 
@@ -163,6 +169,7 @@ class ApiProcess:
             pid_path=Path(self.home) / "api.pid",
             env=self.env,
             cwd=Path(self.home),
+            umask=0o077,  # its database, logs and anything else it writes: private
         )
 
     def start(self, timeout: float = 60.0) -> None:
@@ -216,10 +223,17 @@ def default_services(config: StackConfig, keys: StackSecrets) -> ServicePlan:
     """The real services; heavy or optional modules are imported only when the service is wanted."""
     plan = ServicePlan(services={})
     home = config.home
+    # Started by root, the services that need no privilege run as the platform's service account (docs/security.md)
+    service_user = SERVICE_USER if is_root() else None
+    if service_user:
+        service_account(service_user)
+        grant_traverse([home / "s3"], group=service_user)  # e.g. /root/.local/share/haihe: search only, no list
     if config.s3:
         from haihe.cluster.s3 import S3Server
 
-        plan.services["s3"] = S3Server(home / "s3", config.ports.s3, keys.s3_access_key, keys.s3_secret_key)
+        plan.services["s3"] = S3Server(home / "s3", config.ports.s3, keys.s3_access_key, keys.s3_secret_key,
+                                       broker_access_key=keys.s3_sts_access_key,
+                                       broker_secret_key=keys.s3_sts_secret_key, user=service_user)
     if config.postgres:
         from haihe.cluster.postgres import PostgresServer
 
@@ -234,6 +248,7 @@ def default_services(config: StackConfig, keys: StackSecrets) -> ServicePlan:
             access_key=keys.s3_access_key,
             secret_key=keys.s3_secret_key,
             bucket=config.mlflow_bucket,
+            user=service_user,
         )
     if config.ray:
         try:
@@ -285,7 +300,9 @@ class LocalStack:
         say = progress or (lambda _msg: None)
         for name, why in self.skipped.items():
             say(f"{name}: skipped ({why})")
-        self.config.home.mkdir(parents=True, exist_ok=True)
+        # secrets.json, logs and pid files are the caller's, mode 600/700; others may only traverse to the services'
+        # own (mode 700) homes
+        private_dir(self.config.home, mode=0o711)
         started: list[str] = []
         try:
             for phase in START_PHASES:
@@ -321,6 +338,9 @@ class LocalStack:
             started.append(name)  # list.append is atomic under the GIL; phases join before reading it
             if name == "s3":
                 cast(BucketService, service).ensure_buckets(self.config.all_buckets())
+                broker = getattr(service, "ensure_broker", None)  # jobs' buckets only, never MLflow's
+                if broker is not None:
+                    broker([b for b in self.config.buckets if b != self.config.mlflow_bucket])
         except BaseException as exc:  # collected and re-raised by start(), after cleaning up
             failures[name] = exc
             say(f"{name}: failed")

@@ -154,6 +154,29 @@ def private_dir(path: Path, owner: str | None = None, mode: int = 0o700) -> Path
     return path
 
 
+def service_account(name: str = SERVICE_USER) -> UnixAccount:
+    """The platform's service account (its own group, not the jobs group), reaching the runtime's Python."""
+    account = ensure_user(name, group=name)
+    import sys
+
+    grant_traverse([Path(sys.executable), Path(sys.prefix)], group=name)
+    return account
+
+
+def own_tree(path: Path, owner: str, mode: int = 0o700) -> None:
+    """Make ``path`` (created if missing) and everything below it owned by ``owner``; ``path`` itself ``mode``.
+    Used when a service that ran as root before now runs as its own account over the same state."""
+    account = lookup(owner)
+    if account is None:
+        raise UnixAccountError(f"no account {owner}")
+    path.mkdir(parents=True, exist_ok=True)
+    for root, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            os.lchown(os.path.join(root, name), account.uid, account.gid)
+    os.chown(path, account.uid, account.gid)
+    os.chmod(path, mode)
+
+
 def _run(argv: list[str], what: str) -> None:
     res = subprocess.run(argv, capture_output=True, text=True, check=False)
     if res.returncode != 0 and "already exists" not in res.stderr:

@@ -247,7 +247,10 @@ class MinioStore:
         read_timeout: float = 30.0,
         retries: int = 2,
         pool_size: int = 32,
+        credentials: Any = None,
     ) -> None:
+        """``credentials`` is a ``minio.credentials.Provider`` (e.g. :class:`haihe.datasets.credentials.
+        BrokerCredentials` for a job's temporary credentials); it replaces the static keys."""
         parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InvalidInput(f"S3 endpoint {endpoint!r} must look like http://host:port", field="endpoint")
@@ -261,6 +264,7 @@ class MinioStore:
             "read_timeout": read_timeout,
             "retries": retries,
             "pool_size": pool_size,
+            "credentials": credentials,
         }
         self._client: Minio | None = None
         self._pid = 0
@@ -299,6 +303,7 @@ class MinioStore:
             parts.netloc,
             access_key=c["access_key"],
             secret_key=c["secret_key"],
+            credentials=c["credentials"],
             secure=parts.scheme == "https",
             region=c["region"],
             http_client=http,

@@ -26,14 +26,17 @@ class RenderContext:
     mlflow_url: str = ""
     mlflow_token: str = ""  # the job's credential at the platform's MLflow proxy (its own <org>/<project> only)
     s3_endpoint: str = ""
-    s3_access_key: str = ""
-    s3_secret_key: str = ""
+    # no S3 keys: the job posts job_token to storage_credentials_url for short-lived, job-scoped credentials
+    # (docs/storage-credentials.md); the same token authenticates it at the MLflow proxy
+    job_token: str = ""
+    storage_credentials_url: str = ""
     code_uri: str | None = None  # s3://bucket/key of the packed workdir
     checkpoint_uri: str | None = None
     output_uri: str | None = None  # where batch-infer and other outputs go
     datasets_bucket: str = "haihe-datasets"
     dataset: str | None = None  # org/name@vN, resolved from the spec's "latest"
     account: str | None = None  # Slurm account of the org/project when the cluster has accounting
+    unix_user: str | None = None  # the Unix account the job runs as (schedulers that run jobs as a user)
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -65,11 +68,11 @@ def runtime_env(spec: JobSpec, ctx: RenderContext) -> dict[str, str]:
         env.update({
             "HAIHE_S3_ENDPOINT": ctx.s3_endpoint,
             "AWS_ENDPOINT_URL": ctx.s3_endpoint,
-            "MLFLOW_S3_ENDPOINT_URL": ctx.s3_endpoint,
-            "AWS_ACCESS_KEY_ID": ctx.s3_access_key,
-            "AWS_SECRET_ACCESS_KEY": ctx.s3_secret_key,
             "AWS_DEFAULT_REGION": "us-east-1",
         })
+        if ctx.storage_credentials_url and ctx.job_token:
+            env["HAIHE_STORAGE_CREDENTIALS_URL"] = ctx.storage_credentials_url
+            env["HAIHE_JOB_TOKEN"] = ctx.job_token
     if ctx.code_uri:
         env["HAIHE_CODE_URI"] = ctx.code_uri
     if ctx.output_uri:
@@ -119,6 +122,7 @@ def render_launch(spec: JobSpec, ctx: RenderContext) -> Launch:
         launcher=Launcher(spec.launcher),
         env=runtime_env(spec, ctx),
         account=ctx.account,
+        user=ctx.unix_user,
         partition=r.partition,
         qos=r.qos,
         array_size=spec.sweep_size() if spec.sweep else None,

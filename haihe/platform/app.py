@@ -21,6 +21,7 @@ from haihe.platform.api import (
     keys,
     mlflow_proxy,
     quotas,
+    storage_credentials,
     system,
     tenancy,
     zoo,
@@ -37,7 +38,8 @@ from haihe.platform.settings import Settings
 log = logging.getLogger(__name__)
 
 API_ROUTERS = (system.router, auth.router, tenancy.router, keys.router, jobs.router, datasets.router, quotas.router,
-               zoo.router, mlflow_proxy.router, endpoints.router, gateway_routes.router)
+               zoo.router, mlflow_proxy.router, endpoints.router, gateway_routes.router,
+               storage_credentials.router)
 
 
 def create_platform_app(settings: Settings | None = None, *, migrate: bool = True,

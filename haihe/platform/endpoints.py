@@ -3,7 +3,8 @@
 Requests change the endpoint's *desired* state only (model version, replicas, batching) and return at once; the
 supervisor (``gateway.supervisor``) brings the serving side there and reports ``deploying``, ``ready``,
 ``degraded``, ``failed`` (with the reason) or ``stopped``. A model must be in the zoo and visible to the org:
-public, or owned by the org itself.
+public, or owned by the org itself. Deploying, scaling and updating reserve one quota window of GPU/CPU-hours in
+the same transaction (``endpoint_quota``): QuotaExceeded (402) leaves nothing stored.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from haihe.errors import Conflict, HaiheError, InvalidInput, NotFound, Unsupported
 from haihe.model_zoo.names import ZooRef
-from haihe.platform import access, audit
+from haihe.platform import access, audit, endpoint_quota
 from haihe.platform.access import Principal
 from haihe.platform.endpoint_rows import Endpoint, EndpointUsage
 from haihe.platform.gateway.hub import EndpointsHub
@@ -114,6 +115,9 @@ def create(hub: EndpointsHub, session: Session, principal: Principal, org_name: 
     backend = hub.backend(scheduler)
     _check_scaling(min_replicas, max_replicas, backend)
     _check_batching(max_batch_size, batch_wait_ms)
+    if backend == "ray" and (options or {}).get("gpus"):
+        raise Unsupported("Ray endpoints run CPU replicas; a GPU endpoint runs as a Slurm serving job "
+                          "(scheduler slurm, gpus N)", field="gpus")
     if not 0.05 <= cpus_per_replica <= 64:
         raise InvalidInput("cpus_per_replica must be between 0.05 and 64", field="cpus_per_replica")
     if session.scalar(select(Endpoint.id).where(Endpoint.org_id == org.id, Endpoint.name == name)) is not None:
@@ -128,6 +132,7 @@ def create(hub: EndpointsHub, session: Session, principal: Principal, org_name: 
                   created_by_id=principal.user_id)
     session.add(ep)
     session.flush()
+    endpoint_quota.fit_reservation(session, ep, hub.config.quota_window_s, hub.clock())
     audit.record(session, principal, "endpoint.create", target_type="endpoint", target=f"{org_name}/{name}",
                  org_id=org.id, details={"model": model, "version": version, "scheduler": scheduler})
     return get(session, principal, org_name, name)
@@ -166,6 +171,7 @@ def update(hub: EndpointsHub, session: Session, principal: Principal, org_name: 
         ep.burst = changes["burst"] = burst
     if {"model", "max_batch_size", "batch_wait_ms"} & set(changes):
         _roll(ep, f"rolling to {ep.model_ref} (version {ep.model_version})")
+        endpoint_quota.fit_reservation(session, ep, hub.config.quota_window_s, hub.clock())
     ep.updated_at = utcnow()
     audit.record(session, principal, "endpoint.update", target_type="endpoint", target=f"{org_name}/{name}",
                  org_id=ep.org_id, details=changes)
@@ -185,6 +191,7 @@ def scale(hub: EndpointsHub, session: Session, principal: Principal, org_name: s
         ep.generation, ep.target_generation, ep.state = 0, 1, "deploying"
         ep.reason = f"starting {ep.model_ref}"
     ep.updated_at = utcnow()
+    endpoint_quota.fit_reservation(session, ep, hub.config.quota_window_s, hub.clock())
     audit.record(session, principal, "endpoint.scale", target_type="endpoint", target=f"{org_name}/{name}",
                  org_id=ep.org_id, details={"min_replicas": min_replicas, "max_replicas": max_replicas})
     return ep
@@ -203,6 +210,7 @@ def delete(hub: EndpointsHub, session: Session, principal: Principal, org_name: 
             except HaiheError as exc:
                 log.warning("stopping %s of %s/%s failed: %s", rec, org_name, name, exc.message)
                 raise
+    endpoint_quota.close(session, ep, hub.clock())
     audit.record(session, principal, "endpoint.delete", target_type="endpoint", target=f"{org_name}/{name}",
                  org_id=ep.org_id)
     session.delete(ep)

@@ -32,12 +32,14 @@ from haihe.errors import (
 )
 from haihe.jobs.render import RenderContext, render_launch
 from haihe.jobs.spec import JobSpec, validate_spec
-from haihe.platform import access, audit, code
+from haihe.platform import access, audit, code, ray_policy, unix_accounts
 from haihe.platform.access import Principal
 from haihe.platform.context import PlatformContext
-from haihe.platform.mlflow_proxy import JobScope, job_tracking
+from haihe.platform.mlflow_proxy import JobScope, issue_token, job_tracking
 from haihe.platform.models import Job, JobEvent, Org, Project, Role, User, utcnow
-from haihe.schedulers.base import JobState, Launch, LogChunk
+from haihe.platform.storage_credentials import credentials_url
+from haihe.schedulers.base import Feature, JobState, Launch, LogChunk
+from haihe.schedulers.slurm.accounts import account_name
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +48,14 @@ def add_event(session: Session, job: Job, kind: str, message: str = "", **data: 
     session.add(JobEvent(job_id=job.id, kind=kind, state=job.state, message=message[:2000], data=data))
 
 
-def _render_context(ctx: PlatformContext, job: Job, org: Org, project: Project, user: User) -> RenderContext:
+def _render_context(ctx: PlatformContext, job: Job, org: Org, project: Project, user: User,
+                    unix_user: str | None = None, account: str | None = None) -> RenderContext:
     s = ctx.settings
     # jobs reach MLflow only through the platform's proxy, with a token for their own project (docs/tracking.md)
-    mlflow_url, mlflow_token = job_tracking(s.mlflow_url, s.public_url, s.secret_key,
-                                            JobScope(job.id, org.name, project.name))
+    scope = JobScope(job.id, org.name, project.name)
+    mlflow_url, mlflow_token = job_tracking(s.mlflow_url, s.public_url, s.secret_key, scope)
+    # no S3 keys for jobs: their token buys short-lived, job-scoped credentials (docs/storage-credentials.md)
+    job_token = mlflow_token or issue_token(s.secret_key, scope)
     return RenderContext(
         job_id=job.id,
         org=org.name,
@@ -60,13 +65,15 @@ def _render_context(ctx: PlatformContext, job: Job, org: Org, project: Project, 
         mlflow_url=mlflow_url,
         mlflow_token=mlflow_token,
         s3_endpoint=s.s3_endpoint,
-        s3_access_key=s.s3_access_key,
-        s3_secret_key=s.s3_secret_key,
+        job_token=job_token if s.s3_endpoint else "",
+        storage_credentials_url=credentials_url(s.public_url, job.id) if s.s3_endpoint else "",
         code_uri=job.spec.get("_code_uri"),
         checkpoint_uri=f"s3://{s.code_bucket}/checkpoints/{org.name}/{job.id}" if s.s3_endpoint else None,
         output_uri=f"s3://{s.code_bucket}/outputs/{org.name}/{job.id}" if s.s3_endpoint else None,
         datasets_bucket=s.datasets_bucket,
         dataset=job.spec.get("_dataset"),
+        account=account,
+        unix_user=unix_user,
     )
 
 
@@ -76,7 +83,12 @@ def launch_for(ctx: PlatformContext, session: Session, job: Job) -> Launch:
     project = session.get(Project, job.project_id)
     user = session.get(User, job.user_id)
     assert org is not None and project is not None and user is not None
-    return render_launch(spec, _render_context(ctx, job, org, project, user))
+    scheduler = ctx.scheduler(job.scheduler)
+    # a scheduler that runs jobs as a user needs the user's Unix account (a 4xx naming "user" when there is none);
+    # one with accounts gets the org's project account (Slurm: <org>.<project>)
+    unix_user = unix_accounts.for_job(ctx, session, org, user) if unix_accounts.runs_as_user(scheduler) else None
+    account = None if Feature.ACCOUNTS in scheduler.unsupported else account_name(org.name, project.name)
+    return render_launch(spec, _render_context(ctx, job, org, project, user, unix_user, account))
 
 
 def _scheduler_name(ctx: PlatformContext, spec: JobSpec) -> str:
@@ -117,7 +129,7 @@ def submit(
     if spec.workdir and code_uri is None:
         raise InvalidInput("workdir is packed and uploaded by the CLI; submit with its code_uri", field="workdir")
     _require_tracking(ctx, spec)
-    scheduler_name = _scheduler_name(ctx, spec)
+    scheduler_name = ray_policy.route(ctx.settings, _scheduler_name(ctx, spec), org_name, spec)
     scheduler = ctx.scheduler(scheduler_name)
     stored = spec.model_dump(mode="json", exclude_none=True, by_alias=True)
     if code_uri:

@@ -124,6 +124,21 @@ class Membership(Base):
     org: Mapped[Org] = relationship()
 
 
+class UnixAccount(Base):
+    """Which Unix account a platform user's jobs run as in one org (``hh-<org>-<user>`` made locally, or a site's
+    own account mapped by an admin). Schedulers that run jobs as a user (Slurm) need one; Ray does not."""
+
+    __tablename__ = "unix_accounts"
+    __table_args__ = (UniqueConstraint("user_id", "org_id", name="uq_unix_accounts_user_org"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    unix_name: Mapped[str] = mapped_column(String(32))
+    origin: Mapped[str] = mapped_column(String(16))  # local (created by the platform) | site (mapped by an admin)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Credential(Base):
     """API keys, login tokens and portal sessions: stored as a visible prefix plus a hash of the secret."""
 

@@ -7,6 +7,9 @@ When the job ends the reconciler settles it: the reservation is released and the
 (Slurm: sacct elapsed × allocated TRES; Ray: duration × resources). Every entry carries a ``ref`` that is unique,
 so settling twice (a restart, a replayed cycle) charges once.
 
+Endpoints draw on the same ledger through ``platform.endpoint_quota`` (a reservation per window, replica-time
+charged with source ``endpoint``).
+
 Units in the ledger: ``gpu_s`` and ``cpu_s`` (seconds), ``requests``, ``storage_bytes``. Entries carry the period
 (YYYY-MM) the job was created in, so a reservation and its release always meet in one period.
 """
@@ -187,6 +190,30 @@ def _scope_name(session: Session, q: Quota) -> str:
     return name
 
 
+def check_hours(session: Session, org_id: int, project_id: int | None, need: dict[str, float], period: str, *,
+                what: str, basis: str, field_name: str) -> list[Quota]:
+    """Lock the quota rows ``need`` (gpu_s/cpu_s) draws on and raise QuotaExceeded, naming the quota, when any of
+    them has less GPU/CPU-hours left; returns the locked rows (jobs check their concurrency limits on them)."""
+    rows = _lock_quotas(session, org_id, project_id)
+    for q in rows:
+        sums = _sums(session, org_id, q.project_id, None if q.period == "none" else period)
+        for name in ("gpu_hours", "cpu_hours"):
+            limit = getattr(q, name)
+            res, unit, label = METERED[name]
+            if limit is None or not need.get(res):
+                continue
+            left = limit * unit - sums.get(("charge", res), 0.0) - sums.get(("reserve", res), 0.0)
+            if need[res] > left + 1e-9:
+                raise QuotaExceeded(
+                    f"quota {name} of {_scope_name(session, q)} exceeded: {what} needs "
+                    f"{need[res] / unit:.2f} {label} ({basis}), "
+                    f"{max(left, 0) / unit:.2f} of {limit:g} left"
+                    + (f" in {period}" if q.period == "monthly" else ""),
+                    field=field_name, quota=name, need=round(need[res] / unit, 4),
+                    left=round(max(left, 0) / unit, 4), limit=limit)
+    return rows
+
+
 @dataclass
 class LedgerQuotaGate:
     """The QuotaGate the platform uses: reserve at submit, release or settle after."""
@@ -197,23 +224,9 @@ class LedgerQuotaGate:
         need = job_need(launch, job.array_size)
         gpus_needed = launch.resources.total_gpus * max(1, job.array_size)
         period = period_of(job.created_at or self.now())
-        for q in _lock_quotas(session, job.org_id, job.project_id):
+        for q in check_hours(session, job.org_id, job.project_id, need, period, what="this job",
+                             basis="nodes × per-node × walltime", field_name="resources"):
             scope_project = q.project_id
-            sums = _sums(session, job.org_id, scope_project, None if q.period == "none" else period)
-            for name in ("gpu_hours", "cpu_hours"):
-                limit = getattr(q, name)
-                res, unit, label = METERED[name]
-                if limit is None or need[res] == 0:
-                    continue
-                left = limit * unit - sums.get(("charge", res), 0.0) - sums.get(("reserve", res), 0.0)
-                if need[res] > left + 1e-9:
-                    raise QuotaExceeded(
-                        f"quota {name} of {_scope_name(session, q)} exceeded: this job needs "
-                        f"{need[res] / unit:.2f} {label} (nodes × per-node × walltime), "
-                        f"{max(left, 0) / unit:.2f} of {limit:g} left"
-                        + (f" in {period}" if q.period == "monthly" else ""),
-                        field="resources", quota=name, need=round(need[res] / unit, 4),
-                        left=round(max(left, 0) / unit, 4), limit=limit)
             if q.max_jobs is not None or q.max_gpus is not None:
                 count, gpus = _active_jobs(session, job.org_id, scope_project, job.id)
                 if q.max_jobs is not None and count + 1 > q.max_jobs:

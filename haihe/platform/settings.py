@@ -52,6 +52,23 @@ class Settings(BaseSettings):
     s3_access_key: str = Field("", description="S3 access key of the platform.")
     s3_secret_key: str = Field("", description="S3 secret key of the platform (never logged).")
     s3_region: str = Field("us-east-1", description="S3 region name used for signing.")
+    s3_sts_endpoint: str = Field(
+        "", description="STS endpoint that issues jobs' temporary S3 credentials (AssumeRole). Empty: s3_endpoint."
+    )
+    s3_sts_access_key: str = Field(
+        "", description="Access key of the credentials broker: an S3/IAM user (never the root keys) allowed to "
+        "AssumeRole, whose policy covers every bucket jobs use. Empty: jobs get no S3 credentials at all (their "
+        "runtime's S3 calls fail with exit 6; docs/storage-credentials.md).",
+    )
+    s3_sts_secret_key: str = Field("", description="Secret key of the credentials broker (never logged).")
+    job_credentials_lease_s: int = Field(
+        3600, ge=1, description="Default lifetime of a job's temporary S3 credentials; the runtime refreshes them "
+        "before they expire. Never beyond the job's walltime + job_credentials_margin_s.",
+    )
+    job_credentials_margin_s: int = Field(
+        600, ge=0, description="Seconds after a job's end (or walltime) during which it may still get or use "
+        "storage credentials (last checkpoint and output writes).",
+    )
     datasets_bucket: str = Field("haihe-datasets", description="Bucket holding dataset versions.")
     code_bucket: str = Field("haihe-code", description="Bucket holding job code bundles and checkpoints.")
     dataset_retention_days: int = Field(
@@ -63,9 +80,24 @@ class Settings(BaseSettings):
         description='Named schedulers by URL, e.g. {"ray": "ray://127.0.0.1:8265", "slurm": "slurm+cli://"}.',
     )
     default_scheduler: str = Field("", description="Name of the scheduler used when a job names none.")
+    ray_shared_code_orgs: str = Field(
+        "*", description="Orgs that may run their own code (entrypoint/workdir jobs) on a shared Ray cluster, "
+        "comma-separated; * for all (the embedded default), empty for none: the others run only recipes there "
+        "(Ray jobs share one Unix account and are kept apart only by a sandbox; docs/security.md).",
+    )
+    ray_org_clusters: dict[str, str] = Field(
+        default_factory=dict, description='Org → name of a Ray scheduler in HAIHE_SCHEDULERS dedicated to it, e.g. '
+        '{"acme": "ray-acme"}: the org\'s Ray jobs go there instead of the shared cluster; no other org may use it.',
+    )
 
     slurm_user: str = Field("", description="Unix user the platform submits Slurm jobs as (associations); "
                             "default: the API process's user.")
+    unix_accounts: Literal["local", "site", "none"] | None = Field(
+        None, description="Which Unix account a user's Slurm jobs run as. local: the platform creates "
+        "hh-<org>-<user> itself (needs root); site: an admin maps each user to an existing account "
+        "(`haihe admin users map`); none: as the API process (development only). Default: local in development, "
+        "site otherwise.",
+    )
     node_python: str = Field(
         default_factory=lambda: sys.executable,
         description="Python on the compute nodes that has Haihe installed (runs python -m haihe.jobs.runtime).",
@@ -100,7 +132,7 @@ class Settings(BaseSettings):
         toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file())
         return (init_settings, env_settings, toml)
 
-    @field_validator("schedulers", mode="before")
+    @field_validator("schedulers", "ray_org_clusters", mode="before")
     @classmethod
     def _schedulers_from_json(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -116,16 +148,26 @@ class Settings(BaseSettings):
                 raise ValueError("HAIHE_SECRET_KEY must be set to 32+ random characters outside development mode")
             if self.cookie_secure is False:
                 raise ValueError("HAIHE_COOKIE_SECURE=false is refused outside development mode")
+            if self.unix_accounts == "none":
+                raise ValueError("HAIHE_UNIX_ACCOUNTS=none (jobs run as the API's own user) is refused outside "
+                                 "development mode")
         if self.default_scheduler and self.default_scheduler not in self.schedulers:
             raise ValueError(
                 f"default_scheduler {self.default_scheduler!r} is not one of the configured schedulers "
                 f"({', '.join(sorted(self.schedulers)) or 'none'})"
             )
+        for org, name in self.ray_org_clusters.items():
+            if not self.schedulers.get(name, "").startswith("ray://"):
+                raise ValueError(f"ray_org_clusters[{org!r}] = {name!r} is not a ray:// scheduler in schedulers")
         return self
 
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'haihe.db'}"
+
+    @property
+    def effective_unix_accounts(self) -> str:
+        return self.unix_accounts or ("local" if self.mode == "development" else "site")
 
     @property
     def secure_cookies(self) -> bool:

@@ -1,9 +1,10 @@
 """Push the platform's quotas into Slurm's accounting (the second wall) and report drift.
 
-Desired state: every org with a quota is a Slurm account, every project with a quota a sub-account
-``<org>.<project>``; GPU/CPU-hours become ``GrpTRESMins`` in minutes, ``max_gpus`` ``GrpTRES=gres/gpu``,
-``max_jobs`` ``GrpJobs``. ``sync`` makes Slurm match; ``check`` only reports the differences. Budgets are the whole
-limit (Slurm counts its own usage, which decays never here: ``PriorityDecayHalfLife=0``).
+Desired state: every org is a Slurm account, every project a sub-account ``<org>.<project>``, every member with a
+Unix account associated with the projects of their org; GPU/CPU-hours become ``GrpTRESMins`` in minutes,
+``max_gpus`` ``GrpTRES=gres/gpu``, ``max_jobs`` ``GrpJobs``. ``sync`` makes Slurm match; ``check`` only reports
+the differences. Budgets are the whole limit (Slurm counts its own usage, which decays never here:
+``PriorityDecayHalfLife=0``).
 """
 
 from __future__ import annotations
@@ -20,13 +21,19 @@ from haihe.errors import InvalidInput
 from haihe.platform import access, audit
 from haihe.platform.access import Principal
 from haihe.platform.context import PlatformContext
-from haihe.platform.models import Org, Project, Quota
+from haihe.platform.models import Org, Project, Quota, UnixAccount
 from haihe.schedulers.slurm.accounts import AccountLimits, SlurmAccounts, account_name
 
 
 def desired(session: Session) -> dict[str, tuple[str | None, AccountLimits]]:
-    """account → (parent, limits) for every quota the platform holds."""
+    """account → (parent, limits) for every org and project; limits from the quotas (none where there is none)."""
     out: dict[str, tuple[str | None, AccountLimits]] = {}
+    orgs = {o.id: o for o in session.scalars(select(Org))}
+    for o in orgs.values():
+        out[account_name(o.name)] = (None, AccountLimits())
+    for p in session.scalars(select(Project)):
+        if p.org_id in orgs:
+            out[account_name(orgs[p.org_id].name, p.name)] = (orgs[p.org_id].name, AccountLimits())
     for q in session.scalars(select(Quota)):
         org = session.get(Org, q.org_id)
         if org is None:
@@ -43,6 +50,19 @@ def desired(session: Session) -> dict[str, tuple[str | None, AccountLimits]]:
     return out
 
 
+def desired_users(session: Session) -> dict[str, set[str]]:
+    """Unix account → the project accounts of its org: every mapped member may charge every project of the org."""
+    projects: dict[int, list[str]] = {}
+    orgs = {o.id: o.name for o in session.scalars(select(Org))}
+    for p in session.scalars(select(Project)):
+        if p.org_id in orgs:
+            projects.setdefault(p.org_id, []).append(account_name(orgs[p.org_id], p.name))
+    out: dict[str, set[str]] = {}
+    for row in session.scalars(select(UnixAccount)):
+        out.setdefault(row.unix_name, set()).update(projects.get(row.org_id, []))
+    return {u: a for u, a in out.items() if a}
+
+
 @dataclass
 class SyncReport:
     scheduler: str
@@ -50,10 +70,11 @@ class SyncReport:
     updated: list[str] = field(default_factory=list)
     drift: list[dict[str, Any]] = field(default_factory=list)
     in_sync: list[str] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)  # "<unix user>@<account>" associations made
 
     def to_dict(self) -> dict[str, Any]:
         return {"scheduler": self.scheduler, "created": self.created, "updated": self.updated, "drift": self.drift,
-                "in_sync": self.in_sync}
+                "in_sync": self.in_sync, "users": self.users}
 
 
 def _accounts_for(ctx: PlatformContext, scheduler: str) -> SlurmAccounts:
@@ -91,6 +112,15 @@ def run(ctx: PlatformContext, session: Session, principal: Principal, scheduler:
                 report.updated.append(name)
         else:
             report.in_sync.append(name)
+    have_assoc = slurm.associations()
+    for user, accounts in sorted(desired_users(session).items()):
+        missing = sorted(a for a in accounts if (a, user) not in have_assoc)
+        if not missing:
+            continue
+        report.drift.append({"user": user, "slurm": None, "platform": ",".join(missing)})
+        if apply:
+            slurm.ensure_user(user, missing)
+            report.users.extend(f"{user}@{a}" for a in missing)
     if apply and want:
         slurm.ensure_user(ctx.settings.slurm_user or getpass.getuser(), sorted(want))
         audit.record(session, principal, "quota.sync", target_type="scheduler", target=scheduler,

@@ -106,6 +106,7 @@ class Launch:
     env: Mapping[str, str] = field(default_factory=dict)
     workdir: str | None = None  # absolute path visible to the compute nodes (Slurm) or a local dir (Ray)
     account: str | None = None
+    user: str | None = None  # Unix account the job runs as (backends with RUNS_AS_USER); None: the submitter
     partition: str | None = None
     qos: str | None = None
     array_size: int | None = None  # N tasks; each sees HAIHE_ARRAY_INDEX=0..N-1
@@ -232,6 +233,8 @@ class BaseScheduler:
     """
 
     UNSUPPORTED: ClassVar[Mapping[Feature, str]] = {}
+    # True: jobs run as ``Launch.user`` (Slurm), so the platform gives every launch its user's Unix account
+    RUNS_AS_USER: ClassVar[bool] = False
 
     def __init__(self, url: str) -> None:
         self.url = url

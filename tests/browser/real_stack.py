@@ -50,6 +50,7 @@ def start_real_stack(home: Path, ports: PortPlan, slurm: Any, s3: Any, mlflow: A
            "HAIHE_PUBLIC_URL": url,
            "HAIHE_S3_ENDPOINT": s3.endpoint, "HAIHE_S3_ACCESS_KEY": s3.access_key,
            "HAIHE_S3_SECRET_KEY": s3.secret_key,
+           "HAIHE_S3_STS_ACCESS_KEY": s3.broker_access_key, "HAIHE_S3_STS_SECRET_KEY": s3.broker_secret_key,
            "HAIHE_MLFLOW_URL": mlflow.url,
            "HAIHE_GATEWAY_SLURM_TIME_LIMIT_MIN": str(SERVING_WALLTIME_MIN),
            "HF_HUB_OFFLINE": "1",

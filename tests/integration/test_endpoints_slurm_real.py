@@ -50,12 +50,18 @@ def stack(slurm_cluster: Any, mlflow_server: MlflowServer, tmp_path_factory: pyt
 
 
 @pytest.fixture(scope="module")
-def tenant(stack: Platform, mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory
-           ) -> dict[str, Any]:
+def tenant(stack: Platform, slurm_cluster: Any, mlflow_server: MlflowServer,
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """An org with a service-account key and its own digits classifier in the zoo (trained once per module)."""
     t = stack.tenancy
     org = t.org(f"hpc{uuid.uuid4().hex[:6]}")
     key = t.key(org, t.admin_headers, username=t.user(org, role="service_account"), scopes=["inference"])
+    # serving jobs run on the org's Slurm account: a quota and a sync make it (and the submitter's association)
+    r = stack.http.put(f"/api/v1/orgs/{org}/quota", json={"cpu_hours": 1000}, headers=t.admin_headers)
+    assert r.status_code == 200, r.text
+    if slurm_cluster.accounting:
+        r = stack.http.post("/api/v1/admin/quota/sync", params={"scheduler": "slurm"}, headers=t.admin_headers)
+        assert r.status_code == 200, r.text
     t0 = time.monotonic()
     zoo = ModelZoo.connect(mlflow_server.url, cache_dir=tmp_path_factory.mktemp("zoo"))
     version, x, y = register_digits(zoo, mlflow_server.url, org, seed=3)
@@ -120,7 +126,7 @@ def test_slurm_endpoint_serves_and_comes_back_after_scancel(stack: Platform, slu
     first_ready_s = time.monotonic() - t0
     generation, ref = _serving_job(stack, org, name)
     assert ep["generation"] == generation == 1
-    assert _squeue(slurm_cluster, [ref], "%T") == {ref: "RUNNING"}
+    assert _squeue(slurm_cluster, [ref], "%T|%a") == {ref: f"RUNNING|{org}"}  # on the org's account
 
     r, first_call_s = _infer(stack, key, x[:8], name)
     assert r.status_code == 200, r.text
@@ -203,3 +209,18 @@ def test_slurm_endpoint_renewed_before_walltime_without_a_gap(stack: Platform, s
     assert new_start < old_end  # overlap: ISO timestamps, the successor ran before the old job ended
     _delete(stack, org, name)
 
+
+def test_no_gpu_hours_left_refuses_a_gpu_endpoint(stack: Platform, tenant: dict[str, Any]) -> None:
+    t, org = stack.tenancy, tenant["org"]
+    r = stack.http.put(f"/api/v1/orgs/{org}/quota", json={"gpu_hours": 0}, headers=t.admin_headers)
+    assert r.status_code == 200, r.text  # CPU-hours stay as they were: the other tests' CPU endpoints still fit
+    name = f"gpu{uuid.uuid4().hex[:6]}"
+    r = stack.http.post(f"/api/v1/orgs/{org}/endpoints", headers=t.admin_headers,
+                        json={"name": name, "model": f"{org}/digits@production", "scheduler": "slurm",
+                              "partition": "gpu", "gpus": 1})
+    assert r.status_code == 402, r.text
+    assert r.json()["error"]["code"] == "quota_exceeded" and "gpu_hours" in r.json()["error"]["message"]
+    assert stack.http.get(f"/api/v1/orgs/{org}/endpoints/{name}", headers=t.admin_headers).status_code == 404
+    shown = stack.http.get(f"/api/v1/orgs/{org}/quota", headers=t.admin_headers).json()
+    gpu = next(b for b in shown["balances"] if b["resource"] == "gpu_hours")
+    assert gpu["reserved"] == 0 and gpu["used"] == 0  # nothing reserved, nothing submitted to charge

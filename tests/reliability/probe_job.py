@@ -89,7 +89,7 @@ def own_credentials() -> tuple[str, str, str | None] | None:
     """The job's own short-lived credentials, from the platform's broker with the job's token."""
     if _OWN:
         return _OWN[0]
-    url = os.environ.get("HAIHE_CREDENTIALS_URL")
+    url = os.environ.get("HAIHE_STORAGE_CREDENTIALS_URL")
     token = os.environ.get("HAIHE_JOB_TOKEN") or os.environ.get("MLFLOW_TRACKING_TOKEN")
     if not url or not token:
         return None

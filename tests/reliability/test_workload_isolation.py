@@ -39,7 +39,7 @@ cwd = pathlib.Path.cwd()
 (cwd / "victim-secret.txt").write_text("beta-cwd-secret")
 tmp = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / "victim-tmp-secret.txt"
 tmp.write_text("beta-tmp-secret")
-creds = httpx.post(os.environ["HAIHE_CREDENTIALS_URL"],
+creds = httpx.post(os.environ["HAIHE_STORAGE_CREDENTIALS_URL"],
                    headers={"Authorization": "Bearer " + os.environ["HAIHE_JOB_TOKEN"]}, timeout=10).json()
 bucket, _, prefix = os.environ["HAIHE_OUTPUT_URI"].removeprefix("s3://").partition("/")
 s3 = boto3.client("s3", endpoint_url=os.environ["HAIHE_S3_ENDPOINT"], region_name="us-east-1",

@@ -104,6 +104,7 @@ def test_serving_job_found_by_its_log_then_cancelled_behind_our_back_comes_back(
     launch = sched.jobs[ref].launch
     assert launch.command[1:3] == ("-m", "haihe.jobs.serving") and "public/summer:1" in launch.command
     assert launch.partition == "cpu" and launch.resources.time_limit_min == 60
+    assert launch.account == org  # the org's own Slurm account (endpoints belong to an org, not a project)
     assert _state(client, org, h)["state"] == "deploying"
     assert _infer(client, h["key"]).status_code == 503
     servers.start(ref)

@@ -50,7 +50,7 @@ def test_entrypoint_quotes_every_user_value() -> None:
 
 def test_walltime_is_the_timeout_and_exit_124_is_timeout() -> None:
     line = translate.entrypoint(Launch(tag="t", name="n", command=("true",), resources=Resources(time_limit_min=2)))
-    assert " 120s true" in line
+    assert " 120s python -m haihe.schedulers.ray.sandbox --job t -- true" in line
     st = translate.to_status(RayJob(submission_id="t", status="FAILED", driver_exit_code=124))
     assert st.state is JobState.TIMEOUT
     assert translate.to_status(RayJob(submission_id="t", status="FAILED", driver_exit_code=1)).state is JobState.FAILED

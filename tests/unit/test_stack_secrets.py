@@ -25,7 +25,10 @@ def test_first_run_generates_all_secrets_in_a_private_file(tmp_path: Path) -> No
         "s3_access_key": keys.s3_access_key,
         "s3_secret_key": keys.s3_secret_key,
         "app_secret": keys.app_secret,
+        "s3_sts_access_key": keys.s3_sts_access_key,
+        "s3_sts_secret_key": keys.s3_sts_secret_key,
     }
+    assert keys.s3_sts_access_key != keys.s3_access_key and len(keys.s3_sts_secret_key) >= 32  # the broker user
     # MinIO's rules: access key >= 3 chars, secret >= 8
     assert len(keys.s3_access_key) >= 3
     assert len(keys.s3_secret_key) >= 32

@@ -98,6 +98,7 @@ class SlurmCluster:
         if transport == "cli":
             return f"slurm+cli://?{urlencode(query)}"
         if transport == "rest":
+            query["jwt_key"] = str(self.layout.jwt_key)  # jobs are submitted as their user with a minted token
             return f"slurm+rest://127.0.0.1:{self.layout.port(REST_PORT)}?{urlencode(query)}"
         raise ValueError(f"unknown transport {transport!r} (cli, rest)")
 
@@ -182,11 +183,14 @@ def _prepare(cl: SlurmCluster, db_password: str) -> None:
     for sub in ("etc", "state", "log", "run", "jobs", "fakedev"):
         (s / sub).mkdir(parents=True, exist_ok=True)
     s.chmod(0o755)
-    # jobs run as root here, but slurmrestd (nobody) and any reader must be able to traverse
-    (s / "jobs").chmod(0o1777)
+    # platform jobs log into their own <jobs>/<unix user> (made by the scheduler, 2750); the jobs dir itself is
+    # only traversed by job accounts and slurmrestd (nobody). slurm.conf and gres.conf stay world-readable (srun
+    # and scontrol in jobs need them); the JWT key, slurmdbd.conf and the db secret are 0600, the munge key 0400.
+    (s / "jobs").chmod(0o755)
     for node, _ in desc.all_nodes():
         (s / "spool" / node).mkdir(parents=True, exist_ok=True)
         (s / "nodetmp" / node).mkdir(parents=True, exist_ok=True)
+        (s / "nodetmp" / node).chmod(0o1777)  # TmpFS: pmix's per-job dirs of every job account
     for i in range(max((nt.gpus for nt in desc.node_types), default=0)):
         dev = lay.fakedev / f"nvidia{i}"
         if not dev.exists():
@@ -266,6 +270,22 @@ def _setup_associations(cl: SlurmCluster) -> None:
          check=False)
     _run(["sacctmgr", "-i", "modify", "user", "root", "set", f"QOS={','.join(desc.qos_names())}",
           "DefaultQOS=normal"], env, check=False)
+    # accounts and users the platform adds later inherit the QoS of the root association
+    _run(["sacctmgr", "-i", "modify", "account", "where", "name=root", "set", f"QOS={','.join(desc.qos_names())}",
+          "DefaultQOS=normal"], env, check=False)
+
+
+def _grant_job_accounts_runtime() -> None:
+    """Job accounts (group haihe-jobs) run the node Python and import Haihe, which may sit under /root (pyenv):
+    give the group search permission on the directories leading there (root only; never read on /root)."""
+    if os.geteuid() != 0:
+        return
+    import sys
+
+    import haihe
+    from haihe.cluster import unix
+
+    unix.grant_traverse([Path(sys.executable), Path(sys.base_prefix) / "lib", Path(haihe.__file__).parent])
 
 
 def _manifest(cl: SlurmCluster) -> dict[str, Any]:
@@ -291,6 +311,7 @@ def cluster_up(state_dir: str | Path, plan: PortPlan, accounting: bool = False,
     desc = load_description(description_path)
     lay = Layout.create(state, socket.gethostname().split(".")[0], plan, desc.name)
     cl = SlurmCluster(lay, desc, accounting)
+    _grant_job_accounts_runtime()
     if (state / MANIFEST).exists():
         with contextlib.suppress(Exception):
             old = load_cluster(state)

@@ -110,8 +110,10 @@ class ObjectStoreCheckpoints:
         self.store.delete([self.prefix + name])
 
 
-def open_store(uri: str, *, endpoint: str = "", access_key: str = "", secret_key: str = "") -> CheckpointStore:
-    """``s3://bucket/prefix`` (needs the endpoint and keys) or a local directory → a CheckpointStore."""
+def open_store(uri: str, *, endpoint: str = "", access_key: str = "", secret_key: str = "",
+               credentials: Any = None) -> CheckpointStore:
+    """``s3://bucket/prefix`` (needs the endpoint and keys, or a credentials provider) or a local directory →
+    a CheckpointStore."""
     parts = urlsplit(uri)
     if parts.scheme == "s3":
         if not parts.netloc:
@@ -120,7 +122,8 @@ def open_store(uri: str, *, endpoint: str = "", access_key: str = "", secret_key
             raise InvalidInput("HAIHE_S3_ENDPOINT is needed for s3:// checkpoints", field="HAIHE_S3_ENDPOINT")
         from haihe.datasets.store import MinioStore
 
-        return ObjectStoreCheckpoints(MinioStore(endpoint, access_key, secret_key, parts.netloc), parts.path)
+        return ObjectStoreCheckpoints(MinioStore(endpoint, access_key, secret_key, parts.netloc,
+                                                 credentials=credentials), parts.path)
     if parts.scheme not in ("", "file"):
         raise InvalidInput(f"HAIHE_CHECKPOINT_URI={uri!r}: use s3://bucket/prefix or a path",
                            field="HAIHE_CHECKPOINT_URI")  # fmt: skip

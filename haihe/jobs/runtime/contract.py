@@ -18,8 +18,12 @@ MLFLOW_TRACKING_URI        MLflow server (unset: no tracking, a warning)
 HAIHE_DATASET              dataset version ``org/name@vN`` (optional; ``@latest`` or no ``@``: the newest)
 HAIHE_DATASET_MOUNT        path where the staged version appears (a symlink into the cache; optional)
 HAIHE_DATASETS_BUCKET      bucket holding datasets (default ``haihe-datasets``)
-HAIHE_CACHE_DIR            node-local cache (datasets; default ``$TMPDIR/haihe-cache``)
-HAIHE_S3_ENDPOINT          S3 endpoint ``http(s)://host:port`` (keys: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)
+HAIHE_CACHE_DIR            node-local cache (datasets; default ``$TMPDIR/haihe-cache-<uid>``, mode 0700)
+HAIHE_S3_ENDPOINT          S3 endpoint ``http(s)://host:port``
+HAIHE_STORAGE_CREDENTIALS_URL  where the job trades HAIHE_JOB_TOKEN for temporary, job-scoped S3 credentials
+HAIHE_JOB_TOKEN            the job's own token (the platform's MLflow proxy and credentials broker accept it)
+AWS_ACCESS_KEY_ID          static S3 keys, used only without a credentials URL (a site's own nodes, tests);
+AWS_SECRET_ACCESS_KEY      the platform never renders them into a job
 HAIHE_CHECKPOINT_URI       ``s3://bucket/prefix`` or a local directory (unset: no checkpoints)
 HAIHE_CHECKPOINT_EVERY     checkpoint every N optimizer steps (0: only on SIGTERM/SIGUSR1)
 HAIHE_CHECKPOINT_KEEP      keep the newest K checkpoints (default 2)
@@ -43,6 +47,7 @@ import json
 import os
 import re
 import signal
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -215,6 +220,25 @@ def _int(environ: Mapping[str, str], name: str, default: int | None, minimum: in
     return value
 
 
+def default_cache_dir() -> str:
+    """``$TMPDIR/haihe-cache-<uid>``, made 0700 and checked to be this user's own directory: jobs of different
+    users on one node never share staged data, and a directory planted in a shared /tmp is refused."""
+    path = os.path.join(tempfile.gettempdir(), f"haihe-cache-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return path  # an unwritable TMPDIR: staging names the problem when it writes
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise InvalidInput(f"{path} is not a directory owned by this user; set HAIHE_CACHE_DIR",
+                           field="HAIHE_CACHE_DIR")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
 @dataclass(frozen=True)
 class RuntimeEnv:
     """Everything the platform tells a job through its environment (the field docs are the contract).
@@ -236,6 +260,8 @@ class RuntimeEnv:
     s3_endpoint: str = ""  # HAIHE_S3_ENDPOINT
     s3_access_key: str = field(default="", repr=False)  # AWS_ACCESS_KEY_ID
     s3_secret_key: str = field(default="", repr=False)  # AWS_SECRET_ACCESS_KEY
+    credentials_url: str = ""  # HAIHE_STORAGE_CREDENTIALS_URL  (wins over static keys)
+    job_token: str = field(default="", repr=False)  # HAIHE_JOB_TOKEN
     checkpoint_uri: str = ""  # HAIHE_CHECKPOINT_URI  s3://bucket/prefix or a local directory
     checkpoint_every: int = 0  # HAIHE_CHECKPOINT_EVERY  steps; 0 = only on a stop signal
     checkpoint_keep: int = DEFAULT_CHECKPOINT_KEEP  # HAIHE_CHECKPOINT_KEEP
@@ -264,6 +290,8 @@ class RuntimeEnv:
         "s3_endpoint": "HAIHE_S3_ENDPOINT",
         "s3_access_key": "AWS_ACCESS_KEY_ID",
         "s3_secret_key": "AWS_SECRET_ACCESS_KEY",
+        "credentials_url": "HAIHE_STORAGE_CREDENTIALS_URL",
+        "job_token": "HAIHE_JOB_TOKEN",
         "checkpoint_uri": "HAIHE_CHECKPOINT_URI",
         "checkpoint_every": "HAIHE_CHECKPOINT_EVERY",
         "checkpoint_keep": "HAIHE_CHECKPOINT_KEEP",
@@ -305,7 +333,7 @@ class RuntimeEnv:
         experiment = env.get(v["experiment"], "") or (f"{org}/{project}" if org and project else "haihe")
         strings = {name: env.get(var, "") for name, var in v.items() if name not in _NOT_STRINGS}
         strings["datasets_bucket"] = strings["datasets_bucket"] or DEFAULT_DATASETS_BUCKET
-        strings["cache_dir"] = strings["cache_dir"] or os.path.join(tempfile.gettempdir(), "haihe-cache")
+        strings["cache_dir"] = strings["cache_dir"] or default_cache_dir()
         return cls(
             **strings,
             experiment=experiment,

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from haihe.jobs.runtime.context import JobContext
 
 log = logging.getLogger("haihe.runtime")
+MAX_CREDENTIALS_S = 7 * 24 * 3600  # the broker caps it at the walltime + margin
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -72,6 +73,23 @@ def _stage(env: RuntimeEnv, dist: DistEnv) -> tuple[Path | None, str | None, Pat
     return (staged[0] if staged else None), (staged[1] if staged else None), code_dir
 
 
+def _s3_environ(env: RuntimeEnv) -> dict[str, str]:
+    """AWS_* variables for the user's own S3 clients (boto3, pyarrow): the job's temporary credentials, asked to
+    last its walltime (plus the platform's margin) since a static variable cannot be refreshed. Best effort: a
+    command that never touches S3 must not fail because the broker did."""
+    if not env.credentials_url:
+        return {}
+    from haihe.datasets.credentials import fetch
+
+    try:
+        c = fetch(env.credentials_url, env.job_token, duration_s=MAX_CREDENTIALS_S)
+    except StorageUnavailable as exc:
+        log.warning("no S3 credentials for the command: %s", exc.message)
+        return {}
+    return {"AWS_ACCESS_KEY_ID": c["access_key"], "AWS_SECRET_ACCESS_KEY": c["secret_key"],
+            "AWS_SESSION_TOKEN": c.get("session_token") or "", "AWS_CREDENTIALS_EXPIRATION": c["expiration"]}
+
+
 def _child_env(env: RuntimeEnv, dist: DistEnv, data_dir: Path | None, run_id: str | None) -> dict[str, str]:
     child = dict(os.environ)
     child.update(dist.child_environ())
@@ -79,6 +97,7 @@ def _child_env(env: RuntimeEnv, dist: DistEnv, data_dir: Path | None, run_id: st
     if data_dir is not None:
         child["HAIHE_DATA_DIR"] = str(data_dir)
     child.pop("MLFLOW_RUN_ID", None)
+    child.update(_s3_environ(env))
     if run_id and dist.is_main:
         # mlflow.start_run() in the user's code continues the job's run; other ranks get none, so they do not log
         child["MLFLOW_RUN_ID"] = run_id
@@ -121,8 +140,10 @@ def run_recipe(env: RuntimeEnv, dist: DistEnv, name: str) -> int:
                                       component="mlflow")  # fmt: skip
         store = None
         if env.checkpoint_uri:
+            from haihe.jobs.runtime.staging import s3_credentials
+
             store = open_store(env.checkpoint_uri, endpoint=env.s3_endpoint, access_key=env.s3_access_key,
-                               secret_key=env.s3_secret_key)  # fmt: skip
+                               secret_key=env.s3_secret_key, credentials=s3_credentials(env))  # fmt: skip
         ctx = JobContext(env=env, dist=dist, params=env.effective_params(), tracker=tracker,
                          data_dir=data_dir, dataset=dataset)  # fmt: skip
         ctx.checkpointer = Checkpointer(

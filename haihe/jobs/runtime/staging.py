@@ -8,6 +8,7 @@ Several ranks on a node may call these at once: the datasets cache serialises th
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -24,12 +25,30 @@ from haihe.jobs.runtime.contract import RuntimeEnv
 log = logging.getLogger(__name__)
 
 
+def s3_credentials(env: RuntimeEnv) -> Any:
+    """The job's credentials provider: temporary credentials from ``HAIHE_STORAGE_CREDENTIALS_URL`` (one provider
+    per process, refreshed before expiry), or None to use static keys (a site's own nodes, tests)."""
+    if not env.credentials_url:
+        return None
+    return _broker(env.credentials_url, env.job_token)
+
+
+@functools.lru_cache(maxsize=4)
+def _broker(url: str, token: str) -> Any:
+    from haihe.datasets.credentials import BrokerCredentials
+
+    return BrokerCredentials(url, token)
+
+
 def s3_store(env: RuntimeEnv, bucket: str) -> Any:
     """The datasets library's MinIO-backed ObjectStore for ``bucket`` at ``HAIHE_S3_ENDPOINT``."""
     from haihe.datasets.store import MinioStore
 
     if not env.s3_endpoint:
         raise InvalidInput("HAIHE_S3_ENDPOINT is not set", field="HAIHE_S3_ENDPOINT")
+    credentials = s3_credentials(env)
+    if credentials is not None:
+        return MinioStore(env.s3_endpoint, "", "", bucket, credentials=credentials)
     return MinioStore(env.s3_endpoint, env.s3_access_key, env.s3_secret_key, bucket)
 
 
@@ -50,7 +69,13 @@ def stage_dataset(env: RuntimeEnv, *, store: Any = None, local_main: bool = True
     resolved = f"{ref.org}/{ref.name}@v{version}"
     log.info("dataset %s staged at %s", resolved, tree)
     if env.dataset_mount and local_main:
-        point_at(Path(env.dataset_mount), tree)
+        try:
+            point_at(Path(env.dataset_mount), tree)
+        except PermissionError:
+            # jobs run as unprivileged accounts: a mount point such as /data may be out of their reach (on Ray the
+            # sandbox provides it); the staged tree is always at $HAIHE_DATA_DIR
+            log.warning("cannot create the dataset mount point %s as uid %d; use $HAIHE_DATA_DIR (%s)",
+                        env.dataset_mount, os.getuid(), tree)
     return tree, resolved
 
 

@@ -66,7 +66,8 @@ def usage_report(
     org: Annotated[str | None, Query(max_length=63)] = None,
     format: Literal["json", "csv"] = "json",
 ) -> Response | list[dict[str, Any]]:
-    """Per org, project, user, source (training | inference | storage) and resource; the sum of the ledger."""
+    """Per org, project, user, source (training | inference | endpoint | storage) and resource; the sum of the
+    ledger. ``endpoint`` rows are serving replicas' GPU/CPU-hours."""
     rows = quotas.usage_report(session, principal, month, org)
     if format == "csv":
         return PlainTextResponse(quotas.report_csv(rows), media_type="text/csv; charset=utf-8",

@@ -134,6 +134,18 @@ class MemberCreate(Body):
     role: RoleName = "researcher"
 
 
+class UnixAccountMap(Body):
+    unix_name: Annotated[str, StringConstraints(min_length=1, max_length=32)] = Field(
+        description="An existing Unix account on the cluster's nodes (getent passwd).")
+
+
+class UnixAccountPublic(Out):
+    org: str
+    username: str
+    unix_name: str
+    origin: str
+
+
 # -- keys -----------------------------------------------------------------------------------------------------
 class KeyCreate(Body):
     org: Name

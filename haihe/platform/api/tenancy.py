@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from haihe.platform import identity
-from haihe.platform.api.deps import CurrentPrincipal, SessionDep
+from haihe.platform import identity, unix_accounts
+from haihe.platform.api.deps import CtxDep, CurrentPrincipal, SessionDep
 from haihe.platform.api.schemas import (
     MemberCreate,
     OrgCreate,
@@ -13,6 +13,8 @@ from haihe.platform.api.schemas import (
     ProjectCreate,
     ProjectPublic,
     StatusUpdate,
+    UnixAccountMap,
+    UnixAccountPublic,
     UserCreate,
     UserPublic,
 )
@@ -64,18 +66,22 @@ def set_project_status(org: str, project: str, body: StatusUpdate, principal: Cu
 
 
 @router.post("/orgs/{org}/users", operation_id="org_users_create", status_code=201, response_model=UserPublic)
-def create_user(org: str, body: UserCreate, principal: CurrentPrincipal, session: SessionDep) -> UserPublic:
+def create_user(org: str, body: UserCreate, principal: CurrentPrincipal, session: SessionDep,
+                ctx: CtxDep) -> UserPublic:
     user = identity.create_user(session, principal, org, body.username, Role(body.role), body.password,
                                 body.display_name, body.email)
     session.flush()
+    unix_accounts.on_member_added(ctx, session, org, body.username)
     session.refresh(user, ["memberships"])
     return UserPublic.of(user)
 
 
 @router.post("/orgs/{org}/members", operation_id="org_members_add", status_code=201, response_model=UserPublic)
-def add_member(org: str, body: MemberCreate, principal: CurrentPrincipal, session: SessionDep) -> UserPublic:
+def add_member(org: str, body: MemberCreate, principal: CurrentPrincipal, session: SessionDep,
+               ctx: CtxDep) -> UserPublic:
     identity.add_member(session, principal, org, body.username, Role(body.role))
     session.flush()
+    unix_accounts.on_member_added(ctx, session, org, body.username)
     user = identity.get_user(session, principal, body.username)
     session.refresh(user, ["memberships"])
     return UserPublic.of(user)
@@ -100,3 +106,12 @@ def get_user(username: str, principal: CurrentPrincipal, session: SessionDep) ->
 def set_user_status(username: str, body: StatusUpdate, principal: CurrentPrincipal,
                     session: SessionDep) -> UserPublic:
     return UserPublic.of(identity.set_user_status(session, principal, username, Status(body.status)))
+
+
+@router.put("/orgs/{org}/users/{username}/unix-account", operation_id="org_users_map_unix",
+            response_model=UnixAccountPublic)
+def map_unix_account(org: str, username: str, body: UnixAccountMap, principal: CurrentPrincipal,
+                     session: SessionDep) -> UnixAccountPublic:
+    """Platform admins: the Unix account this member's jobs run as on the cluster (``unix_accounts=site``)."""
+    row = unix_accounts.map_user(session, principal, org, username, body.unix_name)
+    return UnixAccountPublic(org=org, username=username, unix_name=row.unix_name, origin=row.origin)

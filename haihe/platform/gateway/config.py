@@ -34,4 +34,7 @@ class GatewayConfig(BaseSettings):
     slurm_renew_before_s: float = Field(300.0, ge=0, description="Start a successor Slurm serving job this long "
                                         "before the current one's walltime ends (overlap, so no gap).")
     slurm_time_limit_min: int = Field(24 * 60, ge=1, description="Walltime of each Slurm serving job.")
+    quota_window_s: float = Field(3600.0, ge=1, description="Endpoint quota window: deploying or scaling up "
+                                  "reserves max_replicas × per-replica GPUs/CPUs for this long; the supervisor "
+                                  "charges replica-time and renews the reservation at each window's end.")
     log_payloads: bool = Field(False, description="Log request/response bodies (debugging only; off by default).")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from haihe.errors import InvalidInput
+from haihe.platform import endpoint_quota
 from haihe.platform.context import PlatformContext
 from haihe.platform.endpoint_rows import Endpoint
 from haihe.platform.gateway.auth import KeyCache
@@ -59,8 +61,9 @@ def backend_of(url: str) -> str:
 class EndpointsHub:
     def __init__(self, ctx: PlatformContext, config: GatewayConfig | None = None, *,
                  runtimes: dict[str, ServingRuntime] | None = None, zoo: Any | None = None,
-                 zoo_factory: Callable[[], Any] | None = None) -> None:
+                 zoo_factory: Callable[[], Any] | None = None, clock: Callable[[], float] = time.time) -> None:
         self.ctx = ctx
+        self.clock = clock  # epoch seconds; the seam through which tests move time for replica-hour metering
         self.config = config or GatewayConfig()
         self._runtimes: dict[str, ServingRuntime] = dict(runtimes or {})
         self._zoo = zoo
@@ -168,9 +171,11 @@ class EndpointsHub:
                                   .where(Endpoint.id == endpoint_id))
                     if ep is None:
                         continue
+                    now = self.clock()
                     Step(ep, self.runtime(ep.scheduler), mlflow_url=self.ctx.settings.mlflow_url,
                          drain_s=self.config.drain_s, renew_before_s=self.config.slurm_renew_before_s,
-                         inflight=self.inflight).run()
+                         inflight=self.inflight, now=now).run()
+                    endpoint_quota.meter(s, ep, self.config.quota_window_s, now)
             except Exception:
                 log.exception("supervising endpoint %s failed; retrying next cycle", endpoint_id)
         self.refresh_routes()

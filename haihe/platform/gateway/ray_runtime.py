@@ -96,11 +96,13 @@ class RayServeRuntime:
         status = str(getattr(app.status, "value", app.status))
         message = (app.message or "").strip().splitlines()
         detail = message[-1][:500] if message else ""
+        replicas = {"replicas": _running_replicas(app)}  # what the endpoint is charged for (endpoint_quota)
         if status == "RUNNING":
             self.handle(name)  # made here, in the supervisor's thread, so a request never waits for it
-            return Probe("ready", target=name)
+            return Probe("ready", target=name, record=replicas)
         if status in ("DEPLOYING", "NOT_STARTED"):
-            return Probe("starting", f"Serve application {status.lower()}" + (f": {detail}" if detail else ""))
+            return Probe("starting", f"Serve application {status.lower()}" + (f": {detail}" if detail else ""),
+                         record=replicas)
         if status == "DELETING":
             return Probe("gone", f"Serve application {name} is being deleted")
         return Probe("failed", f"Serve application {status}: {detail or 'no message'}")
@@ -147,6 +149,16 @@ class RayServeRuntime:
 
     def close(self) -> None:
         self._handles.clear()
+
+
+def _running_replicas(app: Any) -> int:
+    """Replicas of an application's deployments that hold their resources now (Serve's RUNNING replica state)."""
+    total = 0
+    for deployment in (getattr(app, "deployments", None) or {}).values():
+        for state, count in (getattr(deployment, "replica_states", None) or {}).items():
+            if str(getattr(state, "value", state)) == "RUNNING":
+                total += int(count)
+    return total
 
 
 async def _awaited(response: Any) -> Any:

@@ -21,6 +21,7 @@ from haihe.errors import HaiheError, ServiceUnavailable
 from haihe.jobs.serving.http_server import ADDRESS_MARKER
 from haihe.platform.gateway.runtimes import DeployPlan, Probe, ProbeState
 from haihe.schedulers.base import JobState, Launch, Resources, Scheduler
+from haihe.schedulers.slurm.accounts import account_name
 
 _LOG_SCAN_BYTES = 256 * 1024
 
@@ -73,6 +74,8 @@ class SlurmRuntime:
             resources=Resources(cpus_per_task=max(1, math.ceil(plan.cpus_per_replica)),
                                 gpus_per_node=int(opts.get("gpus") or 0), time_limit_min=time_limit),
             partition=opts.get("partition") or None,
+            # endpoints belong to an org, not a project: the serving job runs on the org's own account
+            account=account_name(plan.org),
             env={"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
         )
         ref = self.scheduler.submit(launch)

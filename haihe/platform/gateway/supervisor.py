@@ -86,7 +86,8 @@ class Step:
             self._remove(rec)
         self.serving, self.gen = {}, 0
         self.tg = 0
-        self.state, self.reason = "stopped", "scaled to zero replicas"
+        if self.state != "stopped":  # keep the reason it was stopped for (scaled to zero, quota exhausted)
+            self.state, self.reason = "stopped", "scaled to zero replicas"
 
     def _watch_active(self) -> None:
         active = self.serving.get(str(self.gen)) if self.gen else None

@@ -214,9 +214,11 @@ def scale_endpoint(org: str, name: str, page: SignedIn) -> Response:
     try:
         svc.scale(_hub(page.request), page.session, page.principal, org, name, min_replicas=int(lo),
                   max_replicas=int(hi))
-    except InvalidInput as exc:
+    except HaiheError as exc:  # bad bounds (422), unsupported (422), no GPU/CPU-hours left (402)
+        if exc.status >= 500:
+            raise
         page.session.rollback()
         errors = FormErrors()
         errors.add("max_replicas", exc.message)
-        return _endpoint_page(page, org, name, errors=errors, status=422)
+        return _endpoint_page(page, org, name, errors=errors, status=exc.status)
     return redirect(f"/endpoints/{org}/{name}?done=scaled")

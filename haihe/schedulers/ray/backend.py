@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -75,9 +75,12 @@ class RayScheduler(BaseScheduler):
         Feature.ARRAYS: "the platform submits N jobs, each with HAIHE_ARRAY_INDEX",
     }
 
-    def __init__(self, url: str, api: JobsApi) -> None:
+    def __init__(self, url: str, api: JobsApi, *, sandbox: bool = True) -> None:
         super().__init__(url)
         self.api = api
+        # Each entrypoint runs in a per-job bubblewrap sandbox (haihe.schedulers.ray.sandbox); only a cluster
+        # dedicated to one org may turn it off (``ray://host:8265?sandbox=off``).
+        self.sandbox = sandbox
         # Ray cannot stop a job whose supervisor actor is not yet scheduled (PENDING): the stop waits in the
         # actor's queue and runs when it starts. Remember such requests to say so in status.
         self._cancel_requested: set[str] = set()
@@ -142,7 +145,7 @@ class RayScheduler(BaseScheduler):
                 self.api.upload_package(pkg.name, pkg.data)
             uri = pkg.uri
         try:
-            return self.api.submit(translate.submit_body(launch, uri))
+            return self.api.submit(translate.submit_body(launch, uri, sandbox=self.sandbox))
         except AlreadyExists:
             return launch.tag  # a concurrent submit of the same tag won the race: same job
 
@@ -244,14 +247,24 @@ def dashboard_url(url: str) -> str:
     return f"http://{parts.hostname}:{parts.port or 8265}"
 
 
+def sandbox_option(url: str) -> bool:
+    """``?sandbox=off`` (or ``0``/``false``/``no``) in the URL turns the per-job sandbox off; on by default."""
+    values = parse_qs(urlsplit(url).query).get("sandbox", ["on"])
+    value = values[-1].strip().lower()
+    if value not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
+        raise InvalidInput(f"Ray scheduler URL {url!r}: sandbox must be on or off", field="scheduler")
+    return value in ("on", "1", "true", "yes")
+
+
 def build(url: str, *, client: httpx.Client | None = None, **opts: Any) -> RayScheduler:
-    """Registry builder for ``ray://host:dashboard_port``; ``client`` is the HTTP seam (fakes go here)."""
+    """Registry builder for ``ray://host:dashboard_port[?sandbox=off]``; ``client`` is the HTTP seam."""
     timeout = opts.pop("timeout", None)
     if opts:
         raise InvalidInput(f"unknown Ray scheduler options: {', '.join(sorted(opts))}", field="scheduler")
+    sandbox = sandbox_option(url)
     if client is None:
         client = httpx.Client(timeout=httpx.Timeout(float(timeout), connect=2.0) if timeout else DEFAULT_TIMEOUT)
-    return RayScheduler(url, JobsApi(dashboard_url(url), client))
+    return RayScheduler(url, JobsApi(dashboard_url(url), client), sandbox=sandbox)
 
 
 __all__ = ["JobState", "RayScheduler", "build", "dashboard_url"]

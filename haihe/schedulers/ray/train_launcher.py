@@ -11,7 +11,8 @@ metrics and checkpoints and ``ray.train.get_checkpoint()`` to resume. Torch's pr
 runs (gloo on CPU, nccl on GPU).
 
 Checkpoints go to ``HAIHE_CHECKPOINT_URI``: ``s3://bucket/prefix`` (endpoint from ``AWS_ENDPOINT_URL_S3``,
-``AWS_ENDPOINT_URL`` or ``MLFLOW_S3_ENDPOINT_URL``, keys from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``) or
+``AWS_ENDPOINT_URL`` or ``MLFLOW_S3_ENDPOINT_URL``; the job's temporary credentials from
+``HAIHE_STORAGE_CREDENTIALS_URL``, else keys from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``) or
 a local directory; Ray's default when unset. A run with the same ``--name`` and storage resumes from its latest
 checkpoint. Before starting the workers the launcher waits (``HAIHE_RAY_TRAIN_WAIT_S``, default 120 s) for their
 resources and exits 75 with the reason if they never free up: Ray Train would otherwise wait forever.
@@ -93,14 +94,49 @@ def storage(uri: str | None) -> tuple[str | None, Any]:
     kwargs: dict[str, Any] = {
         "access_key": os.environ.get("AWS_ACCESS_KEY_ID"),
         "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        "session_token": os.environ.get("AWS_SESSION_TOKEN"),
         "region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
     }
+    broker = os.environ.get("HAIHE_STORAGE_CREDENTIALS_URL")
+    if broker:
+        kwargs.update(broker_credentials(broker, os.environ.get("HAIHE_JOB_TOKEN", "")))
     if endpoint:
         ep = urlsplit(endpoint)
         kwargs["endpoint_override"] = ep.netloc or ep.path
         kwargs["scheme"] = ep.scheme or "http"
         kwargs["force_virtual_addressing"] = False
     return f"{parts.netloc}{parts.path}".rstrip("/"), fs.S3FileSystem(**kwargs)
+
+
+def broker_credentials(url: str, token: str) -> dict[str, str]:
+    """The job's temporary S3 credentials from the platform's broker, asked to last the walltime (pyarrow's
+    filesystem cannot refresh them; the broker caps them at walltime + margin). The same call as
+    ``haihe.datasets.credentials.fetch``, which this package may not import."""
+    import urllib.error
+    import urllib.request
+
+    if not url.startswith(("http://", "https://")):
+        raise SystemExit(f"train_launcher: HAIHE_STORAGE_CREDENTIALS_URL={url!r} is not http(s)")
+    request = urllib.request.Request(url, data=json.dumps({"duration_s": 7 * 24 * 3600}).encode(), method="POST",  # noqa: S310
+                                     headers={"Authorization": f"Bearer {token}",
+                                              "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            answer = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise SystemExit(f"train_launcher: no storage credentials for the checkpoints: {exc}") from None
+    return {"access_key": answer["access_key"], "secret_key": answer["secret_key"],
+            "session_token": answer.get("session_token") or None}
+
+
+def _see_raylet_from_sandbox() -> None:
+    """In the job's sandbox (its own PID namespace) Ray's driver cannot find the local raylet with ``ps``; the
+    sandbox passes the raylet's node id instead (haihe.schedulers.ray.sandbox)."""
+    node_id = os.environ.get("HAIHE_RAY_NODE_ID")
+    if node_id:
+        from ray._private import services
+
+        services.find_node_ids = lambda: [node_id]  # Ray 2.60: the only place the driver looks for its raylet
 
 
 def wait_for_resources(workers: int, cpus: float, gpus: float, timeout_s: float) -> str | None:
@@ -137,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     fn = load_function(ns.target)
+    _see_raylet_from_sandbox()
     ray.init()  # the job's cluster (RAY_ADDRESS is set by the job supervisor)
     wait_s = float(os.environ.get("HAIHE_RAY_TRAIN_WAIT_S", "120"))
     reason = wait_for_resources(ns.workers, ns.cpus_per_worker, ns.gpus_per_worker, wait_s)

@@ -20,6 +20,7 @@ TIMEOUT_EXIT = 124
 # After SIGTERM at the walltime, the command gets this long to checkpoint before SIGKILL.
 KILL_AFTER_S = 30
 TRAIN_LAUNCHER_MODULE = "haihe.schedulers.ray.train_launcher"
+SANDBOX_MODULE = "haihe.schedulers.ray.sandbox"
 METADATA_KEY = "haihe_name"
 TRAIN_ENV = {
     "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
@@ -73,11 +74,13 @@ def need(launch: Launch) -> Need:
     return Need(cpus=r.tasks_per_node * r.cpus_per_task, gpus=r.gpus_per_node, memory_bytes=mem)
 
 
-def entrypoint(launch: Launch) -> str:
+def entrypoint(launch: Launch, *, sandbox: bool = True) -> str:
     """The shell line Ray runs (``/bin/sh -c``), every user value quoted; walltime enforced in the job itself.
 
     ``exec timeout`` makes coreutils' timeout the process Ray watches: at the walltime it SIGTERMs the
-    command's process group, SIGKILLs it ``KILL_AFTER_S`` later and exits 124, reported as TIMEOUT.
+    command's process group, SIGKILLs it ``KILL_AFTER_S`` later and exits 124, reported as TIMEOUT. Inside it,
+    the command runs in the job's bubblewrap sandbox (haihe.schedulers.ray.sandbox) unless ``sandbox`` is off
+    (a cluster dedicated to one org, whose operator chose so).
     """
     r = launch.resources
     try:
@@ -95,11 +98,16 @@ def entrypoint(launch: Launch) -> str:
             "--",
         ]  # fmt: skip
         command = f"{join(launcher)} {command}"
+    if sandbox:
+        wrapper = ["python", "-m", SANDBOX_MODULE, "--job", launch.tag]
+        if launch.launcher is Launcher.RAY_TRAIN:
+            wrapper.append("--ray-client")  # the launcher is a Ray driver: it needs the raylet's sockets
+        command = f"{join([*wrapper, '--'])} {command}"
     limit_s = r.time_limit_min * 60
     return f"exec timeout --kill-after={KILL_AFTER_S}s {limit_s}s {command}"
 
 
-def submit_body(launch: Launch, working_dir_uri: str | None) -> dict[str, Any]:
+def submit_body(launch: Launch, working_dir_uri: str | None, *, sandbox: bool = True) -> dict[str, Any]:
     """The ``POST /api/jobs/`` body; Ray jobs do not inherit the submitter's env: it goes in runtime_env."""
     n = need(launch)
     runtime_env: dict[str, Any] = {}
@@ -114,7 +122,7 @@ def submit_body(launch: Launch, working_dir_uri: str | None) -> dict[str, Any]:
     if env_vars:
         runtime_env["env_vars"] = env_vars
     body: dict[str, Any] = {
-        "entrypoint": entrypoint(launch),
+        "entrypoint": entrypoint(launch, sandbox=sandbox),
         "submission_id": launch.tag,
         "metadata": {METADATA_KEY: launch.name},
         "runtime_env": runtime_env,

@@ -105,6 +105,12 @@ class SlurmAccounts:
         if accounts:
             self._sacctmgr("add", "user", user, f"Account={','.join(accounts)}")
 
+    def associations(self) -> set[tuple[str, str]]:
+        """(account, user) of every user association."""
+        out = self._sacctmgr("show", "assoc", "format=account,user")
+        pairs = (line.split("|") for line in out.splitlines())
+        return {(p[0], p[1]) for p in pairs if len(p) >= 2 and p[0] and p[1]}
+
     def set_limits(self, name: str, limits: AccountLimits) -> None:
         self._sacctmgr("modify", "account", "where", f"name={name}", "set", *limits.clause().split())
 

@@ -1,7 +1,8 @@
 """Build a SlurmScheduler from its URL (the registry maps ``slurm+cli`` and ``slurm+rest`` here).
 
 ``slurm+cli://?conf=/etc/slurm/slurm.conf&jobs=/shared/haihe/jobs``
-``slurm+rest://host:6820?conf=…&jobs=…&user=root`` (token minted with ``scontrol token`` unless given)
+``slurm+rest://host:6820?conf=…&jobs=…&user=root&jwt_key=/etc/slurm/jwt.key`` (the operator's own token from
+``scontrol token`` unless given; jobs are submitted as their Unix user with a short token minted from ``jwt_key``)
 ``qos=a,b,c`` in the query means "no slurmdbd: check QoS names here and do not pass --qos to Slurm".
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from haihe.errors import InvalidInput
+from haihe.schedulers.slurm.accounts import SlurmAccounts
 from haihe.schedulers.slurm.cli import CliTransport, CommandRunner, SubprocessRunner
 from haihe.schedulers.slurm.sbatch import LauncherConfig
 from haihe.schedulers.slurm.scheduler import SlurmScheduler, ctld_probe_from_conf
@@ -65,12 +67,14 @@ def build(url: str, *, runner: CommandRunner | None = None, transport: SlurmTran
         if parts.scheme == "slurm+cli":
             transport = CliTransport(runner, accounting=accounting)
         elif parts.scheme == "slurm+rest":
+            from haihe.schedulers.slurm.jwt import UserTokens
             from haihe.schedulers.slurm.rest import RestTransport  # httpx only when REST is used
 
             user = query.get("user", "root")
             source = (lambda: token) if isinstance(token, str) else (token or _token_from_scontrol(runner, user, 3600))
+            user_tokens = UserTokens(query["jwt_key"]) if query.get("jwt_key") else None
             transport = RestTransport(f"http://{parts.netloc}", user=user, token=source, accounting=accounting,
-                                      timeout=timeout or 5.0)
+                                      timeout=timeout or 5.0, user_token=user_tokens)
         else:
             raise InvalidInput(f"{url}: not a Slurm URL (slurm+cli://, slurm+rest://)", field="scheduler")
     launchers = LauncherConfig(torchrun=(query.get("python", sys.executable), "-m", "torch.distributed.run"))
@@ -82,4 +86,5 @@ def build(url: str, *, runner: CommandRunner | None = None, transport: SlurmTran
         launchers=launchers,
         qos=qos,
         ctld_probe=ctld_probe_from_conf(conf) if conf and Path(conf).exists() else None,
+        accounts=SlurmAccounts(runner) if accounting else None,
     )

@@ -18,6 +18,7 @@ _SLURM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _JOB_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _PATH = re.compile(r"/[A-Za-z0-9_@%+=:,./-]*")
+_UNIX_USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 
 REST_API = "v0.0.38"  # the OpenAPI plugin of Slurm 22.05; the one place this version is named
 
@@ -45,12 +46,23 @@ def output_pattern(jobs_dir: str, array: bool) -> str:
     return f"{jobs_dir}/%A_%a.out" if array else f"{jobs_dir}/%j.out"
 
 
-def slurm_options(launch: Launch, *, jobs_dir: str, pass_qos: bool = True) -> dict[str, str]:
+def job_dir(jobs_dir: str, user: str | None) -> str:
+    """Where a job's log goes and where it starts: ``<jobs>/<unix user>`` (private to that user), or ``<jobs>``."""
+    if user is None:
+        return jobs_dir
+    if not _UNIX_USER.fullmatch(user):
+        raise InvalidInput(f"{user!r} is not a valid Unix account name", field="user")
+    return f"{jobs_dir}/{user}"
+
+
+def slurm_options(launch: Launch, *, jobs_dir: str, pass_qos: bool = True,
+                  pass_account: bool = True) -> dict[str, str]:
     """Launch → ``{long sbatch option: value}`` ("" for a flag). Values here are never user free text."""
     if not _TAG.fullmatch(launch.tag):
         raise InvalidInput("tag must be 1-128 characters of letters, digits, _ . : -", field="tag")
     if not _PATH.fullmatch(jobs_dir):
         raise InvalidInput(f"jobs directory {jobs_dir!r} must be a plain absolute path", field="jobs_dir")
+    jobs_dir = job_dir(jobs_dir, launch.user)
     r = launch.resources
     opts: dict[str, str] = {
         "job-name": job_name(launch.name, launch.tag),
@@ -66,7 +78,7 @@ def slurm_options(launch: Launch, *, jobs_dir: str, pass_qos: bool = True) -> di
     }
     for key, value, field in (
         ("partition", launch.partition, "partition"),
-        ("account", launch.account, "account"),
+        ("account", launch.account if pass_account else None, "account"),
         ("qos", launch.qos if pass_qos else None, "qos"),
     ):
         checked = _name_field(value, field)

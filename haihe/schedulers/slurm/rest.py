@@ -12,19 +12,22 @@ from typing import Any
 
 import httpx
 
-from haihe.errors import AuthenticationRequired, SchedulerUnavailable
+from haihe.errors import AuthenticationRequired, SchedulerUnavailable, Unsupported
 from haihe.schedulers.slurm.options import REST_API, rest_job
 from haihe.schedulers.slurm.transport import Json, translate
 
 TokenSource = Callable[[], str]
+UserTokenSource = Callable[[str], str]  # a short-lived token for that user (jwt.UserTokens)
 
 
 class RestTransport:
     name = "rest"
 
     def __init__(self, base_url: str, *, user: str, token: TokenSource, accounting: bool = True,
-                 timeout: float = 5.0, client: httpx.Client | None = None, token_ttl: float = 600.0) -> None:
+                 timeout: float = 5.0, client: httpx.Client | None = None, token_ttl: float = 600.0,
+                 user_token: UserTokenSource | None = None) -> None:
         self.user = user
+        self.user_token = user_token
         self._token_source = token
         self._token: str | None = None
         self._token_at = 0.0
@@ -32,17 +35,23 @@ class RestTransport:
         self.has_accounting = accounting
         self.http = client or httpx.Client(base_url=base_url, timeout=timeout)
 
-    def _headers(self, fresh: bool = False) -> dict[str, str]:
+    def _headers(self, fresh: bool = False, user: str | None = None) -> dict[str, str]:
+        if user is not None and user != self.user:
+            if self.user_token is None:
+                raise Unsupported(f"slurm+rest cannot submit as {user!r} without the cluster's JWT key: add "
+                                  "jwt_key=<path> to the scheduler URL", field="user")
+            return {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": self.user_token(user)}
         if fresh or self._token is None or time.monotonic() - self._token_at > self._token_ttl:
             self._token = self._token_source()
             self._token_at = time.monotonic()
         return {"X-SLURM-USER-NAME": self.user, "X-SLURM-USER-TOKEN": self._token}
 
     def _call(self, method: str, path: str, what: str, body: Any = None,
-              params: Mapping[str, str] | None = None) -> Json:
+              params: Mapping[str, str] | None = None, user: str | None = None) -> Json:
         for attempt in (0, 1):
             try:
-                resp = self.http.request(method, path, json=body, params=params, headers=self._headers(attempt > 0))
+                resp = self.http.request(method, path, json=body, params=params,
+                                         headers=self._headers(attempt > 0, user))
             except httpx.TimeoutException as exc:
                 raise SchedulerUnavailable(f"slurmrestd: no answer within the timeout ({exc})") from exc
             except httpx.TransportError as exc:
@@ -63,10 +72,11 @@ class RestTransport:
             raise translate(f"HTTP {resp.status_code}", what=what)
         return data
 
-    def submit(self, script: str, options: Mapping[str, str], environment: Mapping[str, str]) -> str:
+    def submit(self, script: str, options: Mapping[str, str], environment: Mapping[str, str],
+               user: str | None = None) -> str:
         # slurmrestd 22.05 ignores #SBATCH lines: the options travel as job fields
         body = {"script": script, "job": rest_job(options, environment)}
-        data = self._call("POST", f"/slurm/{REST_API}/job/submit", "submit", body)
+        data = self._call("POST", f"/slurm/{REST_API}/job/submit", "submit", body, user=user)
         return str(data["job_id"])
 
     def jobs(self) -> list[Json]:

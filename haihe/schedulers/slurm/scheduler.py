@@ -8,16 +8,21 @@ accounting query for jobs slurmctld no longer holds.
 
 from __future__ import annotations
 
+import os
+import pwd
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
 from haihe.errors import Conflict, InvalidInput, NotFound, SchedulerUnavailable
 from haihe.schedulers.base import BaseScheduler, ClusterInfo, Feature, JobStatus, Launch, LogChunk
 from haihe.schedulers.slurm import records
-from haihe.schedulers.slurm.options import slurm_options
+from haihe.schedulers.slurm.accounts import SlurmAccounts
+from haihe.schedulers.slurm.cli import operator_name
+from haihe.schedulers.slurm.options import job_dir, slurm_options
 from haihe.schedulers.slurm.sbatch import LauncherConfig, render_script
 from haihe.schedulers.slurm.transport import SlurmTransport
 
@@ -55,11 +60,20 @@ class SlurmScheduler(BaseScheduler):
     UNSUPPORTED: ClassVar[Mapping[Feature, str]] = {
         Feature.LAUNCHER_RAY_TRAIN: "Ray Train needs a Ray cluster; use the torchrun launcher on Slurm",
     }
+    RUNS_AS_USER: ClassVar[bool] = True
 
     def __init__(self, url: str, transport: SlurmTransport, *, jobs_dir: str, job_env: Mapping[str, str],
                  launchers: LauncherConfig | None = None, qos: Sequence[str] | None = None,
-                 ctld_probe: Probe | None = None, describe_ttl: float = 30.0) -> None:
+                 ctld_probe: Probe | None = None, describe_ttl: float = 30.0,
+                 accounts: SlurmAccounts | None = None, operator: str | None = None) -> None:
         super().__init__(url)
+        # with accounting: jobs carry --account and the account/user associations are made on first use (cached)
+        self.accounts = accounts
+        self.operator = operator or operator_name()
+        self._known_accounts: set[str] = set()
+        self._associations: set[tuple[str, str]] = set()
+        self._user_dirs: set[str] = set()
+        self._log_dirs: dict[str, Path] = {}  # job id → the directory its logs go to (per-user directories)
         self.transport = transport
         self.jobs_dir = jobs_dir
         self.job_env = dict(job_env)
@@ -119,11 +133,52 @@ class SlurmScheduler(BaseScheduler):
 
     # -- hooks -------------------------------------------------------------------------------------------------
     def _submit(self, launch: Launch) -> str:
-        opts = slurm_options(launch, jobs_dir=self.jobs_dir, pass_qos=self.platform_qos is None)
+        opts = slurm_options(launch, jobs_dir=self.jobs_dir, pass_qos=self.platform_qos is None,
+                             pass_account=self.accounts is not None)
+        if launch.user is not None:
+            # HOME: the job's private directory (the account's own home may not exist on the nodes)
+            launch = replace(launch, env={"HOME": opts["chdir"], **launch.env})
         script = render_script(launch, opts, self.launchers)
         self._require_ctld()
         self.admit(launch)
-        return self.transport.submit(script, opts, self.job_env)
+        if launch.user is not None:
+            self._ensure_user_dir(launch.user)
+        if "account" in opts:
+            self._ensure_association(opts["account"], launch.user or self.operator)
+        ref = self.transport.submit(script, opts, self.job_env, launch.user)
+        if launch.user is not None:
+            if len(self._log_dirs) > 100_000:
+                self._log_dirs.clear()
+            self._log_dirs[ref] = Path(opts["chdir"])
+        return ref
+
+    def _ensure_user_dir(self, user: str) -> None:
+        """``<jobs>/<user>``: owned by the user, readable by the platform's group, closed to other job accounts."""
+        if user in self._user_dirs:
+            return
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            raise InvalidInput(f"no Unix account {user!r} on the submit host", field="user") from None
+        path = Path(job_dir(self.jobs_dir, user))
+        path.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(path, pw.pw_uid, os.getegid())
+            # setgid: the logs Slurm writes there keep the platform's group; others (job accounts) get nothing
+            os.chmod(path, 0o2750)  # noqa: S103
+        self._user_dirs.add(user)
+
+    def _ensure_association(self, account: str, user: str) -> None:
+        """The org account, the project sub-account and the user's association, each made once per process."""
+        if self.accounts is None or (account, user) in self._associations:
+            return
+        parent = account.rsplit(".", 1)[0] if "." in account else None
+        for name, up in ((parent, None), (account, parent)):
+            if name and name not in self._known_accounts:
+                self.accounts.ensure_account(name, up)
+                self._known_accounts.add(name)
+        self.accounts.ensure_user(user, [account])
+        self._associations.add((account, user))
 
     def _status(self, refs: list[str]) -> dict[str, JobStatus]:
         self._require_ctld()
@@ -172,9 +227,23 @@ class SlurmScheduler(BaseScheduler):
         except NotFound:
             raise NotFound(f"no Slurm job {ref}", field="ref") from None
 
+    def _job_log_dir(self, base: str) -> Path:
+        """Where job ``base`` logs: remembered at submit, else found under the jobs dir or a per-user dir."""
+        known = self._log_dirs.get(base)
+        if known is not None:
+            return known
+        jobs = Path(self.jobs_dir)
+        if any((jobs / f"{base}{suffix}.out").exists() for suffix in ("", "_0")):
+            return jobs
+        for suffix in ("", "_0"):
+            for hit in jobs.glob(f"*/{base}{suffix}.out"):
+                self._log_dirs[base] = hit.parent
+                return hit.parent
+        return jobs
+
     def _log_path(self, ref: str) -> Path:
         base, _, task = ref.partition("_")
-        jobs = Path(self.jobs_dir)
+        jobs = self._job_log_dir(base)
         if task:
             return jobs / f"{base}_{task}.out"
         plain = jobs / f"{base}.out"

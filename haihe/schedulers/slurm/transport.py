@@ -19,8 +19,9 @@ Json = dict[str, Any]
 class SlurmTransport(Protocol):
     name: str
 
-    def submit(self, script: str, options: Mapping[str, str], environment: Mapping[str, str]) -> str:
-        """Submit one batch job (or array); returns the Slurm job id."""
+    def submit(self, script: str, options: Mapping[str, str], environment: Mapping[str, str],
+               user: str | None = None) -> str:
+        """Submit one batch job (or array) as ``user`` (None: the operator); returns the Slurm job id."""
         ...
 
     def jobs(self) -> list[Json]:
@@ -104,9 +105,10 @@ class CountingTransport:
     def reset(self) -> None:
         self.calls.clear()
 
-    def submit(self, script: str, options: Mapping[str, str], environment: Mapping[str, str]) -> str:
+    def submit(self, script: str, options: Mapping[str, str], environment: Mapping[str, str],
+               user: str | None = None) -> str:
         self._count("submit")
-        return self.inner.submit(script, options, environment)
+        return self.inner.submit(script, options, environment, user)
 
     def jobs(self) -> list[Json]:
         self._count("jobs")
