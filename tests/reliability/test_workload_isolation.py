@@ -48,12 +48,16 @@ s3 = boto3.client("s3", endpoint_url=os.environ["HAIHE_S3_ENDPOINT"], region_nam
 s3.put_object(Bucket=bucket, Key=prefix + "/victim-output.bin", Body=b"beta-output-secret")
 mount = os.environ["HAIHE_DATA_DIR"]
 staged = sorted(str(p) for p in pathlib.Path(mount).rglob("*") if p.is_file())
-print("VICTIM " + json.dumps({"pid": os.getpid(), "cwd_secret": str(cwd / "victim-secret.txt"),
+print("VICTIM " + json.dumps({"cwd_secret": str(cwd / "victim-secret.txt"),
       "tmp_secret": str(tmp), "staged": staged[0], "cwd": str(cwd),
       "output": f"s3://{bucket}/{prefix}/victim-output.bin"}), flush=True)
 deadline = time.time() + 240
-while time.time() < deadline and not (cwd / "victim-secret.txt").with_name("stop").exists():
-    time.sleep(1)
+while time.time() < deadline:  # until the test drops a "stop" object into this job's own output prefix
+    try:
+        s3.head_object(Bucket=bucket, Key=prefix + "/stop")
+        break
+    except Exception:
+        time.sleep(1)
 '''
 
 
@@ -183,7 +187,7 @@ def probe(live: LivePlatform, tenants: dict[str, Any], s3_server: Any, mlflow_se
                 "org B's /tmp file": victim["tmp_secret"],
                 "org B's staged dataset": victim["staged"],
             },
-            "pids": {"org B's running job": victim["pid"]},
+            "pids": {"org B's running job": _host_pid(victim_id)},
         }
         spec = {"name": f"probe-{scheduler}", "scheduler": scheduler, "entrypoint": ["python", "-c", PROBE],
                 "env": {"PROBE_ARGS": json.dumps(args)},
@@ -196,8 +200,8 @@ def probe(live: LivePlatform, tenants: dict[str, Any], s3_server: Any, mlflow_se
         text = _log(live, tenants["alice"], probe_id)
         results = _line(text, "HAIHE_PROBE")
         assert results is not None, f"probe ended {ended['state']} ({ended.get('reason')}):\n{text[-4000:]}"
-        if os.path.isdir(victim["cwd"]):  # as root: let the victim finish now instead of at its deadline
-            Path(victim["cwd"], "stop").touch()
+        bucket, _, key = victim["output"].removeprefix("s3://").partition("/")
+        _admin_s3(s3_server).put_object(Bucket=bucket, Key=key.rsplit("/", 1)[0] + "/stop", Body=b"")
         victim_end = _wait_job(live, tenants["bob"], victim_id, lambda j: j["state"] in TERMINAL, 300,
                                "the victim ends")
         results["victim survived"] = {"ok": victim_end["state"] == "SUCCEEDED", "detail": victim_end["state"]}
@@ -205,6 +209,28 @@ def probe(live: LivePlatform, tenants: dict[str, Any], s3_server: Any, mlflow_se
         return results
 
     return run
+
+
+def _admin_s3(s3_server: Any) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_server.endpoint, aws_access_key_id=s3_server.access_key,
+                        aws_secret_access_key=s3_server.secret_key, region_name="us-east-1")
+
+
+def _host_pid(job_id: str) -> int:
+    """The victim's pid as the host sees it (on Ray it runs in its own pid namespace), found as root in /proc."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"HAIHE_JOB_ID={job_id}".encode() in environ.split(b"\0") and b"victim.py" in cmdline:
+            return int(proc.name)
+    raise AssertionError(f"no process of job {job_id} runs victim.py")
 
 
 def _log_file(job: dict[str, Any], slurm_cluster: Any, ray_head: Any) -> Path:
