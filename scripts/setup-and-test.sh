@@ -11,7 +11,7 @@ step() { echo "=== [$(( $(date +%s) - t0 ))s] $*"; }
 step "apt: Slurm, munge, MPI, MariaDB, PostgreSQL, Chromium"
 APT_PKGS=(slurmctld slurmd slurm-client slurmrestd slurm-wlm-jwt-plugin slurmdbd munge
           openmpi-bin libopenmpi-dev mariadb-server postgresql-15 chromium chromium-driver fonts-wqy-microhei
-          util-linux acl bubblewrap)
+          util-linux acl bubblewrap iptables)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from haihe.cluster import firewall
 from haihe.cluster.procs import ManagedProcess, port_open, start_service
 from haihe.cluster.unix import own_tree, private_dir
 
@@ -110,6 +111,8 @@ class MlflowServer:
             private_dir(self.home)
         start_service(self._process(), name="mlflow", host=self.host, port=self.port, ready=self.is_ready,
                       timeout=timeout)
+        # no authentication of its own: jobs reach tracking only through the platform's proxy
+        firewall.reject_from([self.port], gids=firewall.JOB_GROUPS)
 
     def stop(self) -> bool:
         return self._process().stop()

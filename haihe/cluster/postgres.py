@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from haihe.cluster import firewall
 from haihe.cluster.procs import ManagedProcess, StartupError, port_open, start_service
 from haihe.errors import InvalidInput
 
@@ -129,6 +130,7 @@ class PostgresServer:
         """initdb if needed, start the server (or reuse a running one) and wait until it accepts queries."""
         start_service(self._process(), name="postgres", host=self.host, port=self.port, ready=self.is_ready,
                       timeout=timeout, prepare=self.init, stop=self.stop)
+        firewall.reject_from([self.port], gids=firewall.JOB_GROUPS)  # trust auth on loopback: never for jobs
 
     def stop(self) -> bool:
         """Fast shutdown (disconnect clients, checkpoint); the process-group kill is the fallback."""

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from haihe.cluster import firewall
 from haihe.cluster.ports import PortPlan
 from haihe.cluster.procs import ManagedProcess, pid_alive, port_open, wait_until
 from haihe.cluster.unix import JOBS_GROUP, ensure_user, grant_traverse, is_root, private_dir
@@ -37,6 +38,7 @@ HOST = "127.0.0.1"
 # <temp-dir>/session_<date>_<time>_<pid>/sockets/plasma_store (~60 characters below the temp dir).
 _MAX_TEMP_DIR = 40
 RAY_USER = "haihe-ray"  # the shared Ray cluster's account when the head is started by root
+RAY_GROUP = "haihe-ray"  # its primary group: the firewall tells Ray's own processes from Slurm jobs by it
 
 
 def default_user() -> str | None:
@@ -172,7 +174,7 @@ class RayHead:
         (runuser would stay as a root parent)."""
         if not self.user:
             return self.argv()
-        return ["setpriv", f"--reuid={self.user}", f"--regid={JOBS_GROUP}", "--init-groups", "--", *self.argv()]
+        return ["setpriv", f"--reuid={self.user}", f"--regid={RAY_GROUP}", "--init-groups", "--", *self.argv()]
 
     def env(self) -> dict[str, str]:
         env = loopback_env()
@@ -221,12 +223,29 @@ class RayHead:
         except Exception:
             self.stop()
             raise
+        self._guard()
+
+    def _guard_sets(self) -> tuple[list[int], list[int]]:
+        """(every port of this head, its control ports): Slurm jobs may use none of them, Ray's own jobs not the
+        control ports (the Jobs API would let a sandboxed job submit an unsandboxed one)."""
+        every = [self.ports.ray(i) for i in range(100)]
+        control = [self.ports.ray(DASHBOARD), self.ports.ray(CLIENT_SERVER)]
+        return every, control
+
+    def _guard(self) -> None:
+        if not self.user:
+            return
+        every, control = self._guard_sets()
+        firewall.reject_from(every, gids=[JOBS_GROUP])
+        firewall.reject_from(control, gids=[RAY_GROUP])
 
     def _prepare_dirs(self) -> None:
         if not self.user:
             self.temp_dir.mkdir(parents=True, exist_ok=True)
             return
-        ensure_user(self.user, group=JOBS_GROUP)
+        # its own primary group (the firewall tells Ray's processes from Slurm jobs by it), and the jobs group for
+        # the traverse grants to the runtime
+        ensure_user(self.user, group=RAY_GROUP, extra_groups=(JOBS_GROUP,))
         grant_traverse(runtime_paths(), group=JOBS_GROUP)  # e.g. the venv's python under /root/.pyenv
         private_dir(self.private_root, owner=self.user, mode=0o700)
         private_dir(self.temp_dir, owner=self.user, mode=0o700)
@@ -240,6 +259,10 @@ class RayHead:
         pid = self.process.pid()
         tree = _descendants(pid) if pid is not None and pid_alive(pid) else {}
         stopped = self.process.stop(timeout=timeout)
+        if self.user:
+            every, control = self._guard_sets()
+            firewall.allow_again(every, gids=[JOBS_GROUP])
+            firewall.allow_again(control, gids=[RAY_GROUP])
         strays = {p: t for p, t in tree.items() if _start_time(p) == t}
         for p, t in self._marked().items():
             strays.setdefault(p, t)

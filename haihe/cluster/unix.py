@@ -72,18 +72,29 @@ def ensure_group(name: str) -> int:
     return grp.getgrnam(name).gr_gid
 
 
-def ensure_user(name: str, *, group: str = JOBS_GROUP, system: bool = True, home: str = "/nonexistent") -> UnixAccount:
-    """An unprivileged account with no login shell, in ``group`` (created if missing). Idempotent."""
+def ensure_user(name: str, *, group: str = JOBS_GROUP, system: bool = True, home: str = "/nonexistent",
+                extra_groups: tuple[str, ...] = ()) -> UnixAccount:
+    """An unprivileged account with no login shell, primary group ``group`` (created if missing) and the
+    supplementary ``extra_groups``. Idempotent; an existing account is moved to these groups."""
     if not is_unix_name(name):
         raise UnixAccountError(f"{name!r} is not a valid Unix account name")
+    gid = ensure_group(group)
+    for extra in extra_groups:
+        ensure_group(extra)
     found = lookup(name)
     if found is not None:
-        return found
-    ensure_group(group)
+        if found.gid != gid:
+            _run(["usermod", "-g", group, name], f"set the primary group of {name}")
+        missing = [g for g in extra_groups if name not in grp.getgrnam(g).gr_mem]
+        if missing:
+            _run(["usermod", "-a", "-G", ",".join(missing), name], f"add {name} to {missing}")
+        return lookup(name) or found
     argv = ["useradd", "--no-create-home", "--home-dir", home, "--shell", "/usr/sbin/nologin", "--gid", group,
             "--no-user-group"]
     if system:
         argv.append("--system")
+    if extra_groups:
+        argv += ["--groups", ",".join(extra_groups)]
     _run([*argv, name], f"create user {name}")
     account = lookup(name)
     if account is None:

@@ -20,12 +20,12 @@ from sqlalchemy.orm import Session, selectinload
 
 from haihe.errors import Conflict, HaiheError, InvalidInput, NotFound, Unsupported
 from haihe.model_zoo.names import ZooRef
-from haihe.platform import access, audit, endpoint_quota
+from haihe.platform import access, audit, endpoint_quota, unix_accounts
 from haihe.platform.access import Principal
 from haihe.platform.endpoint_rows import Endpoint, EndpointUsage
 from haihe.platform.gateway.hub import EndpointsHub
 from haihe.platform.identity import check_name
-from haihe.platform.models import utcnow
+from haihe.platform.models import User, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +123,19 @@ def create(hub: EndpointsHub, session: Session, principal: Principal, org_name: 
     if session.scalar(select(Endpoint.id).where(Endpoint.org_id == org.id, Endpoint.name == name)) is not None:
         raise Conflict(f"endpoint {org_name}/{name} already exists", field="name")
     version, task = resolve_model(hub, org_name, model)
+    options = {k: v for k, v in (options or {}).items() if k != "unix_user"}
+    if backend == "slurm":  # Slurm serving jobs run as a user, like jobs (Ray replicas are Ray's own account)
+        # the serving job runs the creator's model code: as the creator's Unix account, never as root
+        creator = session.get(User, principal.user_id)
+        assert creator is not None
+        account = unix_accounts.for_job(hub.ctx, session, org, creator)
+        if account:
+            options["unix_user"] = account
     ep = Endpoint(org_id=org.id, name=name, model_ref=model, model_version=version, task=task, scheduler=scheduler,
                   backend=backend, state="deploying" if max_replicas else "stopped",
                   reason=f"deploying {model} (version {version})", min_replicas=min_replicas,
                   max_replicas=max_replicas, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
-                  cpus_per_replica=cpus_per_replica, rate_per_s=rate_per_s, burst=burst, options=dict(options or {}),
+                  cpus_per_replica=cpus_per_replica, rate_per_s=rate_per_s, burst=burst, options=options,
                   generation=0, target_generation=1 if max_replicas else 0, serving={},
                   created_by_id=principal.user_id)
     session.add(ep)

@@ -425,6 +425,21 @@ class Policy:
         return tags.get(ZOO_VISIBILITY) == "public"
 
 
+ENDPOINT_SCOPE = "endpoint:"  # job_id of a serving token: "endpoint:<id>" (read-only, checked against the row)
+SERVING_TOKEN_TTL_S = 365 * 24 * 3600  # replicas restart at any time; the endpoint row is what really gates it
+
+
+def serving_tracking(mlflow_url: str, public_url: str, secret: str, endpoint_id: int,
+                     org: str) -> tuple[str, str]:
+    """``(tracking URI, token)`` for an endpoint's model servers: the platform's proxy with a read-only token of
+    the endpoint's org, so replicas load zoo models like jobs do and never reach MLflow itself (the local
+    cluster's firewall rejects them there)."""
+    if not mlflow_url:
+        return "", ""
+    scope = JobScope(f"{ENDPOINT_SCOPE}{endpoint_id}", org, "")
+    return f"{public_url.rstrip('/')}/mlflow", issue_token(secret, scope, ttl_s=SERVING_TOKEN_TTL_S)
+
+
 def job_tracking(mlflow_url: str, public_url: str, secret: str, scope: JobScope) -> tuple[str, str]:
     """``(MLFLOW_TRACKING_URI, MLFLOW_TRACKING_TOKEN)`` for a job: the platform's proxy and a token for its
     project. Empty strings when the platform has no MLflow server."""

@@ -25,7 +25,7 @@ from starlette.background import BackgroundTask
 from haihe.errors import AuthenticationRequired
 from haihe.platform.api.deps import CtxDep
 from haihe.platform.context import PlatformContext
-from haihe.platform.mlflow_proxy import ENDED_GRACE_S, Call, JobScope, Policy, verify_token
+from haihe.platform.mlflow_proxy import ENDED_GRACE_S, ENDPOINT_SCOPE, Call, JobScope, Policy, verify_token
 from haihe.platform.models import Job, Status, utcnow
 from haihe.schedulers.base import JobState
 
@@ -124,6 +124,14 @@ class MlflowLookup:
 def _scope_state(ctx: PlatformContext, scope: JobScope) -> bool:
     """Whether the token's job may still write (raises when the job is gone or does not match its token)."""
     with ctx.db.session() as session:
+        if scope.job_id.startswith(ENDPOINT_SCOPE):  # an endpoint's model servers: read-only, while it exists
+            from haihe.platform.endpoint_rows import Endpoint
+
+            ep_id = scope.job_id[len(ENDPOINT_SCOPE):]
+            ep = session.get(Endpoint, int(ep_id)) if ep_id.isdigit() else None
+            if ep is None or ep.org.name != scope.org or scope.project:
+                raise AuthenticationRequired("invalid or expired job token")
+            return False
         job = session.get(Job, scope.job_id)
         if job is None or job.org.name != scope.org or job.project.name != scope.project:
             raise AuthenticationRequired("invalid or expired job token")

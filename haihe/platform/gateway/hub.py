@@ -26,6 +26,7 @@ from haihe.platform.gateway.metering import Flusher, Meter, load_request_quota
 from haihe.platform.gateway.runtimes import ServingRuntime
 from haihe.platform.gateway.supervisor import Step, serving_target
 from haihe.platform.lease import LeaderLease
+from haihe.platform.mlflow_proxy import serving_tracking
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,9 @@ class EndpointsHub:
                     if ep is None:
                         continue
                     now = self.clock()
-                    Step(ep, self.runtime(ep.scheduler), mlflow_url=self.ctx.settings.mlflow_url,
+                    st = self.ctx.settings
+                    url, token = serving_tracking(st.mlflow_url, st.public_url, st.secret_key, ep.id, ep.org.name)
+                    Step(ep, self.runtime(ep.scheduler), mlflow_url=url, mlflow_token=token,
                          drain_s=self.config.drain_s, renew_before_s=self.config.slurm_renew_before_s,
                          inflight=self.inflight, now=now).run()
                     endpoint_quota.meter(s, ep, self.config.quota_window_s, now)

@@ -76,7 +76,10 @@ class SlurmRuntime:
             partition=opts.get("partition") or None,
             # endpoints belong to an org, not a project: the serving job runs on the org's own account
             account=account_name(plan.org),
-            env={"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
+            # the endpoint creator's Unix account (never root): a model's code runs in the server
+            user=opts.get("unix_user") or None,
+            env={"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+                 **plan.config.env},
         )
         ref = self.scheduler.submit(launch)
         return {"ref": ref, "tag": launch.tag, "submitted_at": time.time(), "time_limit_min": time_limit}

@@ -35,10 +35,12 @@ def pinned_model(ep: Endpoint) -> str:
     return f"{ref.org}/{ref.name}:{ep.model_version}"
 
 
-def plan_for(ep: Endpoint, generation: int, mlflow_url: str) -> DeployPlan:
+def plan_for(ep: Endpoint, generation: int, mlflow_url: str, mlflow_token: str = "") -> DeployPlan:
+    """``mlflow_url``/``mlflow_token``: the platform's proxy and the endpoint's read-only serving token."""
     config = ServeConfig(model=pinned_model(ep), mlflow_url=mlflow_url, task=ep.task,
                          max_batch_size=ep.max_batch_size, batch_wait_ms=ep.batch_wait_ms,
-                         threads=max(1, int(ep.cpus_per_replica)))
+                         threads=max(1, int(ep.cpus_per_replica)),
+                         env={"MLFLOW_TRACKING_TOKEN": mlflow_token} if mlflow_token else {})
     return DeployPlan(org=ep.org.name, endpoint=ep.name, app_name=app_name(ep.id, generation), config=config,
                       min_replicas=max(ep.min_replicas, 1), max_replicas=max(ep.max_replicas, 1),
                       cpus_per_replica=ep.cpus_per_replica, options=dict(ep.options or {}))
@@ -57,10 +59,12 @@ class Step:
     """One supervisor step for one endpoint (the row is changed in place; the caller commits)."""
 
     def __init__(self, ep: Endpoint, runtime: ServingRuntime, *, mlflow_url: str, drain_s: float,
-                 renew_before_s: float, inflight: Callable[[str], int], now: float | None = None) -> None:
+                 renew_before_s: float, inflight: Callable[[str], int], now: float | None = None,
+                 mlflow_token: str = "") -> None:
         self.ep = ep
         self.rt = runtime
         self.mlflow_url = mlflow_url
+        self.mlflow_token = mlflow_token
         self.drain_s = drain_s
         self.renew_before_s = renew_before_s
         self.inflight = inflight
@@ -118,7 +122,7 @@ class Step:
     def _rescale(self, active: dict[str, Any]) -> None:
         scale = [self.ep.min_replicas, self.ep.max_replicas]
         if active.get("scale") not in (None, scale):
-            self.rt.rescale(active, plan_for(self.ep, self.gen, self.mlflow_url))
+            self.rt.rescale(active, plan_for(self.ep, self.gen, self.mlflow_url, self.mlflow_token))
         active["scale"] = scale
 
     def _renew(self, active: dict[str, Any]) -> None:
@@ -136,7 +140,7 @@ class Step:
         nothing_serves = active is None or bool(active.get("dead"))
         if rec is None:
             try:
-                rec = self.rt.deploy(plan_for(self.ep, self.tg, self.mlflow_url))
+                rec = self.rt.deploy(plan_for(self.ep, self.tg, self.mlflow_url, self.mlflow_token))
             except HaiheError as exc:
                 self._failed_attempt(f"deploy failed: {exc.message}", nothing_serves)
                 return
