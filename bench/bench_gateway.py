@@ -107,6 +107,7 @@ def main() -> None:
         env = loopback_env() | {"HAIHE_DATABASE_URL": f"sqlite:///{home / 'haihe.db'}",
                                 "HAIHE_SCHEDULERS": json.dumps({"ray": ray.scheduler_url}),
                                 "HAIHE_MLFLOW_URL": mlflow_server.url, "HAIHE_RECONCILE_INTERVAL_S": "0.5",
+                                "HAIHE_PUBLIC_URL": f"http://127.0.0.1:{plan.api}",  # replicas load via its proxy
                                 "HAIHE_GATEWAY_RATE_PER_S": "1000000", "HAIHE_GATEWAY_BURST": "1000000"}
         log = (home / "api.log").open("w")
         api = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "haihe.server:create_app", "--host",

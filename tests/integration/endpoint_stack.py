@@ -56,10 +56,12 @@ def platform_process(tmp: Path, *, schedulers: dict[str, str], mlflow_url: str) 
 
     from haihe.server import create_app
 
-    settings = make_settings(f"sqlite:///{tmp / 'haihe.db'}", schedulers=schedulers, mlflow_url=mlflow_url,
-                             reconcile_interval_s=0.5, default_scheduler=next(iter(schedulers)))
-    app = create_app(settings)
     port = free_port()
+    # public_url: model servers load zoo models through this platform's MLflow proxy
+    settings = make_settings(f"sqlite:///{tmp / 'haihe.db'}", schedulers=schedulers, mlflow_url=mlflow_url,
+                             reconcile_interval_s=0.5, default_scheduler=next(iter(schedulers)),
+                             public_url=f"http://127.0.0.1:{port}")
+    app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="on", access_log=False))
     thread = threading.Thread(target=server.run, name="platform-under-test", daemon=True)
