@@ -172,6 +172,42 @@ def _mlflow_read_other(path: str) -> Callable[[], str]:
 
 
 # -- files and processes --------------------------------------------------------------------------------------------
+def _mlflow_direct(url: str) -> Callable[[], str]:
+    def go() -> str:
+        import httpx
+
+        r = httpx.get(url, timeout=10)
+        if r.status_code == 200:
+            return f"HTTP 200 {r.content[:80]!r}"
+        raise PermissionError(f"HTTP {r.status_code}")
+
+    return go
+
+
+def _ray_jobs_api(url: str) -> Callable[[], str]:
+    """A job submitted straight to the Ray head's Jobs API would run outside any sandbox."""
+
+    def go() -> str:
+        import httpx
+
+        r = httpx.post(url.rstrip("/") + "/api/jobs/", json={"entrypoint": "id"}, timeout=10)
+        if r.status_code == 200:
+            return f"submitted {r.text[:120]}"
+        raise PermissionError(f"HTTP {r.status_code}")
+
+    return go
+
+
+def _connect(port: int) -> Callable[[], str]:
+    def go() -> str:
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            return f"connected to 127.0.0.1:{port}"
+
+    return go
+
+
 def _read_path(path: str) -> Callable[[], str]:
     def go() -> str:
         p = Path(path)
@@ -204,6 +240,12 @@ def main() -> None:
         attempt(f"write {what} ({uri})", _write_object(bucket, key))
     for what, path in sorted(ARGS.get("mlflow_paths", {}).items()):
         attempt(f"read org B's {what} through MLflow", _mlflow_read_other(path))
+    for what, url in sorted(ARGS.get("mlflow_direct", {}).items()):
+        attempt(f"read org B's {what} straight from the MLflow server", _mlflow_direct(url))
+    if ARGS.get("ray_dashboard"):
+        attempt("submit an unsandboxed job to the Ray head's Jobs API", _ray_jobs_api(ARGS["ray_dashboard"]))
+    for what, port in sorted(ARGS.get("tcp", {}).items()):
+        attempt(f"connect to {what}", _connect(int(port)))
     for what, path in sorted(ARGS.get("paths", {}).items()):
         attempt(f"read {what} ({path})", _read_path(path))
     for what, pid in sorted(ARGS.get("pids", {}).items()):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,8 +120,8 @@ def _submit_victim(cli: Cli, live: LivePlatform, scheduler: str, work: Path) -> 
     (work / "victim.yaml").write_text(
         f"name: victim-{scheduler}\nproject: beta/lab\nscheduler: {scheduler}\nworkdir: ./src\n"
         f"entrypoint: [python, victim.py]\ndataset: {{name: secretdata, mount: /data}}\nresources: {resources}\n")
-    out = cli.run("submit", str(work / "victim.yaml"), "--json", as_user="bob")
-    return str(json.loads(out)["id"])
+    out = cli.run("submit", str(work / "victim.yaml"), "--json", as_user="bob")  # stdout + stderr (progress)
+    return str(json.JSONDecoder().raw_decode(out[out.index("{"):])[0]["id"])
 
 
 def _mlflow_artifact(mlflow_server: Any) -> tuple[str, str]:
@@ -160,7 +159,9 @@ def probe(live: LivePlatform, tenants: dict[str, Any], s3_server: Any, mlflow_se
             f"victim ended {victim_job['state']}: {_log(live, tenants['bob'], victim_id)[-3000:]}"
         full = httpx.get(f"{live.url}/api/v1/jobs/{victim_id}", headers=tenants["bob"]).json()
         artifact_path, artifact_s3 = _mlflow_artifact(mlflow_server)
-        code_uri = re.search(r"s3://\S+\.tar\.gz", json.dumps(full))
+        listed = _admin_s3(s3_server).list_objects_v2(Bucket="haihe-code", Prefix="code/beta/lab/")
+        bundles = [o["Key"] for o in listed.get("Contents", [])]
+        assert bundles, "beta's code bundle is not in S3"
         args = {
             "s3_endpoint": s3_server.endpoint,
             "platform_uids": sorted({0, os.getuid()}),
@@ -169,7 +170,7 @@ def probe(live: LivePlatform, tenants: dict[str, Any], s3_server: Any, mlflow_se
                 "dataset file": "s3://haihe-datasets/beta/secretdata/v1/secret.csv",
                 "job output": victim["output"],
                 "MLflow model artifact": artifact_s3,
-                **({"code bundle": code_uri.group(0)} if code_uri else {}),
+                "code bundle": f"s3://haihe-code/{bundles[0]}",
             },
             "forbidden_writes": {
                 "into org B's dataset": "s3://haihe-datasets/beta/secretdata/v1/secret.csv",
@@ -177,6 +178,11 @@ def probe(live: LivePlatform, tenants: dict[str, Any], s3_server: Any, mlflow_se
                 "outside any job prefix": "s3://haihe-code/evil.bin",
             },
             "mlflow_paths": {"model artifact": artifact_path},
+            "mlflow_direct": {"model artifact": mlflow_server.url + artifact_path},
+            "ray_dashboard": ray_head.dashboard_url,
+            "tcp": {"the MLflow server": mlflow_server.port,
+                    **({"the Ray head's GCS": int(ray_head.gcs_address.rsplit(":", 1)[1])}
+                       if scheduler == "slurm" else {})},
             "paths": {
                 "the platform's state directory": str(live.home),
                 "the platform's database": str(live.home / "haihe.db"),
@@ -206,6 +212,9 @@ def probe(live: LivePlatform, tenants: dict[str, Any], s3_server: Any, mlflow_se
                                "the victim ends")
         results["victim survived"] = {"ok": victim_end["state"] == "SUCCEEDED", "detail": victim_end["state"]}
         PROBE_RESULTS[scheduler] = results
+        out = Path(__file__).resolve().parents[2] / "test-artifacts"
+        out.mkdir(parents=True, exist_ok=True)  # docs/security.md quotes what each attempt got
+        (out / f"isolation-{scheduler}.json").write_text(json.dumps(results, indent=1, sort_keys=True))
         return results
 
     return run
@@ -257,6 +266,9 @@ ATTACKS = (
     "write into org B's job output",
     "write outside any job prefix",
     "read org B's model artifact through MLflow",
+    "read org B's model artifact straight from the MLflow server",
+    "submit an unsandboxed job to the Ray head's Jobs API",
+    "connect to the MLflow server",
     "read the platform's state directory",
     "read the platform's database",
     "read the services' secrets",
@@ -273,6 +285,11 @@ def _result(results: dict[str, Any], attack: str) -> dict[str, Any]:
     hits = [v for k, v in results.items() if k == attack or k.startswith(attack + " (")]
     assert hits, f"the probe did not report {attack!r}; it reported {sorted(results)}"
     return hits[0]
+
+
+def test_hostile_slurm_job_cannot_reach_the_ray_head(probe: Any) -> None:
+    got = _result(probe("slurm"), "connect to the Ray head's GCS")
+    assert not got["ok"], f"on slurm, org A's job could connect to the Ray head's GCS: {got['detail']}"
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)

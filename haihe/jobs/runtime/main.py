@@ -200,6 +200,7 @@ def main(argv: Sequence[str] | None = None, *, preinit: PreInit | None = None) -
     _setup_logging(None)
     try:
         env = RuntimeEnv.from_environ()
+        _private_files(env)
         dist = detect(os.environ, preinit=preinit)
         _setup_logging(dist)
         log.info("job %s rank %d/%d (%s, %s) local %d/%d", env.job_id or "-", dist.rank, dist.world_size,
@@ -217,6 +218,27 @@ def main(argv: Sequence[str] | None = None, *, preinit: PreInit | None = None) -
         if code == ExitCode.REQUEUE and (dist is None or dist.rank == 0):
             _ask_slurm_to_requeue()
         return int(code)
+
+
+def _private_files(env: RuntimeEnv) -> None:
+    """Files the job makes are its own: umask 077, and a private TMPDIR (``haihe-job-<uid>-<job>``, 0700) so a
+    node's shared /tmp never shows one tenant's scratch files to another. The node cache keeps its own place."""
+    import tempfile
+
+    os.umask(0o077)
+    os.environ.setdefault("HAIHE_CACHE_DIR", env.cache_dir)  # the cache is shared by this user's jobs: keep it
+    base = tempfile.gettempdir()
+    private = os.path.join(base, f"haihe-job-{os.getuid()}-{env.job_id or os.getpid()}")
+    try:
+        os.makedirs(private, mode=0o700, exist_ok=True)
+        st = os.lstat(private)
+        if st.st_uid != os.getuid() or (st.st_mode & 0o077):
+            log.warning("not using %s as TMPDIR: not this job's private directory", private)
+            return
+    except OSError as exc:
+        log.warning("no private TMPDIR under %s: %s", base, exc)
+        return
+    os.environ["TMPDIR"] = tempfile.tempdir = private
 
 
 def _ask_slurm_to_requeue() -> None:
