@@ -151,13 +151,20 @@ def down(
 @app.command()
 def status(url: Annotated[str | None, typer.Option(help="API URL.")] = None, as_json: JsonOpt = False) -> None:
     """Readiness of the platform and each component it depends on."""
+    from haihe.cluster.supervisor import read_state
+    from haihe.platform.settings import default_home
+
     with _client(url) as c:
         ready = c.readiness()
+    children = read_state(default_home() / "supervisor.json")  # `haihe up` on this machine: its children
     if as_json:
-        typer.echo(json.dumps(ready, indent=2))
+        typer.echo(json.dumps({**ready, **({"children": children} if children else {})}, indent=2))
     else:
         rows = [{"component": k, **v} for k, v in ready.get("components", {}).items()]
         _print(rows, ["component", "ok", "detail", "latency_ms"], False, title=f"status: {ready.get('status')}")
+        if children:
+            _print([{"child": k, **v} for k, v in children.items()], ["child", "state", "restarts", "last_error"],
+                   False, title="haihe up: supervised children")
     if ready.get("status") != "ok":
         raise typer.Exit(1)
 

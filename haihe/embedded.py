@@ -186,7 +186,7 @@ def run_embedded(options: EmbeddedOptions, echo: Echo = print) -> int:
         echo("running in the background; stop with `haihe down`")
         return 0
     echo("press Ctrl-C to stop")
-    return _wait_and_stop(api, slurm, stack, home, echo)
+    return _wait_and_stop(api, slurm, stack, home, echo, url)
 
 
 def _ready(url: str) -> bool:
@@ -195,7 +195,32 @@ def _ready(url: str) -> bool:
     return httpx.get(url + "/readyz", timeout=5).status_code == 200
 
 
-def _wait_and_stop(api: ManagedProcess, slurm: Any, stack: Any, home: Path, echo: Echo) -> int:
+def _supervisor(api: ManagedProcess, stack: Any, home: Path, url: str, echo: Echo) -> Any:
+    """Every child of `haihe up`, restarted on its own when it dies (the others, and running jobs, untouched)."""
+    from haihe.cluster.supervisor import Child, Supervisor
+
+    def restart_api() -> None:
+        api.pid_path.unlink(missing_ok=True)
+        api.start()
+        wait_until(lambda: _ready(url), timeout=120, what="API /readyz", log_path=api.log_path,
+                   alive=api.is_running)
+
+    children = {"api": Child("api", api.is_running, restart_api, api.log_path)}
+    for name, service in stack.services.items():
+        alive = getattr(service, "is_running", None) or service.is_ready
+        log_path = getattr(service, "log_path", None) or getattr(getattr(service, "process", None), "log_path", None)
+        children[name] = Child(name, alive, _starter(service), log_path)
+    return Supervisor(children, home / "supervisor.json", say=lambda m: echo(f"  {m}"))
+
+
+def _starter(service: Any) -> Callable[[], None]:
+    def start() -> None:
+        service.start(timeout=120)
+
+    return start
+
+
+def _wait_and_stop(api: ManagedProcess, slurm: Any, stack: Any, home: Path, echo: Echo, url: str = "") -> int:
     stop = threading.Event()
 
     def _handler(signum: int, _frame: Any) -> None:
@@ -203,15 +228,18 @@ def _wait_and_stop(api: ManagedProcess, slurm: Any, stack: Any, home: Path, echo
 
     previous = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
     code = 0
+    supervisor = _supervisor(api, stack, home, url, echo)
     try:
-        while not stop.wait(2.0):
-            if not api.is_running():
-                echo(f"[red]the API process exited[/]; last lines of {api.log_path}:\n{tail(api.log_path)}")
+        while not stop.wait(1.0):
+            supervisor.step()
+            if "api" in supervisor.given_up():
+                echo(f"[red]the API process keeps crashing[/]; last lines of {api.log_path}:\n{tail(api.log_path)}")
                 code = 1
                 break
     finally:
         echo("\nstopping…")
         _stop_all(api, slurm, stack, home, echo)
+        (home / "supervisor.json").unlink(missing_ok=True)
         for s, h in previous.items():
             signal.signal(s, h)
     return code

@@ -91,7 +91,7 @@ class ManagedProcess:
     pid_path: Path
     env: Mapping[str, str] | None = None
     cwd: Path | None = None
-    user: str | None = None  # run as this user (runuser -u); for daemons that refuse root
+    user: str | None = None  # run as this user (setpriv); for daemons that refuse root, services off root
     umask: int | None = None  # e.g. 0o077: whatever the service creates is private to its account
 
     def pid(self) -> int | None:
@@ -111,9 +111,16 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)
         argv = list(self.argv)
-        if self.user:
-            argv = ["runuser", "-u", self.user, "--", *argv]
         env = dict(os.environ if self.env is None else self.env)
+        if self.user:
+            # setpriv execs: the pid we keep is the service's own, so a crash of the service is seen as one (a
+            # runuser parent would outlive it, or be killed alone and leave the service holding its port)
+            import pwd
+
+            pw = pwd.getpwnam(self.user)
+            argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--", *argv]
+            home = pw.pw_dir if os.path.isdir(pw.pw_dir) else str(self.cwd or self.log_path.parent)
+            env.update({"HOME": home, "USER": self.user, "LOGNAME": self.user})
         with open(self.log_path, "ab") as out:
             proc = subprocess.Popen(
                 argv,

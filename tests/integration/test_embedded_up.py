@@ -78,9 +78,54 @@ def test_haihe_up_ready_ctrl_c_and_reuse(tmp_path: Path) -> None:
         assert admin["password"] not in log2.read_text()
         token = httpx.post(url + "/api/v1/auth/token",
                            json={"username": admin["username"], "password": admin["password"]}).json()["token"]
-        orgs = httpx.get(url + "/api/v1/orgs", headers={"Authorization": f"Bearer {token}"}).json()
+        h = {"Authorization": f"Bearer {token}"}
+        orgs = httpx.get(url + "/api/v1/orgs", headers=h).json()
         assert "persisted" in [o["name"] for o in orgs]
+        _supervised_children_come_back(home, url, h, log2)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
     assert proc.returncode == 0
+
+
+def _supervised_children_come_back(home: Path, url: str, h: dict[str, str], log: Path) -> None:
+    """Issue 16: kill -9 the API with 3 Ray jobs running -> `haihe up` restarts it by itself, the jobs (on the Ray
+    head, which was never touched) all succeed; kill -9 MLflow -> restarted too; `haihe status` counts restarts."""
+    assert httpx.post(url + "/api/v1/orgs/persisted/projects", json={"name": "p"}, headers=h).status_code == 201
+    ids = []
+    for i in range(3):
+        spec = {"name": f"survivor-{i}", "scheduler": "ray", "entrypoint": ["bash", "-c", "sleep 15; echo done"],
+                "resources": {"time_limit": 5}}
+        r = httpx.post(url + "/api/v1/orgs/persisted/projects/p/jobs", json={"spec": spec}, headers=h, timeout=30)
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    wait_until(lambda: all(httpx.get(f"{url}/api/v1/jobs/{j}", headers=h).json()["state"] == "RUNNING"
+                           for j in ids), timeout=120, what="3 Ray jobs running")
+    api_pid = int((home / "api" / "api.pid").read_text())
+    os.kill(api_pid, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_until(lambda: not pid_alive(api_pid), timeout=10, what="the API to die")
+    wait_until(lambda: httpx.get(url + "/readyz", timeout=2).status_code == 200, timeout=60,
+               what="the API back by itself", log_path=log)
+    back_s = time.monotonic() - killed
+    assert back_s <= 15, f"the API took {back_s:.1f}s to come back"
+    states = {}
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        states = {j: httpx.get(f"{url}/api/v1/jobs/{j}", headers=h).json()["state"] for j in ids}
+        if all(s in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT") for s in states.values()):
+            break
+        time.sleep(1)
+    assert set(states.values()) == {"SUCCEEDED"}, states
+
+    mlflow_pid = next(int(p.read_text()) for p in (home / "services" / "mlflow").rglob("*.pid"))
+    os.kill(mlflow_pid, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(mlflow_pid), timeout=10, what="MLflow to die")
+    wait_until(lambda: httpx.get(url + "/readyz", timeout=5).json()["components"]["mlflow"]["ok"], timeout=120,
+               what="MLflow restarted by haihe up", log_path=log)
+    env = {**os.environ, "HAIHE_HOME": str(home), "HAIHE_URL": url, "XDG_CONFIG_HOME": str(home / "config")}
+    out = subprocess.run([sys.executable, "-m", "haihe.cli", "status", "--json"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    status = json.loads(out.stdout)  # --json: nothing but JSON on stdout
+    assert status["children"]["api"]["restarts"] == 1 and status["children"]["mlflow"]["restarts"] == 1, status
+    assert status["children"]["ray"]["restarts"] == 0, status

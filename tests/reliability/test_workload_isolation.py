@@ -186,7 +186,7 @@ def probe(live: LivePlatform, tenants: dict[str, Any], s3_server: Any, mlflow_se
             "paths": {
                 "the platform's state directory": str(live.home),
                 "the platform's database": str(live.home / "haihe.db"),
-                "the services' secrets": str(services_home / "secrets.json"),
+                "the MLflow server's database": str(Path(mlflow_server.home) / "mlflow.db"),
                 "the S3 server's data": str(s3_server.home),
                 "org B's job log": str(_log_file(full, slurm_cluster, ray_head)),
                 "org B's working directory file": victim["cwd_secret"],
@@ -271,7 +271,7 @@ ATTACKS = (
     "connect to the MLflow server",
     "read the platform's state directory",
     "read the platform's database",
-    "read the services' secrets",
+    "read the MLflow server's database",
     "read the S3 server's data",
     "read org B's job log",
     "read org B's working directory file",
