@@ -200,7 +200,7 @@ def _supervisor(api: ManagedProcess, stack: Any, home: Path, url: str, echo: Ech
     from haihe.cluster.supervisor import Child, Supervisor
 
     def restart_api() -> None:
-        api.pid_path.unlink(missing_ok=True)
+        api.stop()
         api.start()
         wait_until(lambda: _ready(url), timeout=120, what="API /readyz", log_path=api.log_path,
                    alive=api.is_running)
@@ -215,6 +215,7 @@ def _supervisor(api: ManagedProcess, stack: Any, home: Path, url: str, echo: Ech
 
 def _starter(service: Any) -> Callable[[], None]:
     def start() -> None:
+        service.stop()  # what the dead one left behind (workers holding its port) goes first
         service.start(timeout=120)
 
     return start

@@ -140,6 +140,9 @@ class ManagedProcess:
         """SIGTERM the child's process group, wait, then SIGKILL. True if something was stopped."""
         pid = self.pid()
         if pid is None or not pid_alive(pid):
+            if pid is not None:  # the leader died (a crash): its session's leftovers (e.g. workers) go too
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
             self.pid_path.unlink(missing_ok=True)
             return False
         for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -11,11 +11,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from haihe.cluster.procs import free_port, pid_alive, wait_until
+from tests.fixtures.figures import Figures
 
 
 def _pids(home: Path) -> list[int]:
@@ -36,7 +38,7 @@ def _start(home: Path, port: int, base: int, log: Path) -> subprocess.Popen[byte
 @pytest.mark.mlflow
 @pytest.mark.ray
 @pytest.mark.slow
-def test_haihe_up_ready_ctrl_c_and_reuse(tmp_path: Path) -> None:
+def test_haihe_up_ready_ctrl_c_and_reuse(tmp_path: Path, figures: Figures) -> None:
     home = tmp_path / "home"
     port = free_port()
     base = int(os.environ.get("HAIHE_TEST_PORT_BASE", "21000")) + 500  # clear of the session fixtures' ports
@@ -61,9 +63,13 @@ def test_haihe_up_ready_ctrl_c_and_reuse(tmp_path: Path) -> None:
         children = _pids(home)
         assert len(children) >= 4
     finally:
+        t_stop = time.monotonic()
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
+        stop_s = time.monotonic() - t_stop
     assert proc.returncode == 0
+    figures.record("haihe up: Ctrl-C", "SIGINT to `haihe up` (S3, MLflow, Ray head, API)",
+                   {"stop_s": round(stop_s, 1)})
     deadline = time.monotonic() + 30
     while any(pid_alive(p) for p in children) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -81,14 +87,14 @@ def test_haihe_up_ready_ctrl_c_and_reuse(tmp_path: Path) -> None:
         h = {"Authorization": f"Bearer {token}"}
         orgs = httpx.get(url + "/api/v1/orgs", headers=h).json()
         assert "persisted" in [o["name"] for o in orgs]
-        _supervised_children_come_back(home, url, h, log2)
+        _supervised_children_come_back(home, url, h, log2, figures)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
     assert proc.returncode == 0
 
 
-def _supervised_children_come_back(home: Path, url: str, h: dict[str, str], log: Path) -> None:
+def _supervised_children_come_back(home: Path, url: str, h: dict[str, str], log: Path, figures: Figures) -> None:
     """Issue 16: kill -9 the API with 3 Ray jobs running -> `haihe up` restarts it by itself, the jobs (on the Ray
     head, which was never touched) all succeed; kill -9 MLflow -> restarted too; `haihe status` counts restarts."""
     assert httpx.post(url + "/api/v1/orgs/persisted/projects", json={"name": "p"}, headers=h).status_code == 201
@@ -99,8 +105,9 @@ def _supervised_children_come_back(home: Path, url: str, h: dict[str, str], log:
         r = httpx.post(url + "/api/v1/orgs/persisted/projects/p/jobs", json={"spec": spec}, headers=h, timeout=30)
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
-    wait_until(lambda: all(httpx.get(f"{url}/api/v1/jobs/{j}", headers=h).json()["state"] == "RUNNING"
-                           for j in ids), timeout=120, what="3 Ray jobs running")
+    # the embedded head has 2 CPUs: two jobs run, the third waits for one of them
+    wait_until(lambda: sum(httpx.get(f"{url}/api/v1/jobs/{j}", headers=h).json()["state"] == "RUNNING"
+                           for j in ids) >= 2, timeout=120, what="Ray jobs running")
     api_pid = int((home / "api" / "api.pid").read_text())
     os.kill(api_pid, signal.SIGKILL)
     killed = time.monotonic()
@@ -108,7 +115,9 @@ def _supervised_children_come_back(home: Path, url: str, h: dict[str, str], log:
     wait_until(lambda: httpx.get(url + "/readyz", timeout=2).status_code == 200, timeout=60,
                what="the API back by itself", log_path=log)
     back_s = time.monotonic() - killed
-    assert back_s <= 15, f"the API took {back_s:.1f}s to come back"
+    figures.record("haihe up: kill -9 of the API", "SIGKILL to the API with 3 Ray jobs live",
+                   {"api_back_s": round(back_s, 1)})
+    assert back_s <= 15, f"the API took {back_s:.1f}s to come back"  # the issue's bound (restart backoff is 1 s)
     states = {}
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -121,11 +130,15 @@ def _supervised_children_come_back(home: Path, url: str, h: dict[str, str], log:
     mlflow_pid = next(int(p.read_text()) for p in (home / "services" / "mlflow").rglob("*.pid"))
     os.kill(mlflow_pid, signal.SIGKILL)
     wait_until(lambda: not pid_alive(mlflow_pid), timeout=10, what="MLflow to die")
-    wait_until(lambda: httpx.get(url + "/readyz", timeout=5).json()["components"]["mlflow"]["ok"], timeout=120,
-               what="MLflow restarted by haihe up", log_path=log)
     env = {**os.environ, "HAIHE_HOME": str(home), "HAIHE_URL": url, "XDG_CONFIG_HOME": str(home / "config")}
-    out = subprocess.run([sys.executable, "-m", "haihe.cli", "status", "--json"], capture_output=True, text=True,
-                         env=env, timeout=60)
-    status = json.loads(out.stdout)  # --json: nothing but JSON on stdout
-    assert status["children"]["api"]["restarts"] == 1 and status["children"]["mlflow"]["restarts"] == 1, status
-    assert status["children"]["ray"]["restarts"] == 0, status
+
+    def status() -> dict[str, Any]:
+        out = subprocess.run([sys.executable, "-m", "haihe.cli", "status", "--json"], capture_output=True,
+                             text=True, env=env, timeout=60)
+        return dict(json.loads(out.stdout))  # --json: nothing but JSON on stdout
+
+    wait_until(lambda: status()["children"]["mlflow"]["restarts"] == 1, timeout=120,
+               what="MLflow restarted by haihe up", log_path=log)
+    final = status()
+    assert final["components"]["mlflow"]["ok"], final
+    assert final["children"]["api"]["restarts"] == 1 and final["children"]["ray"]["restarts"] == 0, final
