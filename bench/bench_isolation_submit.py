@@ -103,6 +103,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternate off/on this many times; medians are printed")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="h2-bench-iso-"))
+    work.chmod(0o755)  # the cluster's daemons (mysql, slurm, nobody) traverse it; the API homes inside stay private
     plan = PortPlan(args.base)
     cluster = cluster_up(work / "slurm", plan, accounting=True)
     s3 = S3Server(work / "s3", plan.s3, "benchadmin", "benchadmin-secret", broker_access_key="benchbroker",
