@@ -304,3 +304,28 @@ def test_legitimate_paths_still_work_for_the_probe_and_the_victim(probe: Any, sc
     results = probe(scheduler)
     assert results["control: write own output prefix"]["ok"], results["control: write own output prefix"]
     assert results["victim survived"]["ok"], f"org B's job did not succeed: {results['victim survived']}"
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_a_job_reads_a_dataset_another_org_shared_with_it(live: LivePlatform, tenants: dict[str, Any],
+                                                          tmp_path: Path, scheduler: str) -> None:
+    """The legitimate cross-org path under the same isolation: beta shares a dataset with acme; acme's job stages it
+    with its own per-job credentials (as its own Unix account on Slurm, in the sandbox on Ray) and reads it."""
+    cli: Cli = tenants["cli"]
+    name = f"shared-{scheduler}"
+    data = tmp_path / "shared"
+    data.mkdir()
+    (data / "notes.txt").write_text(f"beta shares this with acme on {scheduler}\n")
+    cli.run("datasets", "push", str(data), "--name", name, "--org", "beta", as_user="bob")
+    cli.run("datasets", "share", f"beta/{name}", "--org", "acme")  # as the platform admin
+    read = "import os,pathlib; print('SHARED', pathlib.Path(os.environ['HAIHE_DATA_DIR'], 'notes.txt').read_text())"
+    spec = {"name": f"reads-shared-{scheduler}", "scheduler": scheduler, "entrypoint": ["python", "-c", read],
+            "dataset": {"name": f"beta/{name}"},
+            "resources": {"partition": "cpu", "time_limit": 10} if scheduler == "slurm" else {"time_limit": 10}}
+    r = httpx.post(f"{live.url}/api/v1/orgs/acme/projects/vision/jobs", json={"spec": spec},
+                   headers=tenants["alice"], timeout=30)
+    assert r.status_code == 201, r.text
+    job = _wait_job(live, tenants["alice"], r.json()["id"], lambda j: j["state"] in TERMINAL, 300, "the job ends")
+    text = _log(live, tenants["alice"], job["id"])
+    assert job["state"] == "SUCCEEDED", f"{job['state']} ({job.get('reason')}):\n{text[-3000:]}"
+    assert f"SHARED beta shares this with acme on {scheduler}" in text
