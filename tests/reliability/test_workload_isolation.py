@@ -329,3 +329,38 @@ def test_a_job_reads_a_dataset_another_org_shared_with_it(live: LivePlatform, te
     text = _log(live, tenants["alice"], job["id"])
     assert job["state"] == "SUCCEEDED", f"{job['state']} ({job.get('reason')}):\n{text[-3000:]}"
     assert f"SHARED beta shares this with acme on {scheduler}" in text
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_a_job_finetunes_a_public_model_of_another_org(live: LivePlatform, tenants: dict[str, Any],
+                                                      mlflow_server: Any, tmp_path: Path, scheduler: str) -> None:
+    """Loading another org's public zoo model through the MLflow proxy (the job never reaches MLflow itself),
+    training on its own dataset with its own credentials, and registering the result in its own org."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from haihe.model_zoo import ModelZoo
+    from tests.integration.test_endpoints_ray import register_digits
+
+    zoo = ModelZoo.connect(mlflow_server.url, cache_dir=tmp_path / "zoo")
+    if not [m for m in zoo.list(org="beta") if m.ref.name == "digits"]:
+        register_digits(zoo, mlflow_server.url, "beta", seed=3)
+        zoo.set_visibility("beta/digits", "public")
+    digits = load_digits()
+    data = tmp_path / "npz"
+    data.mkdir()
+    np.savez(data / "train.npz", x=(digits.data / 16.0).astype(np.float32), y=digits.target)
+    cli: Cli = tenants["cli"]
+    cli.run("datasets", "push", str(data), "--name", f"digits-{scheduler}", "--org", "acme", as_user="alice")
+    spec = {"name": f"finetune-{scheduler}", "scheduler": scheduler, "recipe": "finetune",
+            "model": {"from_zoo": "beta/digits@production"}, "dataset": {"name": f"digits-{scheduler}"},
+            "register": {"name": f"digits-tuned-{scheduler}"},
+            "resources": {"partition": "cpu", "time_limit": 15} if scheduler == "slurm" else {"time_limit": 15}}
+    r = httpx.post(f"{live.url}/api/v1/orgs/acme/projects/vision/jobs", json={"spec": spec},
+                   headers=tenants["alice"], timeout=30)
+    assert r.status_code == 201, r.text
+    job = _wait_job(live, tenants["alice"], r.json()["id"], lambda j: j["state"] in TERMINAL, 600, "the job ends")
+    log = _log(live, tenants["alice"], job["id"])
+    assert job["state"] == "SUCCEEDED", f"{job['state']} ({job.get('reason')}):\n{log[-4000:]}"
+    tuned = [m for m in zoo.list(org="acme") if m.ref.name == f"digits-tuned-{scheduler}"]
+    assert tuned, "the fine-tuned model is not in acme's zoo"
