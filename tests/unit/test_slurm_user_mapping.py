@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+import pwd
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +49,7 @@ class RecordingSlurm(FakeSlurm):
         if Path(argv[0]).name == "setpriv":
             assert argv[1].startswith("--reuid=") and argv[4] == "--", argv
             argv = argv[5:]
+        argv = [a for a in argv if not a.startswith(("--uid=", "--gid="))]  # sbatch's own user switch
         return super().__call__(argv, stdin=stdin, env=env)
 
 
@@ -80,8 +82,7 @@ def test_cli_submits_as_the_mapped_user_on_the_project_account(fake: RecordingSl
     sched = _sched(fake, tmp_path)
     ref = sched.submit(_launch(user="nobody", account="acme.vision"))
     sbatch = next(a for a in fake.argvs if "sbatch" in a)
-    assert Path(sbatch[0]).name == "setpriv" and sbatch[1] == "--reuid=nobody" and sbatch[3:] == [
-        "--init-groups", "--", "sbatch", "--parsable"]
+    assert sbatch == ["sbatch", "--parsable", "--uid=nobody", f"--gid={pwd.getpwnam('nobody').pw_gid}"]
     script = fake.jobs[int(ref)]["script"]
     assert f"#SBATCH --output={tmp_path}/nobody/%j.out" in script
     assert f"#SBATCH --chdir={tmp_path}/nobody" in script
@@ -240,3 +241,13 @@ def test_default_node_cache_is_private_per_user() -> None:
     assert path.name == f"haihe-cache-{os.getuid()}"
     st = path.lstat()
     assert stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700
+
+
+def test_cli_without_sbatchs_uid_option_switches_with_setpriv(fake: RecordingSlurm, tmp_path: Path) -> None:
+    sched = build(f"slurm+cli://?jobs={tmp_path}&switch=setpriv", runner=fake, job_env={"PATH": "/bin"})
+    assert isinstance(sched, SlurmScheduler) and isinstance(sched.transport, CliTransport)
+    sched.transport.switch_user, sched.transport.operator = True, "root"
+    sched.submit(_launch(user="nobody"))
+    sbatch = next(a for a in fake.argvs if "sbatch" in a)
+    assert Path(sbatch[0]).name == "setpriv" and sbatch[1] == "--reuid=nobody" and sbatch[3:] == [
+        "--init-groups", "--", "sbatch", "--parsable"]

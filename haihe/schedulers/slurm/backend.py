@@ -65,7 +65,7 @@ def build(url: str, *, runner: CommandRunner | None = None, transport: SlurmTran
     runner = runner or SubprocessRunner(cmd_env, timeout=timeout or 20.0)
     if transport is None:
         if parts.scheme == "slurm+cli":
-            transport = CliTransport(runner, accounting=accounting)
+            transport = CliTransport(runner, accounting=accounting, uid_option=query.get("switch") != "setpriv")
         elif parts.scheme == "slurm+rest":
             from haihe.schedulers.slurm.jwt import UserTokens
             from haihe.schedulers.slurm.rest import RestTransport  # httpx only when REST is used
