@@ -129,12 +129,14 @@ def up(
     ray: Annotated[bool, typer.Option(help="Start a local Ray head (the default scheduler).")] = True,
     slurm: Annotated[bool, typer.Option(help="Also bring up the local Slurm cluster and register it.")] = False,
     detach: Annotated[bool, typer.Option(help="Start everything and return (stop with `haihe down`).")] = False,
+    supervise_only: Annotated[bool, typer.Option(hidden=True, help="Watch a running stack (what --detach leaves)."
+                                                 )] = False,
 ) -> None:
     """Run the embedded stack on this machine: S3 server, MLflow, Ray head, API and portal."""
     from haihe.embedded import EmbeddedOptions, run_embedded
 
     options = EmbeddedOptions(home=home, api_port=port, port_base=port_base, with_ray=ray, with_slurm=slurm,
-                              detach=detach)
+                              detach=detach, supervise_only=supervise_only)
     sys.exit(run_embedded(options, echo=_console().print))
 
 

@@ -38,6 +38,7 @@ class EmbeddedOptions:
     with_ray: bool = True
     with_slurm: bool = False
     detach: bool = False
+    supervise_only: bool = False  # the background copy `--detach` leaves: attach to the running stack, watch it
     admin_username: str = "admin"
 
     @property
@@ -143,8 +144,36 @@ def _seed_zoo(stack: Any, home: Path, echo: Echo) -> None:
         echo(f"  zoo: seeding public/minilm-l6 in the background (log: {home / 'zoo-seed.log'})")
 
 
+def _spawn_supervisor(options: EmbeddedOptions, home: Path) -> int:
+    """`haihe up --detach` leaves a background `haihe up --supervise-only` that keeps the children running."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "haihe.cli", "up", "--home", str(home), "--port", str(options.api_port),
+            "--port-base", str(options.port_base), "--ray" if options.with_ray else "--no-ray",
+            "--slurm" if options.with_slurm else "--no-slurm", "--supervise-only"]
+    with open(home / "supervisor.log", "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    return proc.pid
+
+
+def _supervise_running(options: EmbeddedOptions, echo: Echo) -> int:
+    """Attach to the stack a `haihe up --detach` started (found by its pid files) and supervise it until SIGTERM."""
+    home = options.resolved_home
+    stack = _stack(options)
+    slurm = None
+    if options.with_slurm and (home / "slurm").exists():
+        from haihe.cluster.slurm.bringup import load_cluster
+
+        slurm = load_cluster(home / "slurm")
+    api = _api_process(home, options.api_port, _api_env(options, stack, slurm))
+    return _wait_and_stop(api, slurm, stack, home, echo, f"http://{HOST}:{options.api_port}")
+
+
 def run_embedded(options: EmbeddedOptions, echo: Echo = print) -> int:
     """Bring everything up; in the foreground, wait for Ctrl-C and stop it all. Returns an exit code."""
+    if options.supervise_only:
+        return _supervise_running(options, echo)
     home = options.resolved_home
     secure_home(home)
     t0 = time.monotonic()
@@ -183,7 +212,9 @@ def run_embedded(options: EmbeddedOptions, echo: Echo = print) -> int:
     if slurm is not None:
         echo(f"  slurm            SLURM_CONF={slurm.slurm_conf}")
     if options.detach:
-        echo("running in the background; stop with `haihe down`")
+        pid = _spawn_supervisor(options, home)
+        echo(f"running in the background, supervised (pid {pid}, log {home / 'supervisor.log'}); "
+             "stop with `haihe down`")
         return 0
     echo("press Ctrl-C to stop")
     return _wait_and_stop(api, slurm, stack, home, echo, url)
@@ -258,8 +289,21 @@ def _stop_all(api: ManagedProcess | None, slurm: Any, stack: Any, home: Path, ec
 
 
 def stop_embedded(home: Path | None, echo: Echo = print) -> None:
-    """Stop a detached stack from another process (everything is found by pid files under home)."""
+    """Stop a detached stack from another process: its supervisor first (it stops its children), then whatever
+    pid files still name."""
+    from haihe.cluster.procs import pid_alive
+
     resolved = EmbeddedOptions(home=home).resolved_home
+    try:
+        supervisor_pid = int(json.loads((resolved / "supervisor.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        supervisor_pid = None
+    if supervisor_pid is not None and supervisor_pid != os.getpid() and pid_alive(supervisor_pid):
+        os.kill(supervisor_pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while pid_alive(supervisor_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        echo("  supervisor: stopped")
     try:
         saved = json.loads((resolved / "up.json").read_text())
     except (OSError, ValueError):

@@ -28,10 +28,13 @@ def _pids(home: Path) -> list[int]:
     return pids
 
 
-def _start(home: Path, port: int, base: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "XDG_CONFIG_HOME": str(home / "config"), "HAIHE_HOME": str(home)}
-    return subprocess.Popen([sys.executable, "-m", "haihe.cli", "up", "--port", str(port), "--port-base", str(base)],
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)
+def _env(home: Path) -> dict[str, str]:
+    return {**os.environ, "XDG_CONFIG_HOME": str(home / "config"), "HAIHE_HOME": str(home)}
+
+
+def _start(home: Path, port: int, base: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "haihe.cli", "up", "--port", str(port), "--port-base", str(base),
+                             *extra], stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=_env(home))
 
 
 @pytest.mark.s3
@@ -75,23 +78,31 @@ def test_haihe_up_ready_ctrl_c_and_reuse(tmp_path: Path, figures: Figures) -> No
         time.sleep(0.5)
     assert not [p for p in children if pid_alive(p)], "children left running after Ctrl-C"
 
-    # a second run reuses the state: no new admin, the org is still there
+    # a second run, detached, reuses the state: no new admin, the org is still there; its background supervisor
+    # restarts what dies; `haihe down` stops it all
     log2 = tmp_path / "up2.log"
-    proc = _start(home, port, base, log2)
+    proc = _start(home, port, base, log2, "--detach")
+    assert proc.wait(timeout=300) == 0, log2.read_text()[-3000:]
     try:
-        wait_until(lambda: httpx.get(url + "/readyz", timeout=5).status_code == 200, timeout=240,
-                   what="haihe up (second run)", log_path=log2, alive=lambda: proc.poll() is None)
+        wait_until(lambda: httpx.get(url + "/readyz", timeout=5).status_code == 200, timeout=60,
+                   what="haihe up --detach (second run)", log_path=log2)
         assert admin["password"] not in log2.read_text()
         token = httpx.post(url + "/api/v1/auth/token",
                            json={"username": admin["username"], "password": admin["password"]}).json()["token"]
         h = {"Authorization": f"Bearer {token}"}
         orgs = httpx.get(url + "/api/v1/orgs", headers=h).json()
         assert "persisted" in [o["name"] for o in orgs]
-        _supervised_children_come_back(home, url, h, log2, figures)
+        _supervised_children_come_back(home, url, h, home / "supervisor.log", figures)
+        children = _pids(home)
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
-    assert proc.returncode == 0
+        down = subprocess.run([sys.executable, "-m", "haihe.cli", "down"], env=_env(home), capture_output=True,
+                              text=True, timeout=180)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "supervisor: stopped" in down.stdout, down.stdout
+    deadline = time.monotonic() + 30
+    while any(pid_alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [p for p in children if pid_alive(p)], "children left running after haihe down"
 
 
 def _supervised_children_come_back(home: Path, url: str, h: dict[str, str], log: Path, figures: Figures) -> None:
