@@ -146,10 +146,9 @@ def test_state_dir_and_secrets_are_private(tmp_path: Path, port_plan: PortPlan) 
         assert stat.S_IMODE(s3.stat().st_mode) == 0o700
         assert stat.S_IMODE((s3 / "meta.db").stat().st_mode) & 0o077 == 0
         if is_root():
-            pid = int((s3 / "s3.pid").read_text())  # runuser, whose child is the gateway
-            gateway = [p for p in _host_pids("gateway") if (Path(f"/proc/{p}/stat").read_text().split(") ")[1]
-                                                            .split()[1]) == str(pid)]
-            assert gateway and pwd.getpwuid(os.stat(f"/proc/{gateway[0]}").st_uid).pw_name == SERVICE_USER
+            pid = int((s3 / "s3.pid").read_text())  # the gateway itself (started under setpriv, which execs)
+            assert "gateway" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            assert pwd.getpwuid(os.stat(f"/proc/{pid}").st_uid).pw_name == SERVICE_USER
             assert pwd.getpwuid((s3 / "meta.db").stat().st_uid).pw_name == SERVICE_USER
             assert pwd.getpwuid(s3.stat().st_uid).pw_name == SERVICE_USER
     finally:

@@ -44,7 +44,7 @@ LISTINGS = {"orgs_list", "users_list", "jobs_list", "keys_list", "datasets_list"
             "models_list", "models_for_dataset", "list_endpoints"}
 # platform-wide admin operations: a non-platform-admin gets 403 whatever the target
 PLATFORM_ADMIN = {"orgs_create", "orgs_set_status", "orgs_suspend", "orgs_resume", "quota_set_org", "datasets_gc",
-                  "quota_sync", "quota_check"}
+                  "quota_sync", "quota_check", "org_users_map_unix"}
 # operations whose cross-tenant behaviour needs a real model zoo (MLflow) or a serving runtime, tested with those
 # in the named tests; listed here so that a new operation still cannot slip past this file unclassified
 COVERED_ELSEWHERE = {
@@ -165,6 +165,7 @@ def _body(operation_id: str, victim: OrgWorld) -> dict[str, Any] | None:
         "org_users_create": {"username": unique("u"), "role": "researcher", "password": "0123456789abc"},
         "org_members_add": {"username": victim.researcher, "role": "researcher"},
         "users_set_status": {"status": "disabled"},
+        "org_users_map_unix": {"unix_name": "nobody"},
         "keys_create": {"org": victim.name, "name": "x"},
         "jobs_submit": {"spec": {"name": "x", "entrypoint": "true"}},
         "code_upload_create": {"size": 10, "sha256": "0" * 64},
