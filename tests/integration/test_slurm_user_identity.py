@@ -78,7 +78,7 @@ def test_job_runs_as_the_mapped_user_on_the_project_account(live: LivePlatform, 
             sacct = _slurm(slurm_cluster, "sacct", "-n", "-P", "-X", "-j", job["native_id"],
                            "--format=user,account,uid")
             time.sleep(0.5)
-        user, account, uid = sacct.splitlines()[0].split("|")
+        user, account, _uid = sacct.splitlines()[0].split("|")
         # (sacct's uid column can read 0 while slurmdbd's record is incomplete; the job's own `id -u` is above)
         assert (user, account) == ("hh-idacme-alice", "idacme.vision"), sacct
 
