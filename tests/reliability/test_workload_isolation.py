@@ -306,6 +306,17 @@ def test_legitimate_paths_still_work_for_the_probe_and_the_victim(probe: Any, sc
     assert results["victim survived"]["ok"], f"org B's job did not succeed: {results['victim survived']}"
 
 
+def _alice_succeeds(live: LivePlatform, tenants: dict[str, Any], spec: dict[str, Any], timeout: float) -> str:
+    """Submit ``spec`` as alice (acme/vision), wait for it to end, assert SUCCEEDED; returns its log."""
+    r = httpx.post(f"{live.url}/api/v1/orgs/acme/projects/vision/jobs", json={"spec": spec},
+                   headers=tenants["alice"], timeout=30)
+    assert r.status_code == 201, r.text
+    job = _wait_job(live, tenants["alice"], r.json()["id"], lambda j: j["state"] in TERMINAL, timeout, "the job ends")
+    text = _log(live, tenants["alice"], job["id"])
+    assert job["state"] == "SUCCEEDED", f"{job['state']} ({job.get('reason')}):\n{text[-4000:]}"
+    return text
+
+
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
 def test_a_job_reads_a_dataset_another_org_shared_with_it(live: LivePlatform, tenants: dict[str, Any],
                                                           tmp_path: Path, scheduler: str) -> None:
@@ -322,12 +333,7 @@ def test_a_job_reads_a_dataset_another_org_shared_with_it(live: LivePlatform, te
     spec = {"name": f"reads-shared-{scheduler}", "scheduler": scheduler, "entrypoint": ["python", "-c", read],
             "dataset": {"name": f"beta/{name}"},
             "resources": {"partition": "cpu", "time_limit": 10} if scheduler == "slurm" else {"time_limit": 10}}
-    r = httpx.post(f"{live.url}/api/v1/orgs/acme/projects/vision/jobs", json={"spec": spec},
-                   headers=tenants["alice"], timeout=30)
-    assert r.status_code == 201, r.text
-    job = _wait_job(live, tenants["alice"], r.json()["id"], lambda j: j["state"] in TERMINAL, 300, "the job ends")
-    text = _log(live, tenants["alice"], job["id"])
-    assert job["state"] == "SUCCEEDED", f"{job['state']} ({job.get('reason')}):\n{text[-3000:]}"
+    text = _alice_succeeds(live, tenants, spec, 300)
     assert f"SHARED beta shares this with acme on {scheduler}" in text
 
 
@@ -356,11 +362,6 @@ def test_a_job_finetunes_a_public_model_of_another_org(live: LivePlatform, tenan
             "model": {"from_zoo": "beta/digits@production"}, "dataset": {"name": f"digits-{scheduler}"},
             "register": {"name": f"digits-tuned-{scheduler}"},
             "resources": {"partition": "cpu", "time_limit": 15} if scheduler == "slurm" else {"time_limit": 15}}
-    r = httpx.post(f"{live.url}/api/v1/orgs/acme/projects/vision/jobs", json={"spec": spec},
-                   headers=tenants["alice"], timeout=30)
-    assert r.status_code == 201, r.text
-    job = _wait_job(live, tenants["alice"], r.json()["id"], lambda j: j["state"] in TERMINAL, 600, "the job ends")
-    log = _log(live, tenants["alice"], job["id"])
-    assert job["state"] == "SUCCEEDED", f"{job['state']} ({job.get('reason')}):\n{log[-4000:]}"
+    _alice_succeeds(live, tenants, spec, 600)
     tuned = [m for m in zoo.list(org="acme") if m.ref.name == f"digits-tuned-{scheduler}"]
     assert tuned, "the fine-tuned model is not in acme's zoo"
