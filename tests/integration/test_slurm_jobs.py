@@ -146,9 +146,11 @@ def test_array_tasks_see_their_index(slurm_cluster: Any, transport: str) -> None
 
 
 @pytest.mark.slow
-def test_requeue_goes_back_to_queue_and_finishes(slurm_cluster: Any, cli: SlurmScheduler) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_requeue_goes_back_to_queue_and_finishes(slurm_cluster: Any, transport: str) -> None:
     import subprocess
 
+    cli = scheduler_for(slurm_cluster, transport)
     env = slurm_cluster.command_env()
     ref = cli.submit(launch(bash('echo "restart=${SLURM_RESTART_COUNT:-0}"; sleep 3'), requeue=True,
                             signal_before_end_s=60))
@@ -160,4 +162,28 @@ def test_requeue_goes_back_to_queue_and_finishes(slurm_cluster: Any, cli: SlurmS
     # forcing an earlier start makes slurmd refuse the launch ("already killed") and the job FAILS
     st = wait_state(cli, ref, {JobState.SUCCEEDED}, timeout=180)
     assert st.state == JobState.SUCCEEDED
-    assert "restart=1" in cli.logs(ref).data
+    log = cli.logs(ref).data
+    # the log keeps the first attempt's output too (--open-mode=append): nothing the user printed is lost
+    assert "restart=0" in log and "restart=1" in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_checkpoint_signal_reaches_the_program_with_its_resources(slurm_cluster: Any, transport: str) -> None:
+    # the SIGUSR1 a checkpointing job gets before its walltime: B: on sbatch, a one-task step on slurmrestd
+    # (which refuses B:); either way the program itself gets it and keeps the allocation's CPUs and GPUs
+    sched = scheduler_for(slurm_cluster, transport)
+    program = ("import os, signal, sys, time\n"
+               "signal.signal(signal.SIGUSR1, lambda *_: (print('USR1 cpus=%d gpus=%s' % (len(os.sched_getaffinity(0)),"
+               " os.environ.get('CUDA_VISIBLE_DEVICES')), flush=True), sys.exit(0)))\n"
+               "print('started', flush=True)\n"
+               "time.sleep(110)\n"
+               "print('no signal', flush=True)\n")
+    ref = sched.submit(launch((sys.executable, "-c", program), partition="gpu", signal_before_end_s=105,
+                              resources=Resources(time_limit_min=2, cpus_per_task=2, gpus_per_node=1)))
+    st = wait_state(sched, ref, {JobState.SUCCEEDED, JobState.FAILED, JobState.TIMEOUT}, timeout=240)
+    log = sched.logs(ref).data
+    assert st.state == JobState.SUCCEEDED, log
+    m = re.search(r"USR1 cpus=(\d+) gpus=(\S+)", log)
+    assert m, log
+    assert int(m.group(1)) >= 2 and len(m.group(2).split(",")) == 1

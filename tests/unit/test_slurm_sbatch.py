@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -96,7 +97,20 @@ def test_rest_job_mirrors_options() -> None:
     assert job["environment"] == {"PATH": "/bin"} and job["requeue"] is False
     arr = rest_job(slurm_options(CASES["array_requeue"], jobs_dir=JOBS), {})
     assert arr["array"] == "0-7" and arr["requeue"] is True and arr["signal"] == "B:USR1@120"
-    assert arr["standard_output"] == f"{JOBS}/%A_%a.out"
+    assert arr["standard_output"] == f"{JOBS}/%A_%a.out" and arr["open_mode"] == "append"
+
+
+def test_without_batch_signal_a_single_process_job_runs_as_a_signalled_step() -> None:
+    # slurmrestd 22.05 refuses --signal=B:..., and without B: only steps are signalled
+    launch = CASES["simple"]
+    launch = dataclasses.replace(launch, signal_before_end_s=90)
+    opts = slurm_options(launch, jobs_dir=JOBS, batch_signal=False)
+    assert opts["signal"] == "USR1@90"
+    body = render_script(launch, opts, LauncherConfig(batch_signal=False)).splitlines()[-1]
+    assert body.startswith('exec srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_ON_NODE"')
+    # sbatch signals the batch shell itself, so the program is exec-ed directly there
+    assert render_script(launch, slurm_options(launch, jobs_dir=JOBS), CFG).splitlines()[-1].startswith("exec ")
+    assert "srun" not in render_script(launch, slurm_options(launch, jobs_dir=JOBS), CFG).splitlines()[-1]
 
 
 def test_qos_not_passed_without_accounting() -> None:

@@ -77,7 +77,8 @@ def build(url: str, *, runner: CommandRunner | None = None, transport: SlurmTran
                                       timeout=timeout or 5.0, user_token=user_tokens)
         else:
             raise InvalidInput(f"{url}: not a Slurm URL (slurm+cli://, slurm+rest://)", field="scheduler")
-    launchers = LauncherConfig(torchrun=(query.get("python", sys.executable), "-m", "torch.distributed.run"))
+    launchers = LauncherConfig(torchrun=(query.get("python", sys.executable), "-m", "torch.distributed.run"),
+                               batch_signal=parts.scheme != "slurm+rest")
     return SlurmScheduler(
         url,
         transport,

@@ -56,7 +56,7 @@ def job_dir(jobs_dir: str, user: str | None) -> str:
 
 
 def slurm_options(launch: Launch, *, jobs_dir: str, pass_qos: bool = True,
-                  pass_account: bool = True) -> dict[str, str]:
+                  pass_account: bool = True, batch_signal: bool = True) -> dict[str, str]:
     """Launch → ``{long sbatch option: value}`` ("" for a flag). Values here are never user free text."""
     if not _TAG.fullmatch(launch.tag):
         raise InvalidInput("tag must be 1-128 characters of letters, digits, _ . : -", field="tag")
@@ -72,6 +72,8 @@ def slurm_options(launch: Launch, *, jobs_dir: str, pass_qos: bool = True,
         "cpus-per-task": str(r.cpus_per_task),
         "time": str(r.time_limit_min),
         "output": output_pattern(jobs_dir, bool(launch.array_size)),
+        # a requeued job keeps the log of its earlier attempts (Slurm truncates by default)
+        "open-mode": "append",
         "chdir": jobs_dir,
         # Slurm requeues batch jobs after node failure by default (JobRequeue=1); make the choice explicit
         "requeue" if launch.requeue else "no-requeue": "",
@@ -91,8 +93,10 @@ def slurm_options(launch: Launch, *, jobs_dir: str, pass_qos: bool = True,
     if launch.array_size:
         opts["array"] = f"0-{launch.array_size - 1}"
     if launch.signal_before_end_s:
-        # B: signals the batch shell, whose command we `exec`, so the program itself gets SIGUSR1
-        opts["signal"] = f"B:USR1@{int(launch.signal_before_end_s)}"
+        # B: signals the batch shell, whose command we `exec`, so the program itself gets SIGUSR1; where B: is
+        # refused (slurmrestd) the steps get it, and the script runs the program as a step (sbatch.py)
+        prefix = "B:" if batch_signal else ""
+        opts["signal"] = f"{prefix}USR1@{int(launch.signal_before_end_s)}"
     return opts
 
 
@@ -115,6 +119,7 @@ def rest_job(opts: Mapping[str, str], environment: Mapping[str, str]) -> dict[st
         "standard_output": opts["output"],
         "current_working_directory": opts["chdir"],
         "requeue": "requeue" in opts,
+        "open_mode": opts.get("open-mode", "truncate"),
         "environment": dict(environment),
     }
     for key in ("partition", "account", "qos", "gres", "array", "signal"):

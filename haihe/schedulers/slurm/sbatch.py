@@ -25,12 +25,19 @@ class LauncherConfig:
     torchrun: tuple[str, ...] = ("torchrun",)
     rdzv_port_base: int = 47000  # MASTER_PORT = base + job id % 1000, so concurrent jobs do not collide
     mpi: str = "pmix"  # srun --mpi=...; Debian's Open MPI 4.1 works with pmix, not pmi2
+    # can Slurm signal the batch shell itself (--signal=B:...)? sbatch can; slurmrestd 22.05 (v0.0.38) refuses
+    # "B:", and without it only job steps are signalled, so a single-process job then runs as a one-task step
+    batch_signal: bool = True
 
 
 def _launch_lines(launch: Launch, cfg: LauncherConfig) -> list[str]:
     r = launch.resources
     cmd = join(launch.command)
     if launch.launcher == Launcher.NONE:
+        if launch.signal_before_end_s and not cfg.batch_signal:
+            # one task holding every CPU of the allocation (it keeps the job's GPUs and memory by default)
+            return ['exec srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_ON_NODE" --kill-on-bad-exit=1 '
+                    f"{cmd}"]
         return [f"exec {cmd}"]
     if launch.launcher == Launcher.MPI:
         return [f"exec srun --mpi={quote(cfg.mpi)} --nodes={r.nodes} --ntasks-per-node={r.tasks_per_node} "

@@ -134,7 +134,7 @@ class SlurmScheduler(BaseScheduler):
     # -- hooks -------------------------------------------------------------------------------------------------
     def _submit(self, launch: Launch) -> str:
         opts = slurm_options(launch, jobs_dir=self.jobs_dir, pass_qos=self.platform_qos is None,
-                             pass_account=self.accounts is not None)
+                             pass_account=self.accounts is not None, batch_signal=self.launchers.batch_signal)
         if launch.user is not None:
             # HOME: the job's private directory (the account's own home may not exist on the nodes)
             launch = replace(launch, env={"HOME": opts["chdir"], **launch.env})
