@@ -37,6 +37,7 @@ class RenderContext:
     dataset: str | None = None  # org/name@vN, resolved from the spec's "latest"
     account: str | None = None  # Slurm account of the org/project when the cluster has accounting
     unix_user: str | None = None  # the Unix account the job runs as (schedulers that run jobs as a user)
+    attempt: int = 1  # 2, 3, ... when the platform runs the job again after a lost attempt
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -54,6 +55,7 @@ def job_experiment(org: str, project: str, custom: str | None) -> str:
 def runtime_env(spec: JobSpec, ctx: RenderContext) -> dict[str, str]:
     env: dict[str, str] = {
         "HAIHE_JOB_ID": ctx.job_id,
+        "HAIHE_JOB_ATTEMPT": str(ctx.attempt),
         "HAIHE_ORG": ctx.org,
         "HAIHE_PROJECT": ctx.project,
         "HAIHE_USER": ctx.user,

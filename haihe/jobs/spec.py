@@ -155,6 +155,8 @@ class JobSpec(_Strict):
     registration: RegisterSpec | None = Field(None, alias="register")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     checkpoint: CheckpointSpec | None = None
+    retries: Annotated[int, Field(ge=0, le=10, description="new attempts when the infrastructure loses one "
+                                  "(Ray head restart, node failure); never for the program's own failure")] = 0
     sweep: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")],
                 Annotated[list[str | int | float | bool], Field(min_length=1, max_length=MAX_SWEEP)]] | None = None
 

@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import and_, or_, select
@@ -38,7 +38,7 @@ from haihe.platform.context import PlatformContext
 from haihe.platform.mlflow_proxy import JobScope, issue_token, job_tracking
 from haihe.platform.models import Job, JobEvent, Org, Project, Role, User, utcnow
 from haihe.platform.storage_credentials import credentials_url
-from haihe.schedulers.base import Feature, JobState, Launch, LogChunk
+from haihe.schedulers.base import Feature, JobState, JobStatus, Launch, LogChunk
 from haihe.schedulers.slurm.accounts import account_name
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ def _render_context(ctx: PlatformContext, job: Job, org: Org, project: Project, 
         dataset=job.spec.get("_dataset"),
         account=account,
         unix_user=unix_user,
+        attempt=job.attempt or 1,
     )
 
 
@@ -88,7 +89,52 @@ def launch_for(ctx: PlatformContext, session: Session, job: Job) -> Launch:
     # one with accounts gets the org's project account (Slurm: <org>.<project>)
     unix_user = unix_accounts.for_job(ctx, session, org, user) if unix_accounts.runs_as_user(scheduler) else None
     account = None if Feature.ACCOUNTS in scheduler.unsupported else account_name(org.name, project.name)
-    return render_launch(spec, _render_context(ctx, job, org, project, user, unix_user, account))
+    launch = render_launch(spec, _render_context(ctx, job, org, project, user, unix_user, account))
+    return replace(launch, tag=attempt_tag(job))
+
+
+def attempt_tag(job: Job) -> str:
+    """The scheduler tag of the job's current attempt: the job id, then ``<id>.2``, ``<id>.3``: a new attempt is a
+    new scheduler job, and the lost one (Slurm may still list it) is never adopted as the new one."""
+    return job.id if (job.attempt or 1) <= 1 else f"{job.id}.{job.attempt}"
+
+
+def retry_lost(ctx: PlatformContext, session: Session, job: Job, st: JobStatus) -> bool:
+    """The scheduler lost the job's current attempt (``st.lost``): if the spec's ``retries`` allow another, settle
+    this attempt (charged for what it ran), reserve the next and leave the job PENDING for the reconciler to submit
+    as attempt n+1; returns False (the caller ends the job) when no retry is left or the quota has no room."""
+    retries = int(job.spec.get("retries", 0) or 0)
+    attempt = job.attempt or 1
+    if not st.lost or attempt > retries:
+        return False
+    now = utcnow()
+    prev_state = job.state
+    # charge the lost attempt for what it ran: start to now when the scheduler reported no accounting
+    job.ended_at = dt.datetime.fromtimestamp(st.ended_at, dt.UTC) if st.ended_at else now
+    job.state = JobState.FAILED.value  # what the settled attempt ended as (the ledger note says so)
+    ctx.quota.settle(session, job, st)
+    why = st.reason or "lost by the scheduler"
+    job.attempt = attempt + 1
+    try:
+        ctx.quota.reserve(session, job, launch_for(ctx, session, job))
+    except HaiheError as exc:  # no room for another attempt: the job ends, and the timeline says why
+        job.attempt = attempt
+        job.state = prev_state
+        add_event(session, job, "retry_refused", f"attempt {attempt} lost ({why}); not run again: {exc.message}")
+        return False
+    add_event(session, job, "retrying", f"attempt {attempt} lost ({why}); running again as attempt "
+              f"{attempt + 1} of {retries + 1}", attempt=attempt + 1, lost_native_id=job.native_id)
+    job.state = JobState.PENDING.value
+    job.native_id = None
+    job.reason = f"attempt {attempt} lost; waiting to submit attempt {attempt + 1}"
+    job.started_at = job.ended_at = None
+    job.nodes = []
+    job.exit_code = None
+    job.elapsed_s = None
+    job.queue_position = None
+    job.submit_attempts = max(job.submit_attempts, 1)  # submitted at once by the next cycle, no grace
+    job.updated_at = now
+    return True
 
 
 def _scheduler_name(ctx: PlatformContext, spec: JobSpec) -> str:

@@ -242,7 +242,9 @@ class LedgerQuotaGate:
             if amount:
                 session.add(LedgerEntry(period=period, org_id=job.org_id, project_id=job.project_id,
                                         user_id=job.user_id, job_id=job.id, kind="reserve", resource=res,
-                                        amount=amount, ref=f"reserve:{job.id}:{res}", note="maximum charge"))
+                                        amount=amount, ref=f"reserve:{attempt_key(job)}:{res}",
+                                        note="maximum charge" if (job.attempt or 1) <= 1 else
+                                        f"maximum charge, attempt {job.attempt}"))
         session.flush()
         record_crossings(session, job.org_id, job.project_id, period)
 
@@ -260,12 +262,13 @@ class LedgerQuotaGate:
         if not items:
             return
         ids = [job.id for job, _ in items]
+        keys = {job.id: attempt_key(job) for job, _ in items}
         closed: set[str] = set()
         reserved: dict[str, dict[str, float]] = {}
         with session.no_autoflush:  # the cycle's pending job updates go out in one flush below
             for chunk in _chunks(ids):
                 closed.update(session.scalars(select(LedgerEntry.ref).where(
-                    LedgerEntry.ref.in_([f"closed:{i}" for i in chunk]))))
+                    LedgerEntry.ref.in_([f"closed:{keys[i]}" for i in chunk]))))
                 for job_id, res, total in session.execute(
                         select(LedgerEntry.job_id, LedgerEntry.resource, func.sum(LedgerEntry.amount))
                         .where(LedgerEntry.job_id.in_(chunk), LedgerEntry.kind == "reserve")
@@ -275,22 +278,24 @@ class LedgerQuotaGate:
         scopes: set[tuple[int, int | None, str]] = set()
         rows: list[dict[str, Any]] = []
         for job, charge in items:
-            if f"closed:{job.id}" in closed:
-                continue  # settled already: exactly once
-            closed.add(f"closed:{job.id}")
+            key = keys[job.id]
+            if f"closed:{key}" in closed:
+                continue  # settled already: exactly once per attempt
+            closed.add(f"closed:{key}")
             period = period_of(job.created_at)
             scopes.add((job.org_id, job.project_id, period))
             base = {"period": period, "org_id": job.org_id, "project_id": job.project_id, "user_id": job.user_id,
                     "job_id": job.id}
-            rows.append({**base, "kind": "marker", "resource": "none", "amount": 0.0, "ref": f"closed:{job.id}",
-                         "note": f"job ended {job.state}"})
+            of = "" if (job.attempt or 1) <= 1 else f", attempt {job.attempt}"
+            rows.append({**base, "kind": "marker", "resource": "none", "amount": 0.0, "ref": f"closed:{key}",
+                         "note": f"job ended {job.state}{of}"})
             for res, amount in reserved.get(str(job.id), {}).items():
                 rows.append({**base, "kind": "reserve", "resource": res, "amount": -amount,
-                             "ref": f"release:{job.id}:{res}", "note": "reservation released"})
+                             "ref": f"release:{key}:{res}", "note": f"reservation released{of}"})
             for res, amount in charge.items():
                 if amount > 0:
                     rows.append({**base, "kind": "charge", "resource": res, "amount": amount,
-                                 "ref": f"charge:{job.id}:{res}", "note": "accounted usage"})
+                                 "ref": f"charge:{key}:{res}", "note": f"accounted usage{of}"})
         if not rows:
             return
         try:  # one executemany for the whole batch (ORM adds would be one INSERT per entry)
@@ -300,6 +305,11 @@ class LedgerQuotaGate:
             return
         for org_id, project_id, period in scopes:
             record_crossings(session, org_id, project_id, period)
+
+
+def attempt_key(job: Job) -> str:
+    """The ledger key of a job's current attempt: its id, then ``<id>#2``, ``<id>#3`` after lost attempts."""
+    return job.id if (job.attempt or 1) <= 1 else f"{job.id}#{job.attempt}"
 
 
 def _charge(job: Job, status: JobStatus) -> dict[str, float]:

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from haihe.errors import HaiheError, ServiceUnavailable
 from haihe.platform.context import PlatformContext
-from haihe.platform.jobs import add_event, dispatch
+from haihe.platform.jobs import add_event, attempt_tag, dispatch, retry_lost
 from haihe.platform.lease import LeaderLease
 from haihe.platform.models import Job, utcnow
 from haihe.schedulers.base import JobState, JobStatus
@@ -63,6 +63,8 @@ def transition(session: Session, ctx: PlatformContext, job: Job, st: JobStatus,
     if st.queue_position != job.queue_position and new == JobState.QUEUED:
         job.queue_position = st.queue_position
         changed = True
+    if new.is_terminal() and st.lost and retry_lost(ctx, session, job, st):
+        return True  # PENDING again: the next cycle submits the new attempt
     if new != current:
         if new == JobState.QUEUED and current == JobState.RUNNING:
             add_event(session, job, "requeued", st.reason or "requeued by the scheduler")
@@ -152,10 +154,10 @@ class Reconciler:
         if not pending:
             return
         scheduler = self.ctx.scheduler(name)
-        found = scheduler.find([j.id for j in pending])
+        found = scheduler.find([attempt_tag(j) for j in pending])
         report.scheduler_calls += 1
         for job in pending:
-            ref = found.get(job.id)
+            ref = found.get(attempt_tag(job))
             if ref is not None:
                 job.native_id = ref
                 job.state = JobState.SUBMITTED.value
@@ -187,7 +189,7 @@ class Reconciler:
                 misses = self._misses.get(job.id, 0) + 1
                 self._misses[job.id] = misses
                 if misses >= MISSES_BEFORE_LOST:
-                    lost = JobStatus(ref=job.native_id, state=JobState.FAILED,
+                    lost = JobStatus(ref=job.native_id, state=JobState.FAILED, lost=True,
                                      reason=f"lost: {name} has no record of job {job.native_id}")
                     transition(session, self.ctx, job, lost, ended)
                     self._misses.pop(job.id, None)

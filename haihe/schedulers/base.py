@@ -156,6 +156,9 @@ class JobStatus:
     alloc_cpus: int | None = None
     alloc_gpus: int | None = None
     tag: str | None = None
+    # the infrastructure lost this attempt (head restart, node failure), not the program: a job with retries left
+    # runs again as a new attempt
+    lost: bool = False
 
 
 @dataclass(frozen=True)

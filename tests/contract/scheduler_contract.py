@@ -92,13 +92,16 @@ class SchedulerContract:
     def test_logs_readable_while_running_by_offset(self, scheduler: Scheduler, make_launch: MakeLaunch) -> None:
         marker = uuid.uuid4().hex
         ref = scheduler.submit(make_launch(bash(f"echo first-{marker}; sleep 300")))
-        text = wait_logs(scheduler, ref, f"first-{marker}")
-        chunk = scheduler.logs(ref)
-        assert not chunk.complete
-        assert scheduler.status([ref])[ref].state == JobState.RUNNING
-        assert scheduler.logs(ref, chunk.offset).data == ""
-        assert chunk.offset >= len(f"first-{marker}") and text.startswith(chunk.data[:5])
-        scheduler.cancel(ref)
+        try:
+            text = wait_logs(scheduler, ref, f"first-{marker}\n")  # the whole line: nothing more will come
+            chunk = scheduler.logs(ref)
+            assert not chunk.complete
+            assert scheduler.status([ref])[ref].state == JobState.RUNNING
+            rest = scheduler.logs(ref, chunk.offset)
+            assert rest.data == "" and rest.offset == chunk.offset, (chunk, rest)
+            assert chunk.offset >= len(f"first-{marker}") and text.startswith(chunk.data[:5])
+        finally:  # a failure here must not leave a 300 s job holding the cluster for the tests after
+            scheduler.cancel(ref)
         wait_state(scheduler, ref, {JobState.CANCELLED})
 
     def test_env_and_name_reach_the_job_literally(self, scheduler: Scheduler, make_launch: MakeLaunch) -> None:

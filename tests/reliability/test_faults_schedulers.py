@@ -30,6 +30,8 @@ from tests.reliability import fault_support as fs
 OUTAGE_S = 60.0  # slurmctld stays down this long while submissions continue
 SUBMIT_EVERY_S = 8.0
 HEAD_STOP_S = 2.0  # SIGTERM, then SIGKILL: a head that dies, not one that winds down for 20 s
+RETRIED_SCRIPT = ('if [ "$HAIHE_JOB_ATTEMPT" = 1 ]; then sleep 300; fi; '
+                  'echo "attempt=$HAIHE_JOB_ATTEMPT"')
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +182,11 @@ def test_ray_head_restart_with_jobs_live(tmp_path: Path, fault_ray: RayHead, fig
             a = fs.submit(t, fs.bash_job(f"doomed-{i}", "sleep 300", "ray"), key=f"doomed-{i}")
             assert a.status == 201, a.body
             doomed.append(a.body["id"])
-        fs.wait_states(t, doomed, {"RUNNING"}, timeout=90)
+        # a job that allows one retry: its first attempt is lost with the head, the second runs to the end
+        retry = fs.submit(t, {**fs.bash_job("retried", RETRIED_SCRIPT, "ray"), "retries": 1}, key="retried")
+        assert retry.status == 201, retry.body
+        retried = retry.body["id"]
+        fs.wait_states(t, [*doomed, retried], {"RUNNING"}, timeout=90)
         t0 = time.monotonic()
         try:
             assert fault_ray.stop(timeout=HEAD_STOP_S)
@@ -200,17 +206,26 @@ def test_ray_head_restart_with_jobs_live(tmp_path: Path, fault_ray: RayHead, fig
         lost_s = time.monotonic() - t0
         for job in lost.values():
             assert job["state"] == "FAILED" and "Ray head restarted" in job["reason"], job
-        later = [queued.body["id"], fresh.body["id"]]
+        later = [queued.body["id"], fresh.body["id"], retried]
         final = fs.wait_final(t, later, timeout=120)
         assert {j: final[j]["state"] for j in later} == dict.fromkeys(later, "SUCCEEDED"), fs.dumps(final)
+        assert final[retried]["attempt"] == 2, final[retried]
+        log = httpx.get(f"{live.url}/api/v1/jobs/{retried}/logs", headers=t.user, timeout=30).json()
+        assert "attempt=2" in fs.dumps(log), log
+        kinds = [e["kind"] for e in httpx.get(f"{live.url}/api/v1/jobs/{retried}/events", headers=t.user,
+                                              timeout=30).json()]
+        assert kinds.count("retrying") == 1, kinds
         on_ray = fs.ray_tags(fault_ray.dashboard_url)
-        assert {j: on_ray[j] for j in later} == dict.fromkeys(later, 1)
-        assert not any(on_ray[j] for j in doomed)  # the lost jobs were not silently resubmitted
+        assert {j: on_ray[j] for j in later[:2]} == dict.fromkeys(later[:2], 1)
+        assert on_ray[f"{retried}.2"] == 1  # attempt 2 is its own Ray job
+        assert not any(on_ray[j] for j in [*doomed, retried])  # lost attempts were not silently resubmitted
         ids = doomed + later
         view = fs.ledger(live, ids)
-        fs.assert_settled_once(t, view, ids)
+        fs.assert_settled_once(t, view, ids, attempts={retried: 2})
         figures.record("test_ray_head_restart_with_jobs_live",
-                       "Ray head stopped and started again under 3 running jobs; one submission during the outage",
-                       {"jobs_lost_marked_failed": len(doomed), "head_back_s": round(head_back_s, 1),
+                       "Ray head stopped and started again under 4 running jobs (one with a retry); one submission "
+                       "during the outage",
+                       {"jobs_lost_marked_failed": len(doomed), "lost_then_retried": 1,
+                        "head_back_s": round(head_back_s, 1),
                         "lost_jobs_final_s": round(lost_s, 1), "outage_call_s": round(logs.seconds, 2),
                         "queued_then_ran": 1, "duplicates": 0, "ledger_entries": len(view.rows)})

@@ -56,8 +56,8 @@ def test_slurm_step_resolves_first_node_by_its_address() -> None:
            "SLURM_NODEID": "1", "SLURM_STEP_TASKS_PER_NODE": "2(x2)", "SLURM_STEP_ID": "0",
            "SLURM_JOB_NODELIST": "cn[3-4]", "SLURM_JOB_ID": "1234"}
     d = detect(env, slurm=SlurmLookup(fake), cuda_available=cpu)
-    assert d == DistEnv("slurm", 3, 4, 1, 2, 1, "127.0.0.3", 48234, "gloo")
-    assert d.init_method == "tcp://127.0.0.3:48234"
+    assert d == DistEnv("slurm", 3, 4, 1, 2, 1, "127.0.0.3", 65234, "gloo")
+    assert d.init_method == "tcp://127.0.0.3:65234"
     assert fake.calls == [["scontrol", "show", "hostnames", "cn[3-4]"], ["scontrol", "show", "node", "-o", "cn3"]]
 
 
@@ -92,7 +92,7 @@ def test_srun_pmix_uses_slurm_step_for_size_and_rendezvous() -> None:
            "SLURM_NODEID": "1", "SLURM_LOCALID": "0", "SLURM_STEP_TASKS_PER_NODE": "2,1",
            "SLURM_STEP_NODELIST": "cn[1-2]", "SLURM_JOB_ID": "17"}
     d = detect(env, slurm=SlurmLookup(fake), cuda_available=cpu)
-    assert d == DistEnv("mpi", 2, 3, 0, 1, 1, "127.0.0.1", 48017, "gloo")
+    assert d == DistEnv("mpi", 2, 3, 0, 1, 1, "127.0.0.1", 65017, "gloo")
 
 
 def test_ray_train_preinitialised_group_wins() -> None:

@@ -37,6 +37,8 @@ HAIHE_SWEEP                JSON list of parameter objects, one per array index; 
                            ``HAIHE_SWEEP[HAIHE_ARRAY_INDEX]`` over ``HAIHE_PARAMS``
 HAIHE_CODE_URI             ``s3://bucket/key.tar.gz``: the packed workdir, unpacked on the node as the command's cwd
 HAIHE_JOB_NAME             the job's name (MLflow run name)
+HAIHE_JOB_ATTEMPT          1, then 2, 3, ... when the platform runs the job again after the infrastructure lost
+                           an attempt (spec ``retries``)
 =========================  ==============================================================================
 """
 
@@ -191,7 +193,7 @@ def parse_zoo(value: str, field_name: str = "HAIHE_FROM_ZOO", *, allow_ref: bool
 
 
 _NOT_STRINGS = ("experiment", "checkpoint_every", "checkpoint_keep", "stop_check_every", "array_index", "params",
-                "sweep")
+                "sweep", "attempt")
 
 
 def _json(environ: Mapping[str, str], name: str, kind: type, default: Any) -> Any:
@@ -274,6 +276,7 @@ class RuntimeEnv:
     sweep: tuple[Mapping[str, Any], ...] = ()  # HAIHE_SWEEP  (JSON list of objects)
     code_uri: str = ""  # HAIHE_CODE_URI
     job_name: str = ""  # HAIHE_JOB_NAME
+    attempt: int = 1  # HAIHE_JOB_ATTEMPT
 
     # ---- names of the variables, in one table ----
     VARIABLES: ClassVar[dict[str, str]] = {
@@ -304,6 +307,7 @@ class RuntimeEnv:
         "sweep": "HAIHE_SWEEP",
         "code_uri": "HAIHE_CODE_URI",
         "job_name": "HAIHE_JOB_NAME",
+        "attempt": "HAIHE_JOB_ATTEMPT",
     }
 
     def __post_init__(self) -> None:
@@ -342,6 +346,7 @@ class RuntimeEnv:
             or DEFAULT_CHECKPOINT_KEEP,
             stop_check_every=_int(env, v["stop_check_every"], 0) or 0,
             array_index=_int(env, v["array_index"], None),
+            attempt=_int(env, v["attempt"], 1, minimum=1) or 1,
             params=params,
             sweep=tuple(sweep),
         )

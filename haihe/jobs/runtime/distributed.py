@@ -28,7 +28,10 @@ from typing import Any
 from haihe.errors import InvalidInput
 from haihe.jobs.runtime.contract import DistInitError
 
-SLURM_PORT_BASE = 48000  # MASTER_PORT = base + job id % 1000 (torchrun's rendezvous uses 47000+, see sbatch.py)
+# MASTER_PORT = base + job id % span: above Linux's ephemeral ports (32768-60999), which outgoing connections may
+# hold, and clear of torchrun's rendezvous (61000-64999, see haihe.schedulers.slurm.sbatch)
+SLURM_PORT_BASE = 65000
+SLURM_PORT_SPAN = 500
 DEFAULT_PORT = 29500
 
 
@@ -156,7 +159,7 @@ def _slurm_master(env: Mapping[str, str], lookup: SlurmLookup) -> tuple[str, int
             raise InvalidInput("SLURM_JOB_NODELIST is not set", field="SLURM_JOB_NODELIST")
         addr = lookup.first_node_addr(nodelist)
     job_id = _get_int(env, "SLURM_JOB_ID", "SLURM_JOBID", default=0)
-    return addr, _get_int(env, "MASTER_PORT", default=SLURM_PORT_BASE + job_id % 1000)
+    return addr, _get_int(env, "MASTER_PORT", default=SLURM_PORT_BASE + job_id % SLURM_PORT_SPAN)
 
 
 def detect(

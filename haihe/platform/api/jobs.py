@@ -42,6 +42,7 @@ class JobPublic(Out):
     ended_at: dt.datetime | None
     elapsed_s: float | None
     resubmitted_from: str | None
+    attempt: int = 1  # 2, 3, ... after attempts the infrastructure lost (spec "retries")
     spec: dict[str, Any]
 
     @classmethod
@@ -51,7 +52,7 @@ class JobPublic(Out):
                    exit_code=j.exit_code, array_size=j.array_size, nodes=list(j.nodes or []),
                    queue_position=j.queue_position, created_at=j.created_at, submitted_at=j.submitted_at,
                    started_at=j.started_at, ended_at=j.ended_at, elapsed_s=j.elapsed_s,
-                   resubmitted_from=j.resubmitted_from,
+                   resubmitted_from=j.resubmitted_from, attempt=j.attempt or 1,
                    spec={k: v for k, v in j.spec.items() if not k.startswith("_")})
 
 

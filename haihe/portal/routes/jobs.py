@@ -65,6 +65,7 @@ def job_page(job_id: str, page: SignedIn, done: str = "") -> HTMLResponse:
                        charges=job_charges(s, job.id), metrics=extensions.job_metrics(page, job.id),
                        done=done if done in ("cancelled", "submitted", "resubmitted") else "",
                        can_cancel=not JobState(job.state).is_terminal(), resubmitted_from=job.resubmitted_from,
+                       attempt=job.attempt or 1, attempt_limit=1 + int(job.spec.get("retries", 0) or 0),
                        produced=produced_versions(page, job),
                        state_names={st.value: page.t(f"state.{st.value}") for st in JobState})
 

@@ -175,6 +175,7 @@ def lost_status(ref: str, url: str) -> JobStatus:
         state=JobState.FAILED,
         reason=f"job unknown to the Ray cluster at {url}: lost when the Ray head restarted, or deleted",
         tag=ref,
+        lost=True,
     )
 
 

@@ -213,6 +213,7 @@ def jobs_from_squeue(job: Mapping[str, Any], wanted: Container[str] | None = Non
 
 
 _STATE_ORDER = (JobState.FAILED, JobState.TIMEOUT, JobState.CANCELLED, JobState.SUCCEEDED)
+LOST_STATES = frozenset({"NODE_FAIL", "BOOT_FAIL"})  # the node, not the program, failed
 
 
 def fold(ref: str, tasks: list[SlurmJob], queue_position: int | None = None) -> JobStatus:
@@ -243,6 +244,8 @@ def fold(ref: str, tasks: list[SlurmJob], queue_position: int | None = None) -> 
         alloc_cpus=sum(t.alloc_cpus or 0 for t in tasks) if any(t.alloc_cpus for t in tasks) else None,
         alloc_gpus=sum(t.alloc_gpus or 0 for t in tasks) if any(t.alloc_gpus is not None for t in tasks) else None,
         tag=first.tag,
+        lost=state == JobState.FAILED and any(
+            t.slurm_state.split()[0].upper() in LOST_STATES for t in tasks if t.slurm_state and t.state == state),
     )
 
 

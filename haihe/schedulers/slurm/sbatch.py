@@ -23,7 +23,10 @@ class LauncherConfig:
     """Where the launchers live on the compute nodes (the venv's python for torchrun)."""
 
     torchrun: tuple[str, ...] = ("torchrun",)
-    rdzv_port_base: int = 47000  # MASTER_PORT = base + job id % 1000, so concurrent jobs do not collide
+    # MASTER_PORT = base + job id % span: concurrent jobs do not collide, and the range sits above Linux's
+    # ephemeral ports (32768-60999), which any outgoing connection on the node may hold (EADDRINUSE at rendezvous)
+    rdzv_port_base: int = 61000
+    rdzv_port_span: int = 4000
     mpi: str = "pmix"  # srun --mpi=...; Debian's Open MPI 4.1 works with pmix, not pmi2
     # can Slurm signal the batch shell itself (--signal=B:...)? sbatch can; slurmrestd 22.05 (v0.0.38) refuses
     # "B:", and without it only job steps are signalled, so a single-process job then runs as a one-task step
@@ -52,7 +55,7 @@ def _launch_lines(launch: Launch, cfg: LauncherConfig) -> list[str]:
             "# rendezvous on the allocation's first node, by the address Slurm knows it by",
             'HAIHE_RDZV_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
             'MASTER_ADDR=$(scontrol show node -o "$HAIHE_RDZV_NODE" | sed -n \'s/.* NodeAddr=\\([^ ]*\\).*/\\1/p\')',
-            f"MASTER_PORT=$(({cfg.rdzv_port_base} + SLURM_JOB_ID % 1000))",
+            f"MASTER_PORT=$(({cfg.rdzv_port_base} + SLURM_JOB_ID % {cfg.rdzv_port_span}))",
             "export MASTER_ADDR MASTER_PORT",
             # one torchrun per node; static rendezvous on node 0 (c10d's "am I the host" guess fails when
             # every node is 127.0.0.1); SLURM_NODEID is per task, so an inner shell reads it
