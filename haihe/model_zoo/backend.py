@@ -84,6 +84,11 @@ class RegistryBackend(Protocol):
         """Download a version's model directory (the one holding ``MLmodel``) into ``dest``."""
         ...
 
+    def read_model_file(self, name: str, version: int, path: str) -> str:
+        """The text of one file of a version's model directory (``MLmodel``), without downloading the rest;
+        NotFound when the version has no such file."""
+        ...
+
     def log_local_model(self, *, experiment: str, local_dir: Path, name: str, run_tags: Mapping[str, str]) -> str:
         """Upload a model directory saved on disk as a logged model of a new run; return its ``models:/`` URI."""
         ...

@@ -9,6 +9,7 @@ give up within seconds unless the operator set the variables explicitly.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -300,6 +301,19 @@ class MlflowBackend:
                 artifact_uri=uri, dst_path=str(dest), tracking_uri=self.tracking_uri
             )
         return Path(local)
+
+    def read_model_file(self, name: str, version: int, path: str) -> str:
+        import mlflow.artifacts
+
+        with translated(f"model {name} version {version}"), tempfile.TemporaryDirectory(prefix="haihe-") as tmp:
+            uri = self.client.get_model_version_download_uri(name, str(version))
+            try:
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{uri.rstrip('/')}/{path}", dst_path=tmp, tracking_uri=self.tracking_uri
+                )
+                return Path(local).read_text(encoding="utf-8")
+            except OSError as exc:  # a local artifact store without the file, or an unreadable one
+                raise NotFound(f"model {name} version {version} has no {path}: {exc}") from None
 
     def log_local_model(self, *, experiment: str, local_dir: Path, name: str, run_tags: Mapping[str, str]) -> str:
         from mlflow.entities import LoggedModelStatus

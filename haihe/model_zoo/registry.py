@@ -392,6 +392,13 @@ class ModelZoo:
             shutil.rmtree(staging, ignore_errors=True)
         return target
 
+    def signature(self, ref: ZooRef | str) -> dict[str, builtins.list[dict[str, Any]]] | None:
+        """The MLflow signature the selected version was logged with, as ``{"inputs": [...], "outputs": [...]}``
+        (MLflow's tensor or column specs), or None when it was logged without one. Reads only ``MLmodel``."""
+        ref = as_ref(ref)
+        record = self._resolve(ref)
+        return parse_signature(self.backend.read_model_file(ref.registered_name, record.version, "MLmodel"))
+
     # ---- helpers ----
     def _zoo_record(self, ref: ZooRef) -> ModelRecord:
         try:
@@ -480,6 +487,28 @@ def _model_uri(model_uri: str | None, run_id: str | None, artifact_path: str | N
     if artifact_path.startswith("/") or ".." in artifact_path.split("/"):
         raise InvalidInput("artifact_path must be relative to the run", field="artifact_path")
     return f"runs:/{run_id}/{artifact_path}"
+
+
+def parse_signature(mlmodel: str) -> dict[str, list[dict[str, Any]]] | None:
+    """The ``signature`` of an ``MLmodel`` document (MLflow stores its inputs and outputs as JSON strings);
+    None when there is none or it cannot be read."""
+    import json
+
+    import yaml
+
+    try:
+        doc = yaml.safe_load(mlmodel)
+        sig = doc.get("signature") if isinstance(doc, dict) else None
+        if not isinstance(sig, dict):
+            return None
+        out: dict[str, list[dict[str, Any]]] = {}
+        for part in ("inputs", "outputs"):
+            value = sig.get(part)
+            specs = json.loads(value) if isinstance(value, str) else value
+            out[part] = [s for s in specs if isinstance(s, dict)] if isinstance(specs, list) else []
+    except (yaml.YAMLError, ValueError):
+        return None
+    return out if out["inputs"] else None
 
 
 def _model_dir(path: Path) -> Path:

@@ -1,9 +1,9 @@
 """Hosted endpoints on a real Ray Serve (session Ray head) with models from the real MLflow zoo.
 
 One platform process for the module: MiniLM (seeded into the zoo) is called with the official ``openai`` client;
-a digits classifier trained here is called over OIP v2; the gates are checked against the replica's own call
-counter; a bounded load run with a rolling update in the middle sees only 200s and 429s, and after the drain the
-ledger holds exactly the served count.
+a digits classifier trained here is called over OIP v2, also with NVIDIA's ``tritonclient``; the gates are
+checked against the replica's own call counter; a bounded load run with a rolling update in the middle sees only
+200s and 429s, and after the drain the ledger holds exactly the served count.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def register_digits(zoo: ModelZoo, mlflow_url: str, org: str, seed: int) -> tupl
     import mlflow
     import numpy as np
     import torch
+    from mlflow.models import infer_signature
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -62,9 +63,12 @@ def register_digits(zoo: ModelZoo, mlflow_url: str, org: str, seed: int) -> tupl
     assert accuracy > 0.95
     mlflow.set_tracking_uri(mlflow_url)
     mlflow.set_experiment(f"{org}/endpoint-tests")
+    sample = x[:8]
+    with torch.no_grad():  # as training jobs do: the signature gives OIP metadata its shapes and datatypes
+        signature = infer_signature(sample.numpy(), model(sample).numpy())
     with mlflow.start_run():
         info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
-                                        pip_requirements=["torch"])
+                                        pip_requirements=["torch"], signature=signature)
     version = zoo.register(f"{org}/digits", _digits_card(), model_uri=info.model_uri)
     zoo.set_alias(f"{org}/digits", "production", version.version)
     return version.version, np.asarray(digits.data / 16.0, dtype=np.float32), digits.target
@@ -143,6 +147,55 @@ def test_digits_classified_over_oip(stack: Platform, tenant: dict[str, Any], dig
     assert sum(int(a == b) for a, b in zip(labels, y[:8], strict=True)) >= 7
     meta = httpx.get(f"{stack.url}/v2/models/digits", headers=bearer(tenant["key"])).json()
     assert meta["ready"] is True and meta["platform"] == "haihe-ray"
+
+
+def test_tritonclient_reads_metadata_infers_digits_and_gets_a_readable_400(
+        stack: Platform, tenant: dict[str, Any], digits: dict[str, Any]) -> None:
+    """NVIDIA's own OIP client (tritonclient[http]) against the gateway: health, metadata, binary and JSON infer."""
+    import numpy as np
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    x, y = digits["x"][:64], digits["y"][:64]
+    key = tenant["key"]["key"]
+
+    def auth() -> dict[str, str]:  # a new dict per call: the client writes Inference-Header-Content-Length into it
+        return {"Authorization": f"Bearer {key}"}
+
+    client = triton.InferenceServerClient(url=stack.url.removeprefix("http://"), network_timeout=60.0)
+    try:
+        assert client.is_server_live() and client.is_server_ready()  # no key: probes, like /healthz
+        server = client.get_server_metadata()
+        assert server["name"] == "haihe" and "binary_tensor_data" in server["extensions"]
+        assert client.is_model_ready("digits", headers=auth())
+        assert client.is_model_ready("digits", str(digits["version"]), headers=auth())
+        meta = client.get_model_metadata("digits", headers=auth())
+        assert meta["contract"] == "signature"  # read from the MLmodel in the real MLflow
+        assert meta["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
+        assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]},
+                                   {"name": "label", "datatype": "INT64", "shape": [-1]}]
+        [spec] = meta["inputs"]
+        pixels = triton.InferInput(spec["name"], list(x.shape), spec["datatype"])
+        pixels.set_data_from_numpy(x)  # binary tensor data: the client's default
+        result = client.infer("digits", [pixels], headers=auth())
+        labels = result.as_numpy("label")
+        assert result.as_numpy("logits").shape == (64, 10)
+        assert float((labels == y).mean()) > 0.9
+        pixels.set_data_from_numpy(x, binary_data=False)  # and plain JSON (gzipped), one output asked for
+        result = client.infer("digits", [pixels], headers=auth(), request_compression_algorithm="gzip",
+                              outputs=[triton.InferRequestedOutput("label", binary_data=False)])
+        assert (result.as_numpy("label") == labels).all() and result.as_numpy("logits") is None
+        wrong = triton.InferInput("pixels", [3, 5], "FP32")
+        wrong.set_data_from_numpy(np.zeros((3, 5), dtype=np.float32))
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("digits", [wrong], headers=auth())
+        assert info.value.status() == "400"
+        assert info.value.message() == 'input "pixels": expected shape [-1, 64], got [3, 5]'
+        with pytest.raises(InferenceServerException) as info:
+            client.get_model_metadata("digits")  # no key
+        assert info.value.status() == "401" and "API key" in str(info.value.message())
+    finally:
+        client.close()
 
 
 def _set_rate(stack: Platform, org: str, rate: float, burst: int) -> None:

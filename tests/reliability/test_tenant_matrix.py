@@ -38,6 +38,9 @@ UNTENANTED = {
     "auth_session": "login: answers only with the caller's own session",
     "auth_logout": "acts on the caller's own credential",
     "whoami": "the caller's own identity",
+    "oip_server_metadata": "OIP v2 server metadata: the server's name, version and extensions",
+    "oip_server_live": "OIP v2 liveness, no data",
+    "oip_server_ready": "OIP v2 readiness, no data",
 }
 # operations that list across orgs: checked for leaks in the body instead of by status
 LISTINGS = {"orgs_list", "users_list", "jobs_list", "keys_list", "datasets_list", "audit_search", "usage_report",
@@ -57,6 +60,9 @@ COVERED_ELSEWHERE = {
     "infer": "tests/integration/test_endpoints_ray.py + tests/unit/test_endpoints_gateway.py (other org's key: 404)",
     "model_metadata": "tests/unit/test_endpoints_gateway.py",
     "model_ready": "tests/unit/test_endpoints_gateway.py",
+    "model_version_metadata": "tests/unit/test_oip_protocol.py::test_another_orgs_key_finds_no_model_route",
+    "model_version_ready": "tests/unit/test_oip_protocol.py::test_another_orgs_key_finds_no_model_route",
+    "infer_version": "tests/unit/test_oip_protocol.py::test_another_orgs_key_finds_no_model_route",
     "create_embeddings": "tests/integration/test_endpoints_ray.py",
 }
 # reads the control cannot make because the matrix's world holds no such resource (no endpoint is deployed here)

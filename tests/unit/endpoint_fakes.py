@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from haihe.errors import NotFound, ServiceUnavailable
+import numpy as np
+
+from haihe.errors import NotFound, ServiceUnavailable, TrackingUnavailable
 from haihe.model_zoo.names import ZooRef
 from haihe.platform.gateway.runtimes import DeployPlan, Probe, ProbeState
 
@@ -14,11 +16,13 @@ from haihe.platform.gateway.runtimes import DeployPlan, Probe, ProbeState
 class _Model:
     visibility: str
     task: str
+    card: Any = None
 
 
 @dataclass
 class _Version:
     version: int
+    card: Any = None
 
 
 @dataclass
@@ -30,30 +34,48 @@ class _Detail:
 
 @dataclass
 class FakeZoo:
-    """``models[(org, name)] = (visibility, task, [versions], {alias: version})``."""
+    """``models[(org, name)] = (visibility, task, [versions], {alias: version})``; every version of a model has the
+    model's ``cards`` entry (a ModelCard) and ``signatures`` entry (MLflow's parsed signature), when given."""
 
     models: dict[tuple[str, str], tuple[str, str, list[int], dict[str, int]]] = field(default_factory=dict)
+    cards: dict[tuple[str, str], Any] = field(default_factory=dict)
+    signatures: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    reads: int = 0  # signature reads (the gateway caches contracts per version)
+    down: bool = False  # MLflow unreachable
 
     def add(self, ref: str, task: str, versions: list[int], visibility: str = "public",
-            aliases: dict[str, int] | None = None) -> None:
+            aliases: dict[str, int] | None = None, card: Any = None,
+            signature: dict[str, list[dict[str, Any]]] | None = None) -> None:
         org, name = ref.split("/")
         self.models[(org, name)] = (visibility, task, versions, aliases or {})
+        if card is not None:
+            self.cards[(org, name)] = card
+        if signature is not None:
+            self.signatures[(org, name)] = signature
 
     def get(self, ref: ZooRef) -> _Detail:
+        if self.down:
+            raise TrackingUnavailable("MLflow is down", component="mlflow")
         entry = self.models.get((ref.org, ref.name))
         if entry is None:
             raise NotFound(f"no zoo model {ref}")
         visibility, task, versions, aliases = entry
+        card = self.cards.get((ref.org, ref.name))
         selected = None
         if ref.version is not None:
             if ref.version not in versions:
                 raise NotFound(f"no zoo model {ref}")
-            selected = _Version(ref.version)
+            selected = _Version(ref.version, card)
         elif ref.alias is not None:
             if ref.alias not in aliases:
                 raise NotFound(f"no zoo model {ref}")
-            selected = _Version(aliases[ref.alias])
-        return _Detail(_Model(visibility, task), selected, _Version(max(versions)) if versions else None)
+            selected = _Version(aliases[ref.alias], card)
+        return _Detail(_Model(visibility, task, card), selected, _Version(max(versions), card) if versions else None)
+
+    def signature(self, ref: ZooRef) -> dict[str, list[dict[str, Any]]] | None:
+        self.get(ref)
+        self.reads += 1
+        return self.signatures.get((ref.org, ref.name))
 
 
 class FakeRuntime:
@@ -98,7 +120,7 @@ class FakeRuntime:
             if isinstance(r, str):
                 out.append([float(len(r)), float(version)])
             else:
-                out.append([float(x) * 2 for x in list(r)])
+                out.append((np.asarray(r, dtype=np.float64) * 2).tolist())
         return out
 
     def close(self) -> None:

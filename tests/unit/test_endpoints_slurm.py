@@ -122,7 +122,7 @@ def test_serving_job_found_by_its_log_then_cancelled_behind_our_back_comes_back(
     ep = _state(client, org, h)
     assert ep["state"] == "degraded" and "CANCELLED" in ep["reason"]
     gap = _infer(client, h["key"])
-    assert gap.status_code == 503 and "not ready" in gap.json()["error"]["message"]
+    assert gap.status_code == 503 and "not ready" in gap.json()["error"]
     [new_ref] = _running_refs(sched)
     assert new_ref != ref
     servers.start(new_ref)

@@ -29,6 +29,7 @@ class FakeRegistry:
         self.logged: dict[str, str] = {"models:/m-1": RUN, "models:/m-2": "b" * 32}  # uri -> run
         self.fail: set[str] = set()
         self.downloads = 0
+        self.mlmodels: dict[str, str] = {}  # source uri -> MLmodel text (default: a document without signature)
         self._clock = itertools.count(1000)
 
     def _maybe_fail(self, op: str) -> None:
@@ -147,6 +148,12 @@ class FakeRegistry:
         (dest / "model").mkdir(parents=True)
         (dest / "model" / "MLmodel").write_text(f"source: {record.source}\n")
         return dest
+
+    def read_model_file(self, name: str, version: int, path: str) -> str:
+        source = self.get_version(name, version).source
+        if path != "MLmodel":
+            raise NotFound(f"{source}/{path}")
+        return self.mlmodels.get(source, f"source: {source}\n")
 
     def log_local_model(self, *, experiment: str, local_dir: Path, name: str, run_tags: Mapping[str, str]) -> str:
         uri = f"models:/m-{len(self.logged) + 1}"
@@ -320,6 +327,32 @@ def test_export_and_the_load_cache(zoo: ModelZoo, fake: FakeRegistry, tmp_path: 
         zoo.load("acme/bert@production")
     with pytest.raises(InvalidInput):
         zoo.load("acme/bert", flavor="onnx")  # type: ignore[arg-type]
+
+
+MLMODEL_WITH_SIGNATURE = """\
+flavors:
+  pytorch: {}
+signature:
+  inputs: '[{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 1, 8, 8]}}]'
+  outputs: '[{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1,
+    10]}}]'
+  params: null
+"""
+
+
+def test_signature_is_read_from_mlmodel_without_downloading_the_model(zoo: ModelZoo, fake: FakeRegistry) -> None:
+    zoo.register("acme/bert", card_dict(), model_uri="models:/m-1")
+    zoo.register("acme/bert", card_dict(), model_uri="models:/m-2")
+    fake.mlmodels["models:/m-2"] = MLMODEL_WITH_SIGNATURE
+    assert zoo.signature("acme/bert:1") is None  # logged without one
+    sig = zoo.signature("acme/bert")  # newest: version 2
+    assert sig == {"inputs": [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 1, 8, 8]}}],
+                   "outputs": [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 10]}}]}
+    assert fake.downloads == 0
+    fake.mlmodels["models:/m-2"] = "signature: [not, a, mapping"
+    assert zoo.signature("acme/bert:2") is None
+    with pytest.raises(NotFound):
+        zoo.signature("acme/bert:9")
 
 
 def test_cards_edited_by_hand_do_not_break_listing(zoo: ModelZoo, fake: FakeRegistry) -> None:

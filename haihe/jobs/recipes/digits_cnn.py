@@ -47,7 +47,9 @@ def run(ctx: JobContext) -> None:
     result = train_classifier(ctx, model, train, test, cfg)  # type: ignore[arg-type]
     if ctx.dataset is None:  # the lineage names the data even when it ships with scikit-learn
         ctx.dataset = "builtin:sklearn.datasets.load_digits"
-    version = ctx.finish_model(model.cpu(), description="digits-cnn: CNN on scikit-learn digits")
+    # a few test images: the logged signature then says float32 [-1, 1, 8, 8] in, [-1, 10] out
+    sample = test.tensors[0][:8]  # type: ignore[attr-defined]
+    version = ctx.finish_model(model.cpu(), sample=sample, description="digits-cnn: CNN on scikit-learn digits")
     ctx.result(steps=result.steps, resumed_from=result.resumed_from, final_loss=result.final_loss,
                test_loss=result.test_loss, test_accuracy=result.test_accuracy, registered_version=version,
                run_id=ctx.tracker.run_id)  # fmt: skip

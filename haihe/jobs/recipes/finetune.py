@@ -66,7 +66,8 @@ def run(ctx: JobContext) -> None:
                     "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
                     "world_size": ctx.dist.world_size})  # fmt: skip
     result = train_classifier(ctx, model, train, test, cfg)
-    version = ctx.finish_model(model.cpu(), description=f"finetune of {ctx.env.from_zoo} on {ctx.dataset}")
+    version = ctx.finish_model(model.cpu(), sample=test.tensors[0][:8],
+                               description=f"finetune of {ctx.env.from_zoo} on {ctx.dataset}")
     ctx.result(steps=result.steps, resumed_from=result.resumed_from, final_loss=result.final_loss,
                test_loss=result.test_loss, test_accuracy=result.test_accuracy, registered_version=version,
                run_id=ctx.tracker.run_id)  # fmt: skip

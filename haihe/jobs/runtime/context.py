@@ -102,10 +102,15 @@ class JobContext:
             raise TrackingUnavailable("MLFLOW_TRACKING_URI is needed to load a zoo model", component="mlflow")
         return zoo.load(ref, self.env.tracking_uri, map_location)
 
-    def finish_model(self, model: Any, *, input_example: Any = None, description: str = "") -> int | None:
+    def finish_model(self, model: Any, *, sample: Any = None, input_example: Any = None,
+                     description: str = "") -> int | None:
         """Rank 0: log the trained model to the run and, with HAIHE_REGISTER_AS, register a zoo version with
-        lineage (job, run, dataset, source model). Returns the version, or None when not registering."""
+        lineage (job, run, dataset, source model). Returns the version, or None when not registering.
+
+        ``sample`` (a small input batch) is run through the model to log an MLflow signature: the input and output
+        datatypes and shapes that the model's endpoints report as OIP metadata and hold requests to."""
         from haihe.jobs.runtime import zoo
+        from haihe.jobs.runtime.tracking import torch_signature
 
         if not self.dist.is_main:
             return None
@@ -114,7 +119,10 @@ class JobContext:
             if target is not None:
                 raise TrackingUnavailable(f"MLflow is unavailable: cannot register {target}", component="mlflow")
             return None
-        uri = self.tracker.log_model(model, input_example=input_example)
+        extra: dict[str, Any] = {}
+        if sample is not None:
+            extra["signature"] = torch_signature(model, sample)
+        uri = self.tracker.log_model(model, input_example=input_example, **extra)
         if target is None or uri is None:
             return None
         lineage = zoo.lineage_tags(self.env.job_id, self.tracker.run_id, self.dataset, self.env.from_zoo)

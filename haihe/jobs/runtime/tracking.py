@@ -241,6 +241,24 @@ class MlflowTracker:
             log.error("MLflow could not mark run %s %s (%s: %s)", self.run_id, status, type(exc).__name__, exc)
 
 
+def torch_signature(model: Any, sample: Any) -> Any:
+    """The MLflow ``ModelSignature`` of a torch model, inferred from a sample batch and the model's output on it
+    (tensor specs with -1 for the batch dimension). The model is put back in the mode it was in."""
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    x = sample if isinstance(sample, torch.Tensor) else torch.as_tensor(np.asarray(sample))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            y = model(x)
+    finally:
+        model.train(was_training)
+    return infer_signature(x.detach().cpu().numpy(), y.detach().cpu().numpy())
+
+
 def unrecorded(dropped: Mapping[str, list[int]]) -> str:
     """``loss steps 3-90 (88 values); acc steps 10-10 (1 value)`` - what the log says was lost."""
     parts = []

@@ -16,11 +16,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from haihe.errors import InvalidInput
+from haihe.model_zoo.names import ZooRef
 from haihe.platform import endpoint_quota
 from haihe.platform.context import PlatformContext
 from haihe.platform.endpoint_rows import Endpoint
 from haihe.platform.gateway.auth import KeyCache
 from haihe.platform.gateway.config import GatewayConfig
+from haihe.platform.gateway.contract import ModelContract, from_task, load_contract
 from haihe.platform.gateway.limits import QuotaBook, TokenBuckets
 from haihe.platform.gateway.metering import Flusher, Meter, load_request_quota
 from haihe.platform.gateway.runtimes import ServingRuntime
@@ -29,6 +31,8 @@ from haihe.platform.lease import LeaderLease
 from haihe.platform.mlflow_proxy import serving_tracking
 
 log = logging.getLogger(__name__)
+
+CONTRACT_RETRY_S = 30.0  # a model contract the zoo could not give is asked for again after this long
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,12 @@ class Route:
         return cls(ep.id, ep.org_id, ep.name, ep.state, ep.reason, ep.scheduler, ep.task, ep.model_ref,
                    ep.model_version, serving_target(ep), ep.rate_per_s, ep.burst)
 
+    @property
+    def pinned_model(self) -> str:
+        """``org/name:N``: the zoo version the endpoint resolved to (``model`` is the reference as asked)."""
+        ref = ZooRef.parse(self.model)
+        return f"{ref.org}/{ref.name}:{self.version}"
+
 
 def backend_of(url: str) -> str:
     """Which runtime serves on a scheduler: Ray Serve on ``ray://``, an HTTP serving job everywhere else."""
@@ -75,6 +85,7 @@ class EndpointsHub:
         self.keys = KeyCache(ctx.db, self.config.auth_cache_s)
         self.routes: dict[tuple[int, str], Route] = {}
         self._inflight: Counter[str] = Counter()
+        self._contracts: dict[tuple[str, str], tuple[float, bool, ModelContract]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher: Flusher | None = None
@@ -126,6 +137,29 @@ class EndpointsHub:
             valid = ", ".join(sorted(self.ctx.settings.schedulers)) or "none configured"
             raise InvalidInput(f"unknown scheduler {scheduler!r}; valid: {valid}", field="scheduler")
         return backend_of(url)
+
+    # -- model contracts: OIP metadata and the checks on inference inputs -----------------------------------------
+    def cached_contract(self, route: Route) -> ModelContract | None:
+        """The contract from memory, or None when it must be read (``contract``, in a worker thread)."""
+        hit = self._contracts.get((route.pinned_model, route.task))
+        if hit is not None and (hit[1] or time.monotonic() - hit[0] < CONTRACT_RETRY_S):
+            return hit[2]
+        return None
+
+    def contract(self, route: Route) -> ModelContract:
+        """Blocking on a miss (reads the zoo). A version never changes, so a contract read from the zoo is kept for
+        good; without a readable zoo the task's contract serves meanwhile and the zoo is asked again later."""
+        hit = self.cached_contract(route)
+        if hit is not None:
+            return hit
+        try:
+            contract, final = load_contract(self.zoo(), route.pinned_model, route.task)
+        except Exception as exc:  # no zoo configured, or it cannot be reached: metadata must not stop inference
+            log.warning("endpoint %s: no model contract from the zoo (%s: %s)", route.name, type(exc).__name__, exc)
+            contract, final = from_task(route.task), False
+        with self._lock:
+            self._contracts[(route.pinned_model, route.task)] = (time.monotonic(), final, contract)
+        return contract
 
     # -- in-flight requests per serving target (a generation is retired only when idle) ----------------------------
     def enter(self, target: str) -> None:
