@@ -233,7 +233,7 @@ def admin_init(
 
 @admin.command("audit")
 def admin_audit(
-    org: Annotated[str | None, typer.Option(help="Only this org's events (org admins must name one).")] = None,
+    org: Annotated[str | None, typer.Option(help="Only this org's events (default: every org you administer).")] = None,
     action: Annotated[str | None, typer.Option(help="e.g. key.create, auth.login")] = None,
     actor: Annotated[str | None, typer.Option(help="Username of the actor.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 50,

@@ -62,9 +62,9 @@ def secure_home(home: Path) -> None:
         path = home / name
         if path.exists():
             path.chmod(0o600)
-    for name in ("api", "services"):
-        if (home / name).is_dir():
-            (home / name).chmod(0o700 if name == "api" else 0o711)
+    for name in ("api", "services"):  # made here, before a child's log creates them with the default mode
+        (home / name).mkdir(exist_ok=True)
+        (home / name).chmod(0o700 if name == "api" else 0o711)
 
 
 def _api_process(home: Path, port: int, env: dict[str, str]) -> ManagedProcess:

@@ -55,6 +55,12 @@ class Principal:
             ids &= {self.bound_org_id}
         return ids
 
+    def administered_org_ids(self) -> set[int] | None:
+        """The orgs whose administration the caller may read (audit, usage); None means every org."""
+        if self.is_platform_admin:
+            return None if self.bound_org_id is None else {self.bound_org_id}
+        return {o for o in self.roles if self.role_in(o) == Role.ORG_ADMIN}
+
 
 def require_platform_admin(principal: Principal) -> None:
     if not principal.is_platform_admin:

@@ -18,6 +18,7 @@ import pytest
 
 from haihe.cluster.procs import free_port, pid_alive, wait_until
 from tests.fixtures.figures import Figures
+from tests.fixtures.readme_tour import embeddings_of, run_tour
 
 
 def _pids(home: Path) -> list[int]:
@@ -93,6 +94,7 @@ def test_haihe_up_ready_ctrl_c_and_reuse(tmp_path: Path, figures: Figures) -> No
         orgs = httpx.get(url + "/api/v1/orgs", headers=h).json()
         assert "persisted" in [o["name"] for o in orgs]
         _supervised_children_come_back(home, url, h, home / "supervisor.log", figures)
+        _readme_tour_runs_as_written(home, url, tmp_path / "tour", figures)
         children = _pids(home)
     finally:
         down = subprocess.run([sys.executable, "-m", "haihe.cli", "down"], env=_env(home), capture_output=True,
@@ -153,3 +155,85 @@ def _supervised_children_come_back(home: Path, url: str, h: dict[str, str], log:
     final = status()
     assert final["components"]["mlflow"]["ok"], final
     assert final["children"]["api"]["restarts"] == 1 and final["children"]["ray"]["restarts"] == 0, final
+
+
+def _readme_tour_runs_as_written(home: Path, url: str, workdir: Path, figures: Figures) -> None:
+    """Issue 16: the README's first session, first job, dataset, endpoint, curl and SDK snippet, as a new user
+    types them after `haihe up` (tests/fixtures/readme_tour.py reads them from README.md)."""
+    t0 = time.monotonic()
+    tour = run_tour(url, _env(home), workdir)
+    status = tour.output_of("haihe status")
+    assert "status: ok" in status, status  # and it exited 0
+    follow = tour.step("haihe submit digits.yaml --follow")  # the log on stdout, its states on stderr
+    assert "SUCCEEDED" in follow.err.splitlines()[-1], follow.err[-3000:]
+    assert "HAIHE_RESULT" in follow.out, follow.out[-3000:]
+    assert "minilm" in tour.output_of("haihe models ls")
+    vectors = embeddings_of(tour.output_of("curl "))
+    assert len(vectors) == 1 and len(vectors[0]) == 384
+    assert "vision" in tour.steps[-1].out, tour.steps[-1]
+    figures.record("README tour", "the README's commands as written, after `haihe up`",
+                   {"steps": len(tour.steps), "tour_s": round(time.monotonic() - t0, 1),
+                    "slowest": max(tour.steps, key=lambda s: s.seconds).command.split("#")[0].strip()[:60]})
+
+
+def _world_readable_secrets(home: Path) -> list[str]:
+    """Files under ``home`` that hold secrets and that a process of another uid could read."""
+    secret_names = {"admin.json", "up.json", "haihe.toml", "jwt_hs256.key", "slurmdbd.conf", "haihe.db",
+                    "credentials.json", "mlflow.db"}
+    found = []
+    for p in home.rglob("*"):
+        if p.is_file() and (p.name in secret_names or p.suffix in (".key", ".pem", ".db")) \
+                and p.stat().st_mode & 0o004:
+            found.append(str(p.relative_to(home)))
+    return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the case under test is `haihe up --slurm` run as root")
+@pytest.mark.s3
+@pytest.mark.mlflow
+@pytest.mark.ray
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_haihe_up_slurm_as_root_with_the_default_home(tmp_path: Path, figures: Figures) -> None:
+    """Issue 16: `haihe up --slurm` from a fresh root shell, state in the default ~/.local/share/haihe under a home
+    only root may enter (mode 700, as /root is), reaches /readyz with scheduler:slurm ok; no secret is readable by
+    another uid; Ctrl-C stops it all."""
+    root_home = tmp_path / "root"
+    root_home.mkdir(mode=0o700)
+    root_home.chmod(0o700)
+    env = {k: v for k, v in os.environ.items() if k not in ("HAIHE_HOME", "XDG_CONFIG_HOME", "HAIHE_CONFIG")}
+    env["HOME"] = str(root_home)
+    home = root_home / ".local/share/haihe"
+    port = free_port()
+    base = int(os.environ.get("HAIHE_TEST_PORT_BASE", "21000")) + 500  # as the test above (never at once)
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "up-slurm.log"
+    t0 = time.monotonic()
+    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "haihe.cli", "up", "--slurm", "--port", str(port),
+                                 "--port-base", str(base)], stdout=out, stderr=subprocess.STDOUT, env=env)
+    children: list[int] = []
+    try:
+        wait_until(lambda: httpx.get(url + "/readyz", timeout=5).status_code == 200, timeout=300,
+                   what="haihe up --slurm", log_path=log, alive=lambda: proc.poll() is None)
+        up_s = time.monotonic() - t0
+        ready = httpx.get(url + "/readyz").json()
+        assert ready["components"]["scheduler:slurm"]["ok"], ready
+        assert ready["status"] == "ok", ready
+        wait_until(lambda: (home / "admin.json").exists(), timeout=30, what="admin credentials")
+        assert (home / "slurm" / "etc" / "slurm.conf").exists()
+        assert _world_readable_secrets(home) == []
+        assert (home / "api").stat().st_mode & 0o077 == 0  # the API's log and runtime files: its account only
+        children = _pids(home)
+    finally:
+        t_stop = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+        stop_s = time.monotonic() - t_stop
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    deadline = time.monotonic() + 30
+    while any(pid_alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [p for p in children if pid_alive(p)], "children left running after Ctrl-C"
+    figures.record("haihe up --slurm as root", "default home under a mode-700 $HOME: up to /readyz, then Ctrl-C",
+                   {"up_s": round(up_s, 1), "stop_s": round(stop_s, 1)})

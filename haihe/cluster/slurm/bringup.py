@@ -1,9 +1,10 @@
 """Bring a local Slurm 22.05 cluster up and down under one state directory.
 
-munged is system-wide (started if not running, never stopped); every other daemon — slurmctld, one slurmd per
-node (each in its own UTS namespace so ``hostname`` is the node name), slurmrestd (JWT, as ``nobody``: it
-refuses root), and optionally MariaDB + slurmdbd — is our child with a pid file under ``<state>/run``. Ports,
-paths and the ClusterName all derive from the PortPlan and the state dir, so several clusters can coexist.
+munged is system-wide (started if not running, never stopped); every other daemon is our child with a pid file
+under ``<state>/run``: slurmctld, one slurmd per node (each in its own UTS namespace so ``hostname`` is the node
+name), slurmrestd (JWT; it refuses root, so under root it runs as its own account :data:`REST_USER`), and
+optionally MariaDB + slurmdbd. Ports, paths and the ClusterName all derive from the PortPlan and the state dir, so
+several clusters can coexist.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from haihe.cluster.slurm.render import (
 Progress = Callable[[str], None]
 MANIFEST = "cluster.json"
 REST_PLUGINS = "openapi/v0.0.38"
+# slurmrestd's own account (it refuses root): a group of its own, so the state dir's private ancestors (e.g.
+# /root/.local/share/haihe) are opened to it alone, search only, never to every process running as nobody
+REST_USER = "haihe-slurmrestd"
 
 
 def _noop(_: str) -> None:
@@ -126,8 +130,9 @@ class SlurmCluster:
         # SLURM_BITSTR_LEN=0: whole array task-id expressions in /jobs (default cuts them at 64 chars with '...')
         env = {**self.command_env(), "SLURM_JWT": "daemon", "SLURM_BITSTR_LEN": "0"}
         plugins = REST_PLUGINS + (",openapi/dbv0.0.38" if self.accounting else "")
+        user, group = (REST_USER, REST_USER) if os.geteuid() == 0 else ("nobody", "nogroup")
         argv = ["slurmrestd", "-f", str(self.slurm_conf), "-a", "rest_auth/jwt", "-s", plugins,
-                "-u", "nobody", "-g", "nogroup", f"127.0.0.1:{self.layout.port(REST_PORT)}"]
+                "-u", user, "-g", group, f"127.0.0.1:{self.layout.port(REST_PORT)}"]
         return self._proc("slurmrestd", argv, env=env)
 
     def processes(self) -> list[ManagedProcess]:
@@ -184,7 +189,7 @@ def _prepare(cl: SlurmCluster, db_password: str) -> None:
         (s / sub).mkdir(parents=True, exist_ok=True)
     s.chmod(0o755)
     # platform jobs log into their own <jobs>/<unix user> (made by the scheduler, 2750); the jobs dir itself is
-    # only traversed by job accounts and slurmrestd (nobody). slurm.conf and gres.conf stay world-readable (srun
+    # only traversed by job accounts and slurmrestd (REST_USER). slurm.conf and gres.conf stay world-readable (srun
     # and scontrol in jobs need them); the JWT key, slurmdbd.conf and the db secret are 0600, the munge key 0400.
     (s / "jobs").chmod(0o755)
     for node, _ in desc.all_nodes():
@@ -275,6 +280,22 @@ def _setup_associations(cl: SlurmCluster) -> None:
           "DefaultQOS=normal"], env, check=False)
 
 
+def _grant_daemon_access(lay: Layout, accounting: bool) -> None:
+    """The state dir may sit under a private directory (``haihe up --slurm`` as root: /root/.local/share/haihe):
+    slurmrestd's account must reach slurm.conf, job accounts slurm.conf (srun, scontrol) and their log dirs, and
+    MariaDB (as mysql) its data dir. Each group gets search permission on the ancestors that lack it (root only;
+    never read or list)."""
+    if os.geteuid() != 0:
+        return
+    from haihe.cluster import unix
+
+    unix.ensure_user(REST_USER, group=REST_USER)
+    unix.grant_traverse([lay.slurm_conf], group=REST_USER)
+    unix.grant_traverse([lay.slurm_conf, lay.state_dir / "jobs" / "x"], group=unix.JOBS_GROUP)
+    if accounting:
+        unix.grant_traverse([lay.state_dir / "mysql" / "x"], group="mysql")
+
+
 def _grant_job_accounts_runtime() -> None:
     """Job accounts (group haihe-jobs) run the node Python and import Haihe, which may sit under /root (pyenv):
     give the group search permission on the directories leading there (root only; never read on /root)."""
@@ -323,6 +344,7 @@ def cluster_up(state_dir: str | Path, plan: PortPlan, accounting: bool = False,
     state.mkdir(parents=True, exist_ok=True)
     _ensure_munge(say)
     _prepare(cl, _db_password(cl) if accounting else "")
+    _grant_daemon_access(lay, accounting)
     if description_path is not None:
         shutil.copyfile(description_path, lay.etc / "description.toml")
     (state / MANIFEST).write_text(json.dumps(_manifest(cl)))
