@@ -129,6 +129,8 @@ def up(
     ray: Annotated[bool, typer.Option(help="Start a local Ray head (the default scheduler).")] = True,
     slurm: Annotated[bool, typer.Option(help="Also bring up the local Slurm cluster and register it.")] = False,
     detach: Annotated[bool, typer.Option(help="Start everything and return (stop with `haihe down`).")] = False,
+    api_workers: Annotated[int, typer.Option(min=1, max=16, help="API processes sharing the port: one crashing "
+                                             "leaves the others answering while it restarts.")] = 2,
     supervise_only: Annotated[bool, typer.Option(hidden=True, help="Watch a running stack (what --detach leaves)."
                                                  )] = False,
 ) -> None:
@@ -136,7 +138,7 @@ def up(
     from haihe.embedded import EmbeddedOptions, run_embedded
 
     options = EmbeddedOptions(home=home, api_port=port, port_base=port_base, with_ray=ray, with_slurm=slurm,
-                              detach=detach, supervise_only=supervise_only)
+                              detach=detach, supervise_only=supervise_only, api_workers=api_workers)
     sys.exit(run_embedded(options, echo=_console().print))
 
 

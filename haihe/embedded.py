@@ -1,7 +1,8 @@
 """``haihe up``: the embedded default on one machine — S3 server, MLflow, Ray head, (Slurm), API and portal.
 
-The services come from :mod:`haihe.cluster` (the same code the test fixtures use); the API runs as its own process
-(``uvicorn haihe.server:create_app --factory``) configured through ``HAIHE_*`` variables. On the first run a
+The services come from :mod:`haihe.cluster` (the same code the test fixtures use); the API runs in ``api_workers``
+processes sharing its port (:mod:`haihe.serve`), configured through ``HAIHE_*`` variables, so that one of them
+dying leaves the portal, the API and the inference gateway answering while it is restarted. On the first run a
 platform admin is created and its password printed once (and kept in ``$HAIHE_HOME/admin.json``, mode 600).
 Ctrl-C stops every child; a second run reuses all state.
 """
@@ -39,6 +40,7 @@ class EmbeddedOptions:
     with_slurm: bool = False
     detach: bool = False
     supervise_only: bool = False  # the background copy `--detach` leaves: attach to the running stack, watch it
+    api_workers: int = 2  # API processes on the one port: a crash of one leaves the others answering
     admin_username: str = "admin"
 
     @property
@@ -67,12 +69,51 @@ def secure_home(home: Path) -> None:
         (home / name).chmod(0o700 if name == "api" else 0o711)
 
 
-def _api_process(home: Path, port: int, env: dict[str, str]) -> ManagedProcess:
-    argv = [sys.executable, "-m", "uvicorn", "haihe.server:create_app", "--factory", "--host", HOST,
-            "--port", str(port), "--no-access-log", "--timeout-keep-alive", "30"]
-    # umask 077: the database (and its WAL), logs and anything else the API writes are private to its account
-    return ManagedProcess("api", argv, log_path=home / "api" / "api.log", pid_path=home / "api" / "api.pid",
-                          env=env, cwd=home, umask=0o077)
+@dataclass
+class ApiWorker:
+    """One of the API processes sharing the port; ready once its ready file names its current pid."""
+
+    process: ManagedProcess
+    ready_file: Path
+
+    @property
+    def name(self) -> str:
+        return self.process.name
+
+    def start(self, url: str) -> None:
+        self.ready_file.unlink(missing_ok=True)
+        self.process.start()
+        wait_until(self.is_ready, timeout=120, what=f"{self.name} to serve", log_path=self.process.log_path,
+                   alive=self.process.is_running)
+        wait_until(lambda: _ready(url), timeout=120, what="API /readyz", log_path=self.process.log_path,
+                   alive=self.process.is_running)
+
+    def is_ready(self) -> bool:
+        try:
+            return int(self.ready_file.read_text()) == self.process.pid()
+        except (OSError, ValueError):
+            return False
+
+
+def _api_workers(home: Path, port: int, env: dict[str, str], count: int) -> list[ApiWorker]:
+    """``count`` API processes on one port (``api``, ``api-2``, …); pid files under ``<home>/api``."""
+    workers = []
+    for i in range(1, max(1, count) + 1):
+        name = "api" if i == 1 else f"api-{i}"
+        ready = home / "api" / f"{name}.ready"
+        argv = [sys.executable, "-m", "haihe.serve", "--host", HOST, "--port", str(port), "--ready-file", str(ready)]
+        # umask 077: the database (and its WAL), logs and anything else the API writes are private to its account
+        proc = ManagedProcess(name, argv, log_path=home / "api" / f"{name}.log", pid_path=home / "api" / f"{name}.pid",
+                              env=env, cwd=home, umask=0o077)
+        workers.append(ApiWorker(proc, ready))
+    return workers
+
+
+def _stale_api_workers(home: Path, port: int) -> list[ApiWorker]:
+    """Every API process a pid file under ``<home>/api`` names (an earlier run's, whatever its worker count)."""
+    names = {p.stem for p in (home / "api").glob("api*.pid")} if (home / "api").is_dir() else set()
+    count = max((int(n.split("-", 1)[1]) for n in names if n.startswith("api-") and n[4:].isdigit()), default=1)
+    return _api_workers(home, port, dict(os.environ), count)
 
 
 def _stack(options: EmbeddedOptions) -> Any:
@@ -107,6 +148,8 @@ def _api_env(options: EmbeddedOptions, stack: Any, slurm: Any | None) -> dict[st
         "HAIHE_SCHEDULERS": json.dumps(schedulers),
         "HAIHE_DEFAULT_SCHEDULER": "ray" if "ray" in schedulers else next(iter(schedulers), ""),
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        # the API workers on the one port share each key's rate limit (haihe.platform.gateway.shared_buckets)
+        "HAIHE_GATEWAY_SHARED_BUCKETS": str(home / "api" / "rate-buckets.bin"),
     })
     return env
 
@@ -150,7 +193,8 @@ def _spawn_supervisor(options: EmbeddedOptions, home: Path) -> int:
 
     argv = [sys.executable, "-m", "haihe.cli", "up", "--home", str(home), "--port", str(options.api_port),
             "--port-base", str(options.port_base), "--ray" if options.with_ray else "--no-ray",
-            "--slurm" if options.with_slurm else "--no-slurm", "--supervise-only"]
+            "--slurm" if options.with_slurm else "--no-slurm", "--api-workers", str(options.api_workers),
+            "--supervise-only"]
     with open(home / "supervisor.log", "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -166,7 +210,7 @@ def _supervise_running(options: EmbeddedOptions, echo: Echo) -> int:
         from haihe.cluster.slurm.bringup import load_cluster
 
         slurm = load_cluster(home / "slurm")
-    api = _api_process(home, options.api_port, _api_env(options, stack, slurm))
+    api = _api_workers(home, options.api_port, _api_env(options, stack, slurm), options.api_workers)
     return _wait_and_stop(api, slurm, stack, home, echo, f"http://{HOST}:{options.api_port}")
 
 
@@ -179,10 +223,11 @@ def run_embedded(options: EmbeddedOptions, echo: Echo = print) -> int:
     t0 = time.monotonic()
     echo(f"Haihe home: {home}")
     _write_private(home / "up.json", {"api_port": options.api_port, "port_base": options.port_base,
-                                      "with_ray": options.with_ray, "with_slurm": options.with_slurm})
+                                      "with_ray": options.with_ray, "with_slurm": options.with_slurm,
+                                      "api_workers": options.api_workers})
     stack = _stack(options)
     slurm = None
-    api = None
+    api: list[ApiWorker] = []
     try:
         stack.start(progress=lambda m: echo(f"  {m}"))
         if options.with_slurm:
@@ -190,14 +235,14 @@ def run_embedded(options: EmbeddedOptions, echo: Echo = print) -> int:
 
             slurm = cluster_up(home / "slurm", PortPlan(options.port_base), accounting=False,
                                description_path=None, progress=lambda m: echo(f"  slurm: {m}"))
-        api = _api_process(home, options.api_port, _api_env(options, stack, slurm))
-        if api.is_running():
-            api.stop()
-        api.start()
+        for stale in _stale_api_workers(home, options.api_port):  # an earlier run's, killed without cleanup
+            stale.process.stop()
+        api = _api_workers(home, options.api_port, _api_env(options, stack, slurm), options.api_workers)
         url = f"http://{HOST}:{options.api_port}"
-        wait_until(lambda: _ready(url), timeout=120, what="API /readyz", log_path=api.log_path,
-                   alive=api.is_running)
-        echo(f"  api: ready ({time.monotonic() - t0:.1f}s since start)")
+        for worker in api:  # one after the other: the first migrates the database
+            worker.start(url)
+        echo(f"  api: ready, {len(api)} process{'es' if len(api) > 1 else ''} on port {options.api_port}"
+             f" ({time.monotonic() - t0:.1f}s since start)")
         _first_admin(options, url, echo)
         _seed_zoo(stack, home, echo)
     except (StartupError, KeyboardInterrupt) as exc:
@@ -226,17 +271,18 @@ def _ready(url: str) -> bool:
     return httpx.get(url + "/readyz", timeout=5).status_code == 200
 
 
-def _supervisor(api: ManagedProcess, stack: Any, home: Path, url: str, echo: Echo) -> Any:
+def _supervisor(api: list[ApiWorker], stack: Any, home: Path, url: str, echo: Echo) -> Any:
     """Every child of `haihe up`, restarted on its own when it dies (the others, and running jobs, untouched)."""
     from haihe.cluster.supervisor import Child, Supervisor
 
-    def restart_api() -> None:
-        api.stop()
-        api.start()
-        wait_until(lambda: _ready(url), timeout=120, what="API /readyz", log_path=api.log_path,
-                   alive=api.is_running)
+    def restarter(worker: ApiWorker) -> Callable[[], None]:
+        def restart() -> None:
+            worker.process.stop()
+            worker.start(url)
 
-    children = {"api": Child("api", api.is_running, restart_api, api.log_path)}
+        return restart
+
+    children = {w.name: Child(w.name, w.process.is_running, restarter(w), w.process.log_path) for w in api}
     for name, service in stack.services.items():
         alive = getattr(service, "is_running", None) or service.is_ready
         log_path = getattr(service, "log_path", None) or getattr(getattr(service, "process", None), "log_path", None)
@@ -252,7 +298,7 @@ def _starter(service: Any) -> Callable[[], None]:
     return start
 
 
-def _wait_and_stop(api: ManagedProcess, slurm: Any, stack: Any, home: Path, echo: Echo, url: str = "") -> int:
+def _wait_and_stop(api: list[ApiWorker], slurm: Any, stack: Any, home: Path, echo: Echo, url: str = "") -> int:
     stop = threading.Event()
 
     def _handler(signum: int, _frame: Any) -> None:
@@ -264,8 +310,10 @@ def _wait_and_stop(api: ManagedProcess, slurm: Any, stack: Any, home: Path, echo
     try:
         while not stop.wait(1.0):
             supervisor.step()
-            if "api" in supervisor.given_up():
-                echo(f"[red]the API process keeps crashing[/]; last lines of {api.log_path}:\n{tail(api.log_path)}")
+            crashing = [w for w in api if w.name in supervisor.given_up()]
+            if crashing:
+                log_path = crashing[0].process.log_path
+                echo(f"[red]the API process keeps crashing[/]; last lines of {log_path}:\n{tail(log_path)}")
                 code = 1
                 break
     finally:
@@ -277,8 +325,8 @@ def _wait_and_stop(api: ManagedProcess, slurm: Any, stack: Any, home: Path, echo
     return code
 
 
-def _stop_all(api: ManagedProcess | None, slurm: Any, stack: Any, home: Path, echo: Echo) -> None:
-    if api is not None and api.stop():
+def _stop_all(api: list[ApiWorker], slurm: Any, stack: Any, home: Path, echo: Echo) -> None:
+    if [w for w in api if w.process.stop()]:
         echo("  api: stopped")
     if slurm is not None:
         from haihe.cluster.slurm import cluster_down
@@ -310,7 +358,7 @@ def stop_embedded(home: Path | None, echo: Echo = print) -> None:
         saved = {}
     options = EmbeddedOptions(home=home, api_port=int(saved.get("api_port", 8000)),
                               port_base=int(saved.get("port_base", 20000)), with_ray=bool(saved.get("with_ray", True)))
-    api = _api_process(resolved, options.api_port, dict(os.environ))
+    api = _stale_api_workers(resolved, options.api_port)
     slurm_dir = resolved / "slurm"
     slurm_marker = slurm_dir if slurm_dir.exists() else None
     _stop_all(api, None, _stack(options), resolved, echo)

@@ -4,11 +4,13 @@ ok, Ctrl-C stops every child, and a second run reuses the state (same admin, sam
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import pytest
 
 from haihe.cluster.procs import free_port, pid_alive, wait_until
 from tests.fixtures.figures import Figures
-from tests.fixtures.readme_tour import embeddings_of, run_tour
+from tests.fixtures.readme_tour import Tour, embeddings_of, run_tour
 
 
 def _pids(home: Path) -> list[int]:
@@ -93,8 +95,8 @@ def test_haihe_up_ready_ctrl_c_and_reuse(tmp_path: Path, figures: Figures) -> No
         h = {"Authorization": f"Bearer {token}"}
         orgs = httpx.get(url + "/api/v1/orgs", headers=h).json()
         assert "persisted" in [o["name"] for o in orgs]
-        _supervised_children_come_back(home, url, h, home / "supervisor.log", figures)
-        _readme_tour_runs_as_written(home, url, tmp_path / "tour", figures)
+        tour = _readme_tour_runs_as_written(home, url, tmp_path / "tour", figures)
+        _supervised_children_come_back(home, url, h, home / "supervisor.log", figures, tour.env["KEY"])
         children = _pids(home)
     finally:
         down = subprocess.run([sys.executable, "-m", "haihe.cli", "down"], env=_env(home), capture_output=True,
@@ -107,9 +109,33 @@ def test_haihe_up_ready_ctrl_c_and_reuse(tmp_path: Path, figures: Figures) -> No
     assert not [p for p in children if pid_alive(p)], "children left running after haihe down"
 
 
-def _supervised_children_come_back(home: Path, url: str, h: dict[str, str], log: Path, figures: Figures) -> None:
-    """Issue 16: kill -9 the API with 3 Ray jobs running -> `haihe up` restarts it by itself, the jobs (on the Ray
-    head, which was never touched) all succeed; kill -9 MLflow -> restarted too; `haihe status` counts restarts."""
+class _Caller(threading.Thread):
+    """An SME's client calling the README's endpoint (a new connection each time, as curl does) until stopped."""
+
+    def __init__(self, url: str, key: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.key = url, key
+        self.calls: list[tuple[float, float, str]] = []  # sent, answered (or failed), status or error
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            sent = time.monotonic()
+            try:
+                r = httpx.post(self.url + "/v1/embeddings", json={"model": "minilm", "input": ["hello"]},
+                               headers={"Authorization": f"Bearer {self.key}"}, timeout=30)
+                outcome = str(r.status_code)
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+            self.calls.append((sent, time.monotonic(), outcome))
+            self.stop.wait(0.05)
+
+
+def _supervised_children_come_back(home: Path, url: str, h: dict[str, str], log: Path, figures: Figures,
+                                   key: str) -> None:
+    """Issue 16: kill -9 the API with 3 Ray jobs running and the README's endpoint being called -> the other API
+    worker keeps answering (the endpoint never stops), `haihe up` restarts the dead one by itself, the jobs (on the
+    Ray head, never touched) all succeed; kill -9 MLflow -> restarted too; `haihe status` counts restarts."""
     assert httpx.post(url + "/api/v1/orgs/persisted/projects", json={"name": "p"}, headers=h).status_code == 201
     ids = []
     for i in range(3):
@@ -121,16 +147,40 @@ def _supervised_children_come_back(home: Path, url: str, h: dict[str, str], log:
     # the embedded head has 2 CPUs: two jobs run, the third waits for one of them
     wait_until(lambda: sum(httpx.get(f"{url}/api/v1/jobs/{j}", headers=h).json()["state"] == "RUNNING"
                            for j in ids) >= 2, timeout=120, what="Ray jobs running")
+    caller = _Caller(url, key)
+    caller.start()
+    wait_until(lambda: sum(c[2] == "200" for c in caller.calls) >= 20, timeout=60, what="the endpoint answering")
     api_pid = int((home / "api" / "api.pid").read_text())
     os.kill(api_pid, signal.SIGKILL)
     killed = time.monotonic()
     wait_until(lambda: not pid_alive(api_pid), timeout=10, what="the API to die")
-    wait_until(lambda: httpx.get(url + "/readyz", timeout=2).status_code == 200, timeout=60,
-               what="the API back by itself", log_path=log)
+
+    def restarted() -> bool:  # a new pid, alive, and serving (its ready file names it)
+        try:
+            pid = int((home / "api" / "api.pid").read_text())
+            return pid != api_pid and pid_alive(pid) and (home / "api" / "api.ready").read_text() == str(pid)
+        except (OSError, ValueError):
+            return False
+
+    wait_until(restarted, timeout=60, what="the API back by itself", log_path=log)
     back_s = time.monotonic() - killed
-    figures.record("haihe up: kill -9 of the API", "SIGKILL to the API with 3 Ray jobs live",
-                   {"api_back_s": round(back_s, 1)})
+    time.sleep(3)  # and the endpoint answers after the restart too
+    caller.stop.set()
+    caller.join(timeout=60)
+    in_flight = [c for c in caller.calls if c[0] <= killed <= c[1]]
+    failed = [c for c in caller.calls if c[2] != "200" and c not in in_flight]
+    assert not failed, f"the endpoint stopped answering: {failed[:5]}"
+    answered = [c[1] for c in caller.calls if c[2] == "200"]
+    longest_gap = max(b - a for a, b in itertools.pairwise(answered))
+    after = [c for c in caller.calls if c[0] > killed]
+    figures.record("haihe up: kill -9 of the API", "SIGKILL to one of the two API workers, 3 Ray jobs live and the "
+                   "README's endpoint called in a loop (a new connection each call)",
+                   {"api_back_s": round(back_s, 1), "calls_after_kill": len(after),
+                    "failed_in_flight": sum(c[2] != "200" for c in in_flight),
+                    "longest_gap_between_answers_s": round(longest_gap, 2)})
     assert back_s <= 15, f"the API took {back_s:.1f}s to come back"  # the issue's bound (restart backoff is 1 s)
+    assert longest_gap < 5, f"the endpoint went {longest_gap:.1f}s without an answer"
+    assert sum(c[2] == "200" for c in after) >= 10, after[:10]
     states = {}
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -157,7 +207,7 @@ def _supervised_children_come_back(home: Path, url: str, h: dict[str, str], log:
     assert final["children"]["api"]["restarts"] == 1 and final["children"]["ray"]["restarts"] == 0, final
 
 
-def _readme_tour_runs_as_written(home: Path, url: str, workdir: Path, figures: Figures) -> None:
+def _readme_tour_runs_as_written(home: Path, url: str, workdir: Path, figures: Figures) -> Tour:
     """Issue 16: the README's first session, first job, dataset, endpoint, curl and SDK snippet, as a new user
     types them after `haihe up` (tests/fixtures/readme_tour.py reads them from README.md)."""
     t0 = time.monotonic()
@@ -174,6 +224,7 @@ def _readme_tour_runs_as_written(home: Path, url: str, workdir: Path, figures: F
     figures.record("README tour", "the README's commands as written, after `haihe up`",
                    {"steps": len(tour.steps), "tour_s": round(time.monotonic() - t0, 1),
                     "slowest": max(tour.steps, key=lambda s: s.seconds).command.split("#")[0].strip()[:60]})
+    return tour
 
 
 def _world_readable_secrets(home: Path) -> list[str]:

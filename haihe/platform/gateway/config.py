@@ -37,4 +37,7 @@ class GatewayConfig(BaseSettings):
     quota_window_s: float = Field(3600.0, ge=1, description="Endpoint quota window: deploying or scaling up "
                                   "reserves max_replicas × per-replica GPUs/CPUs for this long; the supervisor "
                                   "charges replica-time and renews the reservation at each window's end.")
+    shared_buckets: str = Field("", description="File that holds the per-key token buckets for every gateway "
+                                "process on this host (several API workers on one port). Empty: in memory, "
+                                "per process.")
     log_payloads: bool = Field(False, description="Log request/response bodies (debugging only; off by default).")

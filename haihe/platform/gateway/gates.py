@@ -17,9 +17,7 @@ from haihe.errors import NotFound, PayloadTooLarge, ServiceUnavailable
 from haihe.platform import security
 from haihe.platform.access import Principal
 from haihe.platform.gateway.auth import bearer, check_principal, check_scope
-from haihe.platform.gateway.hub import EndpointsHub, Route
-
-SERVABLE = ("ready", "degraded")
+from haihe.platform.gateway.hub import SERVABLE, EndpointsHub, Route
 
 
 def hub_of(request: Request) -> EndpointsHub:

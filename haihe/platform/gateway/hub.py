@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -26,12 +27,14 @@ from haihe.platform.gateway.contract import ModelContract, from_task, load_contr
 from haihe.platform.gateway.limits import QuotaBook, TokenBuckets
 from haihe.platform.gateway.metering import Flusher, Meter, load_request_quota
 from haihe.platform.gateway.runtimes import ServingRuntime
+from haihe.platform.gateway.shared_buckets import SharedTokenBuckets
 from haihe.platform.gateway.supervisor import Step, serving_target
 from haihe.platform.lease import LeaderLease
 from haihe.platform.mlflow_proxy import serving_tracking
 
 log = logging.getLogger(__name__)
 
+SERVABLE = ("ready", "degraded")  # endpoint states the gateway sends requests to
 CONTRACT_RETRY_S = 30.0  # a model contract the zoo could not give is asked for again after this long
 
 
@@ -81,7 +84,8 @@ class EndpointsHub:
         self._zoo_factory = zoo_factory
         self.book = QuotaBook(load_request_quota(ctx.db), self.config.quota_refresh_s)
         self.meter = Meter(ctx.db, self.book)
-        self.buckets = TokenBuckets()
+        self.buckets: TokenBuckets | SharedTokenBuckets = (
+            SharedTokenBuckets(Path(self.config.shared_buckets)) if self.config.shared_buckets else TokenBuckets())
         self.keys = KeyCache(ctx.db, self.config.auth_cache_s)
         self.routes: dict[tuple[int, str], Route] = {}
         self._inflight: Counter[str] = Counter()
@@ -180,6 +184,20 @@ class EndpointsHub:
             rows = s.scalars(select(Endpoint)).all()
             self.routes = {(ep.org_id, ep.name): Route.of(ep) for ep in rows}
 
+    def _warm_handles(self) -> None:
+        """A process that does not step endpoints still serves them: it makes each ready Ray app's handle here, in
+        the supervisor's thread, as the leader's probe does, so no request waits for joining the cluster."""
+        for route in list(self.routes.values()):
+            if route.state not in SERVABLE or not route.target:
+                continue
+            try:
+                runtime = self.runtime(route.scheduler)
+                make = getattr(runtime, "handle", None)
+                if runtime.backend == "ray" and make is not None:
+                    make(route.target)
+            except Exception as exc:  # the cluster may be away: requests then get their own 503
+                log.debug("warming the handle of %s failed: %s", route.name, exc)
+
     def lookup(self, org_id: int, name: str) -> Route | None:
         """The route, from memory; a miss reads the database (an endpoint created since the last cycle)."""
         route = self.routes.get((org_id, name))
@@ -195,6 +213,7 @@ class EndpointsHub:
         leader (when a lease is set) steps endpoints; every process refreshes its routes."""
         if self.leader is not None and not self.leader.renew():
             self.refresh_routes()
+            self._warm_handles()
             self.cycles += 1
             return
         with self.ctx.db.session() as s:

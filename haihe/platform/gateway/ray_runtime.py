@@ -117,8 +117,10 @@ class RayServeRuntime:
         self._status = (0.0, {})
 
     def handle(self, name: str) -> Any:
+        """The app's handle (a process that did not deploy it, e.g. a second API worker, joins the cluster first)."""
         h = self._handles.get(name)
         if h is None:
+            self.connect()
             from ray import serve
 
             h = self._handles[name] = serve.get_app_handle(name)
