@@ -14,32 +14,22 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from haihe import names
 from haihe.errors import InvalidInput
 
 MANIFEST_NAME = "manifest.json"
 UPLOADS_DIR = "_uploads"
 MAX_KEY_BYTES = 1024  # S3's limit on an object key, in UTF-8 bytes
 MAX_SEGMENT_BYTES = 255  # the usual file-name limit of the node-local file systems we stage onto
-MAX_NAME_LEN = 64
+MAX_NAME_LEN = names.MAX_RESOURCE_NAME_LEN
 
-# Lower-case letters, digits, '.', '_' and '-', starting and ending with a letter or digit: safe in a key, a URL,
-# a file name and a shell word, and never a reserved key such as ``_uploads``.
-_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
 _VERSION_DIR_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
 _SESSION_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 def check_name(value: object, field: str) -> str:
-    """Validate an org or dataset name; raise InvalidInput naming ``field`` when it is unsafe."""
-    if not isinstance(value, str):
-        raise InvalidInput(f"{field} must be a string", field=field)
-    if not _NAME_RE.fullmatch(value) or ".." in value:
-        raise InvalidInput(
-            f"{field} {value[:80]!r} is not allowed: use 1-{MAX_NAME_LEN} lower-case letters, digits, '.', '_' "
-            "or '-', starting and ending with a letter or digit",
-            field=field,
-        )
-    return value
+    """Validate an org or dataset name (:func:`haihe.names.check_resource_name`)."""
+    return names.check_resource_name(value, field)
 
 
 def check_version(value: object, field: str = "version") -> int:

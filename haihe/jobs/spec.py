@@ -32,13 +32,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from haihe import names
 from haihe.errors import InvalidInput
 
-NAME = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_NAME_RE = re.compile(NAME)
-_ZOO_REF_RE = re.compile(
-    rf"(?P<org>{NAME})/(?P<name>{NAME})(?:@(?P<alias>[a-z0-9][a-z0-9_-]{{0,62}})|:(?P<version>\d+))?"
-)
+NAME = names.ACCOUNT_NAME  # the job's own name, its project, scheduler, partition and QoS
+RESOURCE = names.RESOURCE_NAME  # the datasets and zoo models it names (may hold '.' and '_')
+_ZOO_REF_RE = re.compile(rf"(?P<org>{NAME})/(?P<name>{RESOURCE})(?:@(?P<alias>{names.ALIAS})|:(?P<version>\d+))?")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RECIPES = ("digits-cnn", "finetune", "batch-infer")
 MAX_SWEEP = 1000
@@ -102,9 +101,16 @@ class ResourcesSpec(_Strict):
 
 
 class DatasetRef(_Strict):
-    name: Annotated[str, Field(pattern=rf"^(?:{NAME}/)?{NAME}$")]
+    name: Annotated[str, Field(pattern=rf"^(?:{NAME}/)?{RESOURCE}$")]
     version: Annotated[int | Literal["latest"], Field()] = "latest"
     mount: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./-]{0,200}$")] = "/data"
+
+    @field_validator("name")
+    @classmethod
+    def _resource_name(cls, v: str) -> str:
+        if ".." in v:
+            raise ValueError("a dataset name must not contain '..'")
+        return v
 
     @field_validator("mount")
     @classmethod
@@ -120,13 +126,18 @@ class ModelRef(_Strict):
     @field_validator("from_zoo")
     @classmethod
     def _ref(cls, v: str) -> str:
-        if not _ZOO_REF_RE.fullmatch(v):
+        if not _ZOO_REF_RE.fullmatch(v) or ".." in v:
             raise ValueError("from_zoo must look like org/name@alias or org/name:version")
         return v
 
 
 class RegisterSpec(_Strict):
-    name: Annotated[str, Field(pattern=f"^{NAME}$")]
+    name: Annotated[str, Field(pattern=f"^{RESOURCE}$")]
+
+    @field_validator("name")
+    @classmethod
+    def _resource_name(cls, v: str) -> str:
+        return names.check_resource_name(v, "register.name")
 
 
 class TrackingSpec(_Strict):
@@ -265,4 +276,4 @@ def load_spec(path: Path) -> JobSpec:
 
 
 def check_name(value: str) -> bool:
-    return bool(_NAME_RE.fullmatch(value))
+    return names.is_account_name(value)

@@ -11,17 +11,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from haihe import names
 from haihe.errors import InvalidInput
 
 SEPARATOR = "~"
-MAX_NAME_LEN = 64
+MAX_NAME_LEN = names.MAX_RESOURCE_NAME_LEN
 
-# The same alphabet as dataset and org names: lower-case letters, digits, '.', '_' and '-', starting and ending
-# with a letter or digit. Safe in an MLflow name, a URL, a file name and a shell word.
-_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
-# MLflow reserves "latest" and "v<digits>" as aliases; we also keep aliases to one short, lower-case word.
-_ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_RESERVED_ALIAS_RE = re.compile(r"^(latest|v[0-9]+)$")
+_ALIAS_RE = re.compile(f"^{names.ALIAS}$")
+_RESERVED_ALIAS_RE = re.compile(f"^({names.RESERVED_ALIAS})$")
 _REF_RE = re.compile(r"^(?P<org>[^/@:]+)/(?P<name>[^/@:]+)(?:@(?P<alias>[^/@:]+)|:(?P<version>[^/@:]+))?$")
 _DATASET_REF_RE = re.compile(r"^(?P<org>[^/@]+)/(?P<name>[^/@]+)@v(?P<version>[1-9][0-9]{0,8})$")
 
@@ -29,16 +26,8 @@ STANDARD_ALIASES = ("production", "staging")
 
 
 def check_name(value: object, field: str) -> str:
-    """Validate an org or model name; raise InvalidInput naming ``field`` when it is unsafe."""
-    if not isinstance(value, str):
-        raise InvalidInput(f"{field} must be a string", field=field)
-    if not _NAME_RE.fullmatch(value) or ".." in value:
-        raise InvalidInput(
-            f"{field} {value[:80]!r} is not allowed: use 1-{MAX_NAME_LEN} lower-case letters, digits, '.', '_' "
-            "or '-', starting and ending with a letter or digit",
-            field=field,
-        )
-    return value
+    """Validate an org or model name (:func:`haihe.names.check_resource_name`)."""
+    return names.check_resource_name(value, field)
 
 
 def check_alias(value: object, field: str = "alias") -> str:

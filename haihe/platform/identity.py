@@ -7,7 +7,6 @@ audit log in the same transaction. Routes call these; they never repeat the chec
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from haihe import names
 from haihe.errors import (
     AuthenticationRequired,
     Conflict,
@@ -38,18 +38,12 @@ from haihe.platform.models import (
     utcnow,
 )
 
-NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+NAME_RE = names.ACCOUNT_NAME_RE
 SCOPES = ("api", "inference")  # "endpoint:<name>" narrows inference to one endpoint
 
 
 def check_name(value: str, field: str) -> str:
-    if not NAME_RE.fullmatch(value):
-        raise InvalidInput(
-            f"{field} {value!r} is not a valid name: 1-63 characters of a-z, 0-9 and '-', "
-            "starting and ending with a letter or digit",
-            field=field,
-        )
-    return value
+    return names.check_account_name(value, field)
 
 
 def _flush_unique(session: Session, what: str, field: str) -> None:

@@ -10,6 +10,7 @@ scheduler whether the tag already exists, so it is never submitted twice).
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -198,6 +199,10 @@ def submit(
     )
     launch = launch_for(ctx, session, job)
     scheduler.check(launch)  # refuse what the backend cannot do: a 4xx, nothing stored
+    # ... or what the live cluster cannot run (partition, GPUs per node, walltime). A cluster that cannot be asked
+    # now: the job is stored, and submitted (and admitted) once it answers.
+    with contextlib.suppress(ServiceUnavailable):
+        scheduler.admit(launch)
     session.add(job)
     try:
         session.flush()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -395,13 +396,15 @@ def set_quota(session: Session, principal: Principal, org: str, project: str | N
     org_row, proj = _scope(session, principal, org, project, write=True)
     for name, value in limits.items():
         if name in LIMIT_FIELDS and value is not None:
+            if not math.isfinite(value):  # NaN compares false with everything: it would pass as no limit at all
+                raise InvalidInput(f"{name} must be a finite number", field=name)
             if value < 0:
                 raise InvalidInput(f"{name} must not be negative", field=name)
             if value > ABSURD[name]:
                 raise InvalidInput(f"{name} {value} is not a plausible limit (max {ABSURD[name]:g})", field=name)
     if "period" in limits and limits["period"] not in ("monthly", "none"):
         raise InvalidInput("period must be monthly or none", field="period")
-    if "warn_fraction" in limits and not 0 < float(limits["warn_fraction"]) <= 1:
+    if "warn_fraction" in limits and not 0 < float(limits["warn_fraction"]) <= 1:  # NaN fails this too
         raise InvalidInput("warn_fraction must be in (0, 1]", field="warn_fraction")
     q = session.scalar(select(Quota).where(Quota.org_id == org_row.id, Quota.project_id == proj.id if proj
                                            else Quota.project_id.is_(None)))
@@ -475,13 +478,20 @@ def usage_report(session: Session, principal: Principal, month: str, org: str | 
     return out
 
 
+def _cell(value: Any) -> Any:
+    """A leading = + - @ (or tab, CR) would start a formula in a spreadsheet: neutralise it. An empty string stays
+    empty (``"" in "=+-@"`` is true in Python: it once wrote an empty project as ``'``)."""
+    if isinstance(value, str) and value and value[0] in "=+-@\t\r":
+        return f"'{value}"
+    return value
+
+
 def report_csv(rows: Sequence[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(REPORT_COLUMNS), lineterminator="\r\n")
     writer.writeheader()
     for row in rows:
-        # a leading = + - @ would be a formula in a spreadsheet: neutralise it
-        writer.writerow({k: (f"'{v}" if isinstance(v, str) and v[:1] in "=+-@" else v) for k, v in row.items()})
+        writer.writerow({k: _cell(v) for k, v in row.items()})
     return buf.getvalue()
 
 

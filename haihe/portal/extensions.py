@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from haihe.errors import HaiheError
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from haihe.portal.web import Page
 
 log = logging.getLogger(__name__)
@@ -74,15 +76,16 @@ def headline_metrics(page: Page, job_ids: list[str]) -> dict[str, dict[str, Any]
     return out
 
 
-def job_metrics(page: Page, job_id: str) -> dict[str, list[list[float]]]:
-    """``metric`` (or ``run/metric`` for a sweep) -> [[step, value], ...] from the job's MLflow runs."""
+def job_metrics(page: Page, job_id: str, session: Session | None = None) -> dict[str, list[list[float]]]:
+    """``metric`` (or ``run/metric`` for a sweep) -> [[step, value], ...] from the job's MLflow runs. ``session``:
+    a live page's stream reads with its own short sessions (the page's own is closed by then)."""
     services = _zoo_services(page)
     if services is None:
         return {}
     from haihe.platform import zoo
 
     try:
-        runs = zoo.job_metrics(services, page.session, page.principal, job_id)
+        runs = zoo.job_metrics(services, session or page.session, page.principal, job_id)
     except (HaiheError, OSError) as exc:
         log.info("metrics of %s unavailable: %s", job_id, exc)
         return {}

@@ -60,14 +60,14 @@ def build_environment() -> jinja2.Environment:
     )
     env.globals["static"] = lambda path: f"{STATIC_PREFIX}/{path}?v={__version__}"
     env.globals["languages"] = LANGUAGES
-    env.filters["when"] = _when
-    env.filters["duration"] = _duration
+    env.filters["when"] = format_when
+    env.filters["duration"] = format_duration
     env.filters["num"] = _num
     env.filters["urlq"] = lambda v: quote(str(v), safe="")
     return env
 
 
-def _when(value: dt.datetime | str | None) -> str:
+def format_when(value: dt.datetime | str | None) -> str:
     if value is None:
         return "—"
     if isinstance(value, str):
@@ -75,7 +75,7 @@ def _when(value: dt.datetime | str | None) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _duration(seconds: float | None) -> str:
+def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
     s = int(seconds)

@@ -219,6 +219,7 @@ class Scheduler(Protocol):
     unsupported: Mapping[Feature, str]
 
     def check(self, launch: Launch) -> None: ...
+    def admit(self, launch: Launch) -> None: ...
     def submit(self, launch: Launch) -> str: ...
     def status(self, refs: Sequence[str]) -> dict[str, JobStatus]: ...
     def find(self, tags: Sequence[str]) -> dict[str, str]: ...
@@ -259,6 +260,12 @@ class BaseScheduler:
             why = self.unsupported.get(feature)
             if why is not None:
                 raise Unsupported(f"{self.url}: {feature.value} not supported: {why}", field=feature.value)
+
+    def admit(self, launch: Launch) -> None:
+        """Refuse what the live cluster cannot run (an unknown partition, more GPUs per node than its nodes have,
+        a walltime over its limit), naming the field. Read from a short-lived cache of ``describe()``; a cluster
+        that cannot be asked raises ServiceUnavailable (the platform then stores the job and submits it later).
+        Backends without such limits admit everything."""
 
     def submit(self, launch: Launch) -> str:
         self.check(launch)

@@ -107,9 +107,16 @@ def test_train_on_gpu_watch_deploy_and_call_with_the_pages_curl(stack: RealStack
     job_url = page.url.split("?")[0]
     job_id = job_url.rsplit("/", 1)[1]
 
-    # the log streams in over server-sent events while the page stays open (8 epochs, one line each)
+    # the log streams in over server-sent events while the page stays open (8 epochs, one line each); the same
+    # stream keeps the facts, the timeline and the loss curve current during the run, without a reload
+    timeline = page.locator("#timeline li")
+    items_at_load = timeline.count()
     logs = page.locator("#logs")
     expect(logs).to_contain_text("epoch 1/", timeout=TRAIN_TIMEOUT_MS)
+    live_curve = page.locator('#charts canvas[data-metric="loss"]')
+    expect(live_curve).to_have_count(1, timeout=TRAIN_TIMEOUT_MS)
+    state_at_curve = page.locator("#job-state .badge").get_attribute("data-state")
+    expect(page.locator("#job-nodes")).to_contain_text("gn", timeout=UI_TIMEOUT_MS)
     expect(logs).to_contain_text("epoch 8/8", timeout=TRAIN_TIMEOUT_MS)
     try:
         page.wait_for_selector('#job-state .badge[data-state="SUCCEEDED"]', timeout=TRAIN_TIMEOUT_MS)
@@ -119,6 +126,10 @@ def test_train_on_gpu_watch_deploy_and_call_with_the_pages_curl(stack: RealStack
                              f"{page.locator('#log-status').get_attribute('data-state')}, log tail "
                              f"{logs.inner_text()[-300:]!r}") from None
     expect(page.locator("#log-status")).to_have_attribute("data-state", "ended", timeout=UI_TIMEOUT_MS)
+    assert state_at_curve == "RUNNING", f"the loss curve appeared only once the job was {state_at_curve}"
+    assert timeline.count() > items_at_load, "the timeline did not grow while the page was open"
+    expect(page.locator("#cancel-job")).to_have_count(0)  # nothing left to cancel: the action is gone
+    assert page.locator("#job-elapsed").inner_text() != "—"
     print(f"digits-cnn on gpu: submitted to SUCCEEDED in the browser in {time.monotonic() - t_submit:.1f}s")
     assert "HAIHE_RESULT" in logs.inner_text()
     job = stack.api("GET", f"/api/v1/jobs/{job_id}").json()

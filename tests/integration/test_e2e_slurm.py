@@ -134,3 +134,37 @@ def test_requeue_resumes_from_checkpoint(live: LivePlatform, slurm_cluster: Any,
     assert results and results[-1]["resumed_from"] > 0
     steps = [tuple(map(int, m)) for m in re.findall(r"step (\d+)/(\d+)", full)]
     assert steps and steps[-1][0] == steps[-1][1] == results[-1]["steps"]
+
+
+def test_impossible_requests_are_refused_before_anything_is_stored(live: LivePlatform, tmp_path: Path) -> None:
+    """Issue 17, against the real cluster (its partitions as sinfo/slurmrestd report them): 2 GPUs per node on the
+    GPU-less `cpu` partition, an unknown partition and a walltime over the partition's limit are each a 422 naming
+    the field, through the API and the CLI, with no job row and no reservation left behind."""
+    cli = live.cli()
+    cli.bootstrap("acme", "vision", "alice")
+    h = live.token("alice")
+    admin = live.token("admin")
+
+    def footprint() -> tuple[int, float]:
+        jobs = httpx.get(f"{live.url}/api/v1/jobs", params={"org": "acme", "limit": 500}, headers=h).json()
+        quota = httpx.get(f"{live.url}/api/v1/orgs/acme/quota", headers=admin).json()
+        reserved = sum(float(b.get("reserved") or 0) for b in quota.get("balances", []))
+        return len(jobs["items"] if isinstance(jobs, dict) else jobs), reserved
+
+    r = httpx.put(f"{live.url}/api/v1/orgs/acme/quota", json={"gpu_hours": 100, "cpu_hours": 100}, headers=admin)
+    assert r.status_code == 200, r.text  # with a quota, a stored job would also hold a reservation
+    before = footprint()
+    cases = [({"partition": "cpu", "gpus_per_node": 2}, "resources.gpus_per_node"),
+             ({"partition": "nope"}, "partition"),
+             ({"partition": "cpu", "time_limit": "2-00:00:00"}, "resources.time_limit_min")]
+    for resources, field in cases:
+        spec = {"name": "impossible", "entrypoint": ["true"], "resources": {"time_limit": 5, **resources}}
+        r = httpx.post(f"{live.url}/api/v1/orgs/acme/projects/vision/jobs", json={"spec": spec}, headers=h)
+        assert r.status_code == 422, (resources, r.text)
+        assert r.json()["error"]["field"] == field, (resources, r.json())
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nproject: acme/vision\nentrypoint: [\"true\"]\n"
+                    "resources: {partition: cpu, gpus_per_node: 2, time_limit: 5}\n")
+    out = cli.run("submit", str(path), as_user="alice", ok=False)
+    assert "gpus_per_node" in out and "cpu" in out, out
+    assert footprint() == before

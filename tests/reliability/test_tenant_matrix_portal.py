@@ -151,6 +151,7 @@ def _form(path: str, victim: OrgWorld, attacker: OrgWorld) -> dict[str, str]:
         "/endpoints/{org}/{name}/keys": {"key_name": "x"},
         "/endpoints/{org}/{name}/keys/{prefix}/revoke": {},
         "/endpoints/{org}/{name}/scale": {"min_replicas": "1", "max_replicas": "2"},
+        "/endpoints/{org}/{name}/delete": {},
         "/admin/orgs": {"name": unique("o")},
         "/admin/orgs/{org}/projects": {"name": unique("p")},
         "/admin/orgs/{org}/users": {"username": unique("u"), "role": "researcher", "password": PASSWORD + "x"},

@@ -232,3 +232,26 @@ def test_jobs_that_need_tracking_are_refused_while_mlflow_is_down(tmp_path: Path
         # a job that only logs metrics is not held up by the outage
         assert client.post(f"/api/v1/orgs/{env.org}/projects/{env.project}/jobs", json={"spec": SPEC},
                            headers=env.user).status_code == 201
+
+
+def test_what_the_live_cluster_cannot_run_is_refused_before_anything_is_stored(env: Env) -> None:
+    """Admission before commit (issue 17): 2 GPUs per node on a cluster whose nodes have none is a 422 naming the
+    field, with no job row, no event and no ledger entry; while the cluster cannot be asked, the job is kept."""
+    from haihe.platform.models import JobEvent, LedgerEntry
+
+    def counts() -> tuple[int, int, int]:
+        with env.ctx.db.session() as s:
+            return tuple(int(s.scalar(select(func.count()).select_from(m)) or 0)  # type: ignore[return-value]
+                         for m in (Job, JobEvent, LedgerEntry))
+
+    env.fake.max_gpus_per_node = 0
+    before = counts()
+    spec = {**SPEC, "resources": {"nodes": 1, "gpus_per_node": 2, "time_limit": "00:10:00"}}
+    r = env.client.post(f"/api/v1/orgs/{env.org}/projects/{env.project}/jobs", json={"spec": spec}, headers=env.user)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == "resources.gpus_per_node" and "GPUs per node" in r.json()["error"]["message"]
+    assert counts() == before
+    assert env.fake.submits == 0
+    env.fake.down = True  # a cluster that cannot be asked does not lose the job: it waits, PENDING, with the reason
+    job = env.submit(spec={**SPEC, "resources": {"nodes": 1, "time_limit": "00:10:00"}})
+    assert env.job(job["id"])["state"] == "PENDING"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,6 +123,10 @@ def test_submit_watch_cancel_and_resubmit(portal: Portal) -> None:
     body = browser.get(f"{job_url}/logs/stream").text
     assert "event: state" in body and "SUCCEEDED" in body and "event: end" in body
     assert "loss" in body and re.search(r"^id: \d+$", body, re.M)
+    # the page's facts come from the same stream: the last `job` event says the job is over (no Cancel)
+    jobs_sent = [json.loads(m) for m in re.findall(r"^event: job\ndata: (.*)$", body, re.M)]
+    assert jobs_sent and jobs_sent[-1]["state"] == "SUCCEEDED" and jobs_sent[-1]["terminal"] is True
+    assert jobs_sent[-1]["timeline"] and jobs_sent[-1]["label"] and jobs_sent[-1]["elapsed"] != "—"
     last = int(re.findall(r"^id: (\d+)$", body, re.M)[-1])
     resumed = browser.get(f"{job_url}/logs/stream", headers={"Last-Event-ID": str(last)}).text
     assert "event: log" not in resumed and "event: end" in resumed
@@ -248,6 +253,33 @@ def test_admin_lowers_a_quota_and_the_next_submit_shows_it_at_the_field(portal: 
     assert "negative" in re.search(r'id="err-q__gpu_hours"[^>]*>(.*?)</div>', r.text, re.S).group(1)  # type: ignore[union-attr]
 
 
+
+def test_quota_form_refuses_numbers_that_are_no_limit_every_field_at_once(portal: Portal) -> None:
+    """1e309 (inf) was a raw 500; nan was saved as "unlimited". Each is refused at its field, all at once, and
+    nothing is saved."""
+    org, _project, _user = _setup_org(portal)
+    admin = portal.browser("root")
+    org_page = admin.get(f"/admin/orgs/{org}")
+    r = admin.post(f"/admin/orgs/{org}/quota", data={"csrf_token": csrf_of(org_page.text), "project": "",
+                                                     "gpu_hours": "1e309", "cpu_hours": "nan",
+                                                     "storage_gb": "9e15", "max_jobs": "-1"})
+    assert r.status_code == 422, r.text[:500]
+
+    def err(field: str) -> str:
+        m = re.search(rf'id="err-q__{field}"[^>]*>(.*?)</div>', r.text, re.S)
+        assert m, f"no error shown at {field}"
+        return m.group(1)
+
+    assert "finite" in err("gpu_hours") and "finite" in err("cpu_hours")
+    assert "At most" in err("storage_gb") and "negative" in err("max_jobs")
+    t = portal.tenancy
+    shown = t.client.get(f"/api/v1/orgs/{org}/quota", headers=t.admin_headers).json()
+    assert shown["quota"] is None or shown["quota"].get("gpu_hours") is None
+    api = t.client.put(f"/api/v1/orgs/{org}/quota", content=b'{"gpu_hours": NaN}',
+                       headers={**t.admin_headers, "content-type": "application/json"})
+    assert api.status_code in (400, 422) and api.json()["error"]["field"]
+
+
 def test_admin_pages_are_for_admins_and_reports_work(portal: Portal) -> None:
     org, _project, user = _setup_org(portal)
     browser, admin = portal.browser(user), portal.browser("root")
@@ -260,3 +292,36 @@ def test_admin_pages_are_for_admins_and_reports_work(portal: Portal) -> None:
     assert csv.status_code == 200 and csv.text.splitlines()[0].startswith("month,org,project")
     audit = admin.get("/admin/audit?action=org.create")
     assert org in audit.text and "project.create" not in audit.text
+
+
+def test_sharing_with_a_mistyped_org_says_so_at_the_field_and_the_receiver_sees_it_shared(portal: Portal) -> None:
+    """Issue 17: a mistyped org replaced the page with a 404; the receiving org saw "private"."""
+    from haihe.datasets.memory import MemoryStore
+    from haihe.platform import datasets_service
+
+    portal.app.state.dataset_storage = datasets_service.DatasetStorage.for_store(MemoryStore())
+    org_a, _pa, _ua = _setup_org(portal)
+    org_b, _pb, user_b = _setup_org(portal)
+    t = portal.tenancy
+    admin_a = t.user(org_a, role="org_admin")
+    alice, bob = portal.browser(admin_a), portal.browser(user_b)
+    made = alice.post("/datasets", data={"csrf_token": csrf_of(alice.get("/datasets").text), "org": org_a,
+                                         "name": "cats_v1", "visibility": "private"}, follow_redirects=False)
+    assert made.status_code == 303, made.text
+    page = alice.get(f"/datasets/{org_a}/cats_v1")
+    r = alice.post(f"/datasets/{org_a}/cats_v1/share", data={"csrf_token": csrf_of(page.text),
+                                                              "target": org_b + "-typo"})
+    assert r.status_code == 404 and f"{org_a}/cats_v1" in r.text  # the dataset's own page, not an error page
+    err = re.search(r'id="err-target"[^>]*>(.*?)</div>', r.text, re.S)
+    assert err and f"{org_b}-typo" in err.group(1), r.text[-2000:]
+    assert f'value="{org_b}-typo"' in r.text  # what was typed stays in the field
+    assert bob.get(f"/datasets/{org_a}/cats_v1").status_code == 404
+    r = alice.post(f"/datasets/{org_a}/cats_v1/share", data={"csrf_token": csrf_of(page.text), "target": org_b},
+                   follow_redirects=False)
+    assert r.status_code == 303
+    seen = bob.get(f"/datasets/{org_a}/cats_v1")
+    assert seen.status_code == 200
+    badge = re.search(r'id="ds-visibility">([^<]*)<', seen.text)
+    assert badge and badge.group(1) == "shared with your organisation"
+    own = re.search(r'id="ds-visibility">([^<]*)<', alice.get(f"/datasets/{org_a}/cats_v1").text)
+    assert own and own.group(1) == "private"

@@ -263,3 +263,25 @@ def test_lineage_graph_links_dataset_job_version_and_endpoint() -> None:
                      ("job", "train"), ("model", "digits:1"), ("model", "digits:2")]
     assert len(g["edges"]) == 4  # mnist@v1 → train → digits:1; mnist@v2 → digits:2 → svc
     assert all(e["x2"] > e["x1"] for e in g["edges"])
+
+
+def test_a_classifiers_examples_fit_it_and_the_endpoint_can_be_deleted(world: World) -> None:
+    """Issue 17: the digits classifier's page offered an embeddings example and had no delete."""
+    w = world
+    w.register(f"{w.a}/digits", task="image-classification")
+    browser = w.browser(w.a_user)
+    assert _deploy(w, browser, "digits", f"{w.a}/digits:1").status_code == 303
+    w.hub.supervise_once()
+    page = browser.get(f"/endpoints/{w.a}/digits")
+    assert page.status_code == 200
+    assert "embeddings.create" not in page.text and 'id="ex-openai"' not in page.text
+    assert 'id="ex-tritonclient"' in page.text and "get_model_metadata" in page.text
+    other = w.browser(w.b_user)  # another org cannot delete it (nor see it)
+    r = other.post(f"/endpoints/{w.a}/digits/delete", data={"csrf_token": csrf_of(other.get("/endpoints").text)})
+    assert r.status_code == 404
+    r = browser.post(f"/endpoints/{w.a}/digits/delete", data={"csrf_token": csrf_of(page.text)},
+                     follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/endpoints?done=deleted"
+    listing = browser.get(r.headers["location"])
+    assert "Endpoint deleted" in listing.text and f"/endpoints/{w.a}/digits" not in listing.text
+    assert browser.get(f"/endpoints/{w.a}/digits").status_code == 404

@@ -127,3 +127,21 @@ def test_a_long_outage_keeps_the_newest_values_and_names_the_dropped_ones(caplog
         t.end()
     assert fake.steps("loss") == list(range(150, 250))
     assert "loss steps 0-149 (150 values)" in caplog.text
+
+
+def test_a_slow_run_sends_its_metrics_within_seconds_not_after_fifty_values() -> None:
+    """The job page draws the curve while the run goes on: a run logging one value a minute must not wait for
+    FLUSH_EVERY values (50 minutes) before MLflow sees any of them."""
+    from haihe.jobs.runtime.tracking import FLUSH_AFTER_S
+
+    fake, clock = FakeMlflow(), Clock()
+    t = tracker(fake, clock)
+    t.log_metrics({"loss": 2.0}, 1)
+    assert fake.steps("loss") == []  # batched: one value is not worth a request yet
+    clock.now += FLUSH_AFTER_S
+    t.log_metrics({"loss": 1.5}, 2)
+    assert fake.steps("loss") == [1, 2]
+    calls = fake.calls
+    for step in range(3, 3 + FLUSH_EVERY - 1):  # a fast run still sends in batches
+        t.log_metrics({"loss": 1.0}, step)
+    assert fake.calls == calls

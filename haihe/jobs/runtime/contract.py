@@ -55,13 +55,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from haihe import names
 from haihe.errors import HaiheError, InvalidInput, NotFound, StorageUnavailable, TrackingUnavailable
 from haihe.model_zoo.names import ZooRef
 
 DEFAULT_DATASETS_BUCKET = "haihe-datasets"
 DEFAULT_CHECKPOINT_KEEP = 2
 
-_NAME = r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?"
+_NAME = names.RESOURCE_NAME  # org names are resource names too
 _DATASET_RE = re.compile(rf"^(?P<org>{_NAME})/(?P<name>{_NAME})(?:@(?P<version>v[1-9][0-9]{{0,8}}|latest))?$")
 
 

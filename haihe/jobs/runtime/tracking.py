@@ -24,6 +24,7 @@ from haihe.jobs.runtime.contract import RuntimeEnv
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 50  # buffered metric values per log_batch request
+FLUSH_AFTER_S = 5.0  # ... or sooner: a slow run's curve on the job page is never older than this
 MAX_PENDING = 200_000  # metric values kept while MLflow is down (~20 MB); beyond it the oldest are named and dropped
 RETRY_MIN_S, RETRY_MAX_S = 2.0, 30.0  # backoff between retries while MLflow is down
 END_RETRY_S = 60.0  # how long the end of a job keeps trying to send what is pending
@@ -114,6 +115,7 @@ class MlflowTracker:
         self._retry_at = 0.0  # while MLflow is down: no request before this moment
         self._backoff = 0.0
         self._down_since: float | None = None
+        self._buffered_since: float | None = None  # when the oldest unsent metric value was logged
         self.dropped: dict[str, list[int]] = {}  # metric key -> steps that were never recorded
 
     @property
@@ -166,7 +168,9 @@ class MlflowTracker:
             for m in self._buffer[: len(self._buffer) - self._max_pending]:
                 self.dropped.setdefault(m.key, []).append(m.step)
             del self._buffer[: len(self._buffer) - self._max_pending]
-        if len(self._buffer) >= FLUSH_EVERY:
+        if self._buffered_since is None:
+            self._buffered_since = self._clock()
+        if len(self._buffer) >= FLUSH_EVERY or self._clock() - self._buffered_since >= FLUSH_AFTER_S:
             self.flush()
 
     def flush(self) -> None:
@@ -188,6 +192,7 @@ class MlflowTracker:
             if not self._send("log_metrics", metrics=chunk):
                 return False
             del self._buffer[: len(chunk)]
+        self._buffered_since = None
         return True
 
     def _drain(self) -> bool:

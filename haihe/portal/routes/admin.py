@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -53,8 +54,16 @@ def parse_quota_form(form: dict[str, str], errors: FormErrors, page: Page) -> di
         except ValueError:
             errors.add(name, page.t("form.err.number"))
             continue
+        if not math.isfinite(value):  # 1e309 is inf and nan is no number: neither is a limit
+            errors.add(name, page.t("form.err.finite"))
+            continue
         if value < 0:
             errors.add(name, page.t("form.err.negative"))
+            continue
+        field = "storage_bytes" if name == "storage_gb" else name
+        top = quotas.ABSURD[field] / (_GIB if name == "storage_gb" else 1)
+        if value > top:
+            errors.add(name, page.t("form.err.too_large", max=f"{top:g}"))
             continue
         if name == "storage_gb":
             limits["storage_bytes"] = int(value * _GIB)

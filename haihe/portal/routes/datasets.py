@@ -59,17 +59,38 @@ def create_dataset(page: SignedIn) -> Response:
 @router.get("/datasets/{org}/{name}", response_class=HTMLResponse)
 def dataset_page(org: str, name: str, request: Request, page: SignedIn,
                  version: Annotated[str, Query(max_length=20)] = "", done: str = "") -> HTMLResponse:
+    return _dataset_page(page, request, org, name, version, done)
+
+
+def _dataset_page(page: Page, request: Request, org: str, name: str, version: str = "", done: str = "",
+                  errors: FormErrors | None = None, status: int = 200, values: dict[str, str] | None = None
+                  ) -> HTMLResponse:
     svc.get_readable(page.session, page.principal, org, name)  # 404 for other tenants before storage is touched
     storage = get_storage(request, page.ctx)
     detail = svc.show(page.session, page.principal, storage, org, name, version or None)
-    return page.render("dataset.html", nav="datasets", d=detail, org=org, name=name,
-                       done=done if done in NOTICES else "", visibilities=VISIBILITIES, errors=FormErrors())
+    # a reader outside the owner org sees a non-public dataset only because it was shared with their org
+    shared_with_me = (not page.is_admin and org not in _member_orgs(page)
+                      and detail.dataset.visibility != "public")
+    return page.render("dataset.html", status, nav="datasets", d=detail, org=org, name=name,
+                       done=done if done in NOTICES else "", visibilities=VISIBILITIES,
+                       errors=errors or FormErrors(), values=values or {}, shared_with_me=shared_with_me)
 
 
 @router.post("/datasets/{org}/{name}/share", response_class=HTMLResponse)
-def share_dataset(org: str, name: str, page: SignedIn) -> Response:
+def share_dataset(org: str, name: str, request: Request, page: SignedIn) -> Response:
     grant = page.field("action", "share") != "unshare"
-    svc.share(page.session, page.principal, org, name, page.field("target"), grant=grant)
+    target = page.field("target")
+    try:
+        svc.share(page.session, page.principal, org, name, target, grant=grant)
+    except HaiheError as exc:  # a mistyped org: said at the field, on the same page
+        if exc.status >= 500 or exc.field not in ("org", "target", "target_org", None):
+            raise
+        page.session.rollback()
+        svc.get_readable(page.session, page.principal, org, name)  # the dataset itself must still be readable
+        errors = FormErrors()
+        errors.add("target", exc.message if exc.status != 404 else page.t("ds.err.no_such_org", org=target))
+        return _dataset_page(page, request, org, name, errors=errors, status=exc.status,
+                             values={"target": target})
     return redirect(f"/datasets/{org}/{name}?done={'shared' if grant else 'unshared'}")
 
 

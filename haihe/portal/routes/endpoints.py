@@ -44,9 +44,9 @@ def _writable_orgs(page: Page) -> list[str]:
 
 
 @router.get("/endpoints", response_class=HTMLResponse)
-def endpoints_list(page: SignedIn) -> HTMLResponse:
+def endpoints_list(page: SignedIn, done: str = "") -> HTMLResponse:
     rows = svc.list_endpoints(page.session, page.principal)
-    return page.render("endpoints.html", nav="endpoints", rows=rows)
+    return page.render("endpoints.html", nav="endpoints", rows=rows, done=done if done == "deleted" else "")
 
 
 def _form(page: Page, values: dict[str, str], errors: FormErrors, status: int = 200) -> HTMLResponse:
@@ -149,11 +149,23 @@ def examples(base_url: str, ep: Endpoint, key: str, input_shape: list[int] | Non
           f"                  headers={{\"Authorization\": \"Bearer {key}\"}},\n"
           f"                  json={body}, timeout=60)\n"
           "r.raise_for_status()\nprint(r.json()[\"outputs\"])")
-    openai = ("from openai import OpenAI\n\n"
-              f"client = OpenAI(base_url=\"{base}/v1\", api_key=\"{key}\")\n"
-              f"out = client.embeddings.create(model=\"{ep.name}\", input=[\"hello\"])\n"
-              "print(out.data[0].embedding[:4])")
-    return {"curl": curl, "python": py, "openai": openai}
+    if "embedding" in ep.task:  # the OpenAI-compatible route serves embedding models only
+        openai = ("from openai import OpenAI\n\n"
+                  f"client = OpenAI(base_url=\"{base}/v1\", api_key=\"{key}\")\n"
+                  f"out = client.embeddings.create(model=\"{ep.name}\", input=[\"hello\"])\n"
+                  "print(out.data[0].embedding[:4])")
+        return {"curl": curl, "python": py, "openai": openai}
+    tensor = example_tensor(ep, input_shape)
+    host = base.split("://", 1)[-1]
+    triton = ("import numpy as np\nimport tritonclient.http as httpclient\n\n"
+              f"client = httpclient.InferenceServerClient(\"{host}\", ssl={base.startswith('https')})\n"
+              f"headers = {{\"Authorization\": \"Bearer {key}\"}}\n"
+              f"meta = client.get_model_metadata(\"{ep.name}\", headers=headers)  # inputs, outputs, shapes\n"
+              f"x = httpclient.InferInput(\"{tensor['name']}\", {tensor['shape']}, \"{tensor['datatype']}\")\n"
+              f"x.set_data_from_numpy(np.zeros({tuple(tensor['shape'])}, dtype=np.float32))\n"
+              f"out = client.infer(\"{ep.name}\", [x], headers=headers)\n"
+              "print(out.get_response()[\"outputs\"])")
+    return {"curl": curl, "python": py, "tritonclient": triton}
 
 
 def _endpoint_keys(page: Page, org: str, name: str) -> list[Any]:
@@ -202,6 +214,14 @@ def revoke_key(org: str, name: str, prefix: str, page: SignedIn) -> Response:
     svc.get(page.session, page.principal, org, name)
     identity.revoke_key(page.session, page.principal, prefix)
     return redirect(f"/endpoints/{org}/{name}?done=revoked")
+
+
+@router.post("/endpoints/{org}/{name}/delete", response_class=HTMLResponse)
+def delete_endpoint(org: str, name: str, page: SignedIn) -> Response:
+    """Stop every replica and forget the endpoint (its usage stays in the ledger)."""
+    svc.delete(_hub(page.request), page.session, page.principal, org, name)
+    page.session.commit()
+    return redirect("/endpoints?done=deleted")
 
 
 @router.post("/endpoints/{org}/{name}/scale", response_class=HTMLResponse)

@@ -20,7 +20,7 @@ from haihe.platform.context import PlatformContext
 from haihe.platform.models import Job
 from haihe.portal import extensions
 from haihe.portal.summaries import STATE_TONE, job_charges, job_row
-from haihe.portal.web import Page, PortalRoute, SignedIn, redirect
+from haihe.portal.web import Page, PortalRoute, SignedIn, format_duration, format_when, redirect
 from haihe.schedulers.base import JobState, LogChunk
 
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
@@ -30,6 +30,7 @@ PAGE_SIZE = 50
 POLL_S = 1.0
 KEEPALIVE_EVERY = 15  # polls between comments that keep proxies from closing an idle stream
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+METRICS_EVERY = 5  # polls between re-reads of the run's metrics while the job runs
 END_WAIT_POLLS = 60  # polls a finished log waits for the reconciler to record the job's final state
 TERMINAL_STATES = frozenset(st.value for st in JobState if st.is_terminal())
 
@@ -106,6 +107,26 @@ def _job_state(ctx: PlatformContext, job_id: str) -> str:
         return job.state if job else ""
 
 
+def job_snapshot(page: Page, ctx: PlatformContext, job_id: str) -> dict[str, Any]:
+    """What the job page shows that changes while the job runs, rendered as the page renders it: state, reason,
+    nodes, elapsed time, timeline and which actions fit the state. Sent as one ``job`` event when it changes."""
+    with ctx.db.session() as s:
+        job = jobs.get_job(s, page.principal, job_id)
+        row = job_row(job)
+        events = jobs.events(s, page.principal, job_id)
+        timeline = [{"kind": page.t(f"event.{e.kind}") if page.t.has(f"event.{e.kind}") else e.kind,
+                     "at": format_when(e.at), "message": e.message or ""} for e in events]
+    return {"state": row["state"], "label": page.t(f"state.{row['state']}"), "tone": row["tone"],
+            "terminal": row["terminal"], "reason": row["reason"] or "",
+            "nodes": ", ".join(row["allocated_nodes"]) or "—", "elapsed": format_duration(row["elapsed_s"]),
+            "timeline": timeline}
+
+
+def _metrics_now(page: Page, ctx: PlatformContext, job_id: str) -> dict[str, list[list[float]]]:
+    with ctx.db.session() as s:
+        return extensions.job_metrics(page, job_id, session=s)
+
+
 def _sse(event: str, data: dict[str, Any], event_id: int | None = None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
@@ -114,21 +135,38 @@ def _sse(event: str, data: dict[str, Any], event_id: int | None = None) -> str:
 @router.get("/jobs/{job_id}/logs/stream")
 async def log_stream(job_id: str, request: Request, page: SignedIn,
                      offset: Annotated[int, Query(ge=0)] = 0) -> StreamingResponse:
-    """Server-sent events: ``log`` chunks (the id is the offset to resume from), ``state`` changes, then ``end``."""
+    """Server-sent events, the job page's one live source: ``log`` chunks (the id is the offset to resume from),
+    ``state`` changes, ``job`` (state, reason, nodes, elapsed, timeline, actions) when it changes, ``metrics``
+    (the curves, re-read every few seconds while the job runs), then ``end``."""
     await run_in_threadpool(jobs.get_job, page.session, page.principal, job_id)  # 404 for other tenants
     page.session.close()  # the stream polls with short sessions of its own
     last = request.headers.get("last-event-id", "")
     start = int(last) if last.isdigit() else offset
     ctx, principal = page.ctx, page.principal
 
+    async def live(polls: int, final: bool, sent: dict[str, str]) -> AsyncIterator[str]:
+        """``job`` and ``metrics`` events for what changed since they were last sent."""
+        snapshot = await run_in_threadpool(job_snapshot, page, ctx, job_id)
+        if (text := json.dumps(snapshot, sort_keys=True)) != sent.get("job"):
+            sent["job"] = text
+            yield _sse("job", snapshot)
+        if final or polls % METRICS_EVERY == 0:
+            metrics = await run_in_threadpool(_metrics_now, page, ctx, job_id)
+            if metrics and (text := json.dumps(metrics, sort_keys=True)) != sent.get("metrics"):
+                sent["metrics"] = text
+                yield _sse("metrics", {"series": metrics})
+
     async def events() -> AsyncIterator[str]:
         # Starlette cancels this generator when the browser goes away (it listens for http.disconnect)
         pos, state, polls = start, "", 0
+        sent: dict[str, str] = {}
         while True:
             chunk, new_state, notice = await run_in_threadpool(_read_logs, ctx, principal, job_id, pos)
             if new_state != state:
                 state = new_state
                 yield _sse("state", {"state": state, "tone": STATE_TONE.get(state, "muted")})
+            async for event in live(polls, False, sent):
+                yield event
             if notice:
                 yield _sse("notice", {"message": notice})
             if chunk.data:
@@ -145,6 +183,8 @@ async def log_stream(job_id: str, request: Request, page: SignedIn,
                     if new_state != state:
                         state = new_state
                         yield _sse("state", {"state": state, "tone": STATE_TONE.get(state, "muted")})
+                async for event in live(polls, True, sent):
+                    yield event
                 yield _sse("end", {"state": state})
                 return
             polls += 1

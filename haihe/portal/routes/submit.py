@@ -77,6 +77,17 @@ def estimate(values: dict[str, str]) -> dict[str, float] | None:
     return {"gpu_hours": round(need["gpu_s"] / 3600, 4), "cpu_hours": round(need["cpu_s"] / 3600, 4)}
 
 
+def scheduler_of_partition(values: dict[str, str], parts: dict[str, dict[str, Any]], default: str) -> str:
+    """The scheduler follows the partition: a partition only one scheduler has (the form listed Slurm's partitions
+    while Ray was selected) runs there, whatever the scheduler field said."""
+    chosen = values.get("scheduler") or default
+    partition = values.get("partition")
+    if not partition or f"{chosen}/{partition}" in parts:
+        return chosen
+    owners = sorted({p["scheduler"] for p in parts.values() if p["partition"] == partition})
+    return owners[0] if len(owners) == 1 else chosen
+
+
 def _check_partition(values: dict[str, str], parts: dict[str, dict[str, Any]], errors: FormErrors,
                      page: Page) -> None:
     """Refuse at the field what the partition can never run (more nodes or walltime than it has)."""
@@ -155,11 +166,11 @@ def submit_job(page: SignedIn) -> Response:
         if raw is None and not errors:
             errors.add("spec_yaml", page.t("form.err.yaml_empty"))
     else:
+        parts = partition_table(describe_all(page.ctx, sorted(page.ctx.settings.schedulers)))
+        values["scheduler"] = scheduler_of_partition(values, parts, page.ctx.settings.default_scheduler)
         raw = spec_from_form(values, errors, page.t)
         spec_yaml = _yaml_of(raw)
-        _check_partition(values, partition_table(describe_all(page.ctx, [
-            values["scheduler"] or page.ctx.settings.default_scheduler])) if (
-            values["scheduler"] or page.ctx.settings.default_scheduler) else {}, errors, page)
+        _check_partition(values, parts, errors, page)
     if errors:
         return _render(page, values, errors, mode, spec_yaml, 422)
     try:

@@ -53,6 +53,8 @@ function initLogs() {
       span.textContent = (window.HAIHE_STATES && window.HAIHE_STATES[d.state]) || d.state;
     }
   });
+  es.addEventListener("job", (ev) => updateJob(JSON.parse(ev.data)));
+  es.addEventListener("metrics", (ev) => drawCharts(JSON.parse(ev.data).series));
   es.addEventListener("notice", (ev) => { notice.hidden = false; notice.textContent = JSON.parse(ev.data).message; });
   es.addEventListener("end", () => { es.close(); es = null; setStatus("ended"); paused.forEach(append); paused = []; });
 }
@@ -85,10 +87,39 @@ function drawSeries(canvas, points) {
   g.stroke();
 }
 
-function initCharts() {
-  const data = readJSON("metrics-data");
+/* the job page's facts as the stream's "job" event sends them: state, reason, nodes, elapsed, timeline, actions */
+function updateJob(d) {
+  const setText = (id, v) => { const el = document.getElementById(id); if (el && el.textContent !== v) el.textContent = v; };
+  const span = document.querySelector("#job-state .badge");
+  if (span) { span.dataset.state = d.state; span.className = "badge badge-" + d.tone; span.textContent = d.label; }
+  setText("job-nodes", d.nodes);
+  setText("job-elapsed", d.elapsed);
+  setText("job-reason", d.reason);
+  const line = document.getElementById("job-reason-line");
+  if (line) line.hidden = !d.reason;
+  const cancel = document.getElementById("cancel-form");
+  if (cancel && d.terminal) cancel.remove();  /* nothing left to cancel */
+  const list = document.getElementById("timeline");
+  if (list && list.children.length !== d.timeline.length) {
+    list.replaceChildren(...d.timeline.map((e) => {
+      const li = document.createElement("li");
+      const kind = document.createElement("span"); kind.className = "tl-kind"; kind.textContent = e.kind;
+      const at = document.createElement("time"); at.className = "sub"; at.textContent = e.at;
+      li.append(kind, " ", at);
+      if (e.message) { const m = document.createElement("div"); m.className = "sub"; m.textContent = e.message; li.append(m); }
+      return li;
+    }));
+  }
+}
+
+function initCharts() { drawCharts(readJSON("metrics-data")); }
+
+function drawCharts(data) {
   const box = document.getElementById("charts");
-  if (!data || !box) return;
+  if (!data || !box || !Object.keys(data).length) return;
+  const empty = document.getElementById("no-metrics");
+  if (empty) empty.hidden = true;
+  box.replaceChildren();
   /* the run's own metrics first, MLflow's system metrics (system/...) after them */
   const rank = (name) => (name.startsWith("system/") || name.includes("/system/") ? 1 : 0);
   Object.keys(data).sort((a, b) => rank(a) - rank(b) || a.localeCompare(b)).forEach((name) => {
@@ -152,6 +183,15 @@ function initNewJob() {
   form.addEventListener("input", update);
   form.addEventListener("change", (ev) => {
     if (ev.target.name === "source") document.getElementById("own-code").hidden = ev.target.value !== "own";
+    /* the scheduler follows the partition (each partition belongs to one scheduler), and a partition the newly
+       chosen scheduler does not have is cleared */
+    const sched = form.elements.scheduler, part = form.elements.partition;
+    if (ev.target === part && part.selectedOptions[0] && part.selectedOptions[0].dataset.scheduler && sched) {
+      sched.value = part.selectedOptions[0].dataset.scheduler;
+    } else if (ev.target === sched && part && part.selectedOptions[0] && part.selectedOptions[0].dataset.scheduler
+               && part.selectedOptions[0].dataset.scheduler !== sched.value) {
+      part.value = "";
+    }
     update();
   });
   update();
@@ -223,10 +263,18 @@ function initCopy() {
   });
 }
 
+/* -- destructive forms ask first: data-confirm holds the question (without JavaScript the form just submits) --- */
+function initConfirm() {
+  document.querySelectorAll("form[data-confirm]").forEach((form) => {
+    form.addEventListener("submit", (ev) => { if (!window.confirm(form.dataset.confirm)) ev.preventDefault(); });
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   window.HAIHE_STATES = readJSON("state-names");
   initLogs();
   initCharts();
   initNewJob();
   initCopy();
+  initConfirm();
 });
