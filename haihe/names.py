@@ -19,7 +19,7 @@ import re
 from haihe.errors import InvalidInput
 
 ACCOUNT_NAME = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-RESOURCE_NAME = r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?"
+RESOURCE_NAME = r"(?!.*\.\.)[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?"  # never "..", even inside
 # a zoo alias: one short lower-case word (MLflow keeps "latest" and "v<digits>" for itself)
 ALIAS = r"[a-z][a-z0-9_-]{0,62}"
 RESERVED_ALIAS = r"latest|v[0-9]+"
@@ -34,7 +34,7 @@ def is_account_name(value: object) -> bool:
 
 
 def is_resource_name(value: object) -> bool:
-    return isinstance(value, str) and RESOURCE_NAME_RE.fullmatch(value) is not None and ".." not in value
+    return isinstance(value, str) and RESOURCE_NAME_RE.fullmatch(value) is not None
 
 
 def check_account_name(value: object, field: str) -> str:

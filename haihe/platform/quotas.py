@@ -412,6 +412,8 @@ def set_quota(session: Session, principal: Principal, org: str, project: str | N
         q = Quota(org_id=org_row.id, project_id=proj.id if proj else None, period="monthly", warn_fraction=0.8,
                   version=0)
         session.add(q)
+    changes = {name: {"old": getattr(q, name, None), "new": value} for name, value in limits.items()
+               if getattr(q, name, None) != value}  # what the audit log shows: each limit before and after
     for name, value in limits.items():
         setattr(q, name, value)
     if proj is not None:
@@ -425,7 +427,7 @@ def set_quota(session: Session, principal: Principal, org: str, project: str | N
     session.flush()
     audit.record(session, principal, "quota.set", target_type="quota",
                  target=f"{org}/{project}" if project else org, org_id=org_row.id,
-                 details={k: v for k, v in limits.items()})
+                 details=changes)
     return q
 
 

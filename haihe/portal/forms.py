@@ -53,12 +53,40 @@ def form_field(path: str | None) -> str:
     return "_form"
 
 
-def errors_from(exc: HaiheError) -> FormErrors:
+# a field's name rule, in words (a pattern mismatch is otherwise pydantic's regex)
+_RULES = {"name": "form.err.rule.account", "partition": "form.err.rule.account", "qos": "form.err.rule.account",
+          "scheduler": "form.err.rule.account", "target": "form.err.rule.account",
+          "dataset": "form.err.rule.resource", "register": "form.err.rule.resource", "model": "form.err.rule.zoo_ref"}
+
+
+def problem_text(problem: Mapping[str, Any], t: Callable[..., str] | None) -> str:
+    """One validation problem in the reader's language: pydantic's error code and limits mapped to the catalogue
+    (``form.err.type.<code>``; a pattern mismatch says the field's name rule); our own messages stay as they are."""
+    message = str(problem.get("message", ""))
+    if t is None:
+        return message
+    kind = str(problem.get("type", ""))
+    raw_ctx = problem.get("ctx")
+    ctx: dict[str, Any] = dict(raw_ctx) if isinstance(raw_ctx, dict) else {}
+    if kind == "string_pattern_mismatch":
+        rule = _RULES.get(form_field(str(problem.get("field", ""))))
+        return t(rule) if rule else t("form.err.type.string_pattern_mismatch")
+    key = f"form.err.type.{kind}"
+    if kind and getattr(t, "has", lambda _k: False)(key):
+        return t(key, **ctx)
+    return message
+
+
+def errors_from(exc: HaiheError, t: Callable[..., str] | None = None, *, with_path: bool = False) -> FormErrors:
+    """Every problem of a refused spec at its form field (all at once), in the reader's language when ``t``;
+    ``with_path`` keeps the spec path in front (the YAML editor shows every message in one place)."""
     errors = FormErrors()
     problems = exc.details.get("problems") if isinstance(exc.details.get("problems"), list) else None
     if problems:
         for p in problems:
-            errors.add(form_field(str(p.get("field", ""))), f"{p.get('field')}: {p.get('message')}")
+            path = str(p.get("field", ""))
+            text = problem_text(p, t)
+            errors.add(form_field(path), text if t is not None and not with_path else f"{path}: {text}")
     else:
         target = form_field(exc.field)
         if isinstance(exc, QuotaExceeded) and exc.details.get("quota") == "max_gpus":

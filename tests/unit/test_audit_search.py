@@ -28,3 +28,18 @@ def test_member_who_administers_nothing_is_told_why(tenancy: Tenancy) -> None:
     r = t.client.get("/api/v1/audit", headers=t.login(bob))
     assert r.status_code == 403
     assert "org admins" in r.json()["error"]["message"]
+
+
+def test_search_matches_what_people_type_and_quota_changes_show_old_and_new(tenancy: Tenancy) -> None:
+    t = tenancy
+    org = t.org()
+    assert t.client.put(f"/api/v1/orgs/{org}/quota", json={"gpu_hours": 10}, headers=t.admin_headers).status_code \
+        == 200
+    assert t.client.put(f"/api/v1/orgs/{org}/quota", json={"gpu_hours": 25, "max_jobs": None},
+                        headers=t.admin_headers).status_code == 200
+    found = t.client.get("/api/v1/audit", params={"org": org, "action": "quota"}, headers=t.admin_headers).json()
+    assert [e["action"] for e in found] == ["quota.set", "quota.set"]
+    latest = found[0]["details"]
+    assert latest == {"gpu_hours": {"old": 10.0, "new": 25.0}}  # max_jobs was unlimited and stays so: no change
+    none = t.client.get("/api/v1/audit", params={"org": org, "action": "%"}, headers=t.admin_headers).json()
+    assert none == []  # a LIKE wildcard is a literal character here

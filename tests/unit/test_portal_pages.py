@@ -198,7 +198,7 @@ def test_form_errors_are_shown_next_to_their_field(portal: Portal) -> None:
     assert nodes_err and "whole number" in nodes_err.group(1)
     r = _submit(browser, f"{org}/{project}", name="Bad Name")
     name_err = re.search(r'id="err-name"[^>]*>(.*?)</div>', r.text, re.S)  # type: ignore[attr-defined]
-    assert name_err and "name" in name_err.group(1) and 'aria-invalid="true"' in r.text  # type: ignore[attr-defined]
+    assert name_err and "lower-case letters" in name_err.group(1) and 'aria-invalid="true"' in r.text  # type: ignore[attr-defined]
     # the partition's limits (from describe()) are checked at the field
     r = _submit(browser, f"{org}/{project}", nodes="3", time_limit="01:00:00")
     html = r.text  # type: ignore[attr-defined]
@@ -325,3 +325,24 @@ def test_sharing_with_a_mistyped_org_says_so_at_the_field_and_the_receiver_sees_
     assert badge and badge.group(1) == "shared with your organisation"
     own = re.search(r'id="ds-visibility">([^<]*)<', alice.get(f"/datasets/{org_a}/cats_v1").text)
     assert own and own.group(1) == "private"
+
+
+def test_form_errors_all_at_once_in_the_readers_language(portal: Portal) -> None:
+    """Issue 17: pydantic's wording (regexes) and one error at a time, in English on the Chinese portal."""
+    org, project, user = _setup_org(portal)
+    browser = portal.browser(user)
+    r = _submit(browser, f"{org}/{project}", name="Bad_Name", register="a..b", dataset="x y")
+    assert r.status_code == 422  # type: ignore[attr-defined]
+    text = r.text  # type: ignore[attr-defined]
+
+    def err(field: str) -> str:
+        m = re.search(rf'id="err-{field}"[^>]*>(.*?)</div>', text, re.S)
+        assert m, f"no error at {field}"
+        return m.group(1)
+
+    assert "lower-case letters, digits and &#39;-&#39;" in err("name") and "pattern" not in err("name")
+    assert "&#39;.&#39;, &#39;_&#39;" in err("register") and "&#39;.&#39;, &#39;_&#39;" in err("dataset")
+    browser.get("/lang/zh")
+    r = _submit(browser, f"{org}/{project}", name="Bad_Name")
+    zh = re.search(r'id="err-name"[^>]*>(.*?)</div>', r.text, re.S)  # type: ignore[attr-defined]
+    assert zh and "小写字母" in zh.group(1), r.text[-1500:]  # type: ignore[attr-defined]

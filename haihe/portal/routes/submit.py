@@ -179,7 +179,7 @@ def submit_job(page: SignedIn) -> Response:
         job = jobs.submit(page.ctx, page.session, page.principal, org, project, raw, code_uri=code_uri)
     except HaiheError as exc:
         page.session.rollback()  # a refused submit leaves nothing behind (no job row, no reservation)
-        errors = errors_from(exc)
+        errors = errors_from(exc, page.t, with_path=mode == "yaml")
         if isinstance(exc, QuotaExceeded):
             errors.by_field.setdefault("_quota", []).append(page.t("form.err.quota"))
         if mode == "yaml":  # the editor has one place for messages: keep the field path in each
