@@ -34,7 +34,8 @@ orgs = typer.Typer(help="Organisations (platform admins).", no_args_is_help=True
 projects = typer.Typer(help="Projects inside an org (org admins).", no_args_is_help=True)
 users = typer.Typer(help="Users and service accounts (org admins).", no_args_is_help=True)
 keys = typer.Typer(help="API keys: created once-shown, listed by prefix, revoked.", no_args_is_help=True)
-cluster = typer.Typer(help="The local Slurm cluster (bring-up on this machine).", no_args_is_help=True)
+cluster = typer.Typer(help="The compute side: its status (any user), and the local Slurm cluster's bring-up.",
+                      no_args_is_help=True)
 app.add_typer(admin, name="admin")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(datasets_app, name="datasets")
@@ -414,6 +415,33 @@ def _cluster_dir(state_dir: Path | None) -> Path:
     return state_dir or default_home() / "slurm"
 
 
+@cluster.command("status")
+def cluster_status(url: Annotated[str | None, typer.Option(help="API URL.")] = None, as_json: JsonOpt = False) -> None:
+    """What the compute side looks like now: partitions with free CPUs and GPUs, the queue, why your jobs wait."""
+    with _client(url) as c:
+        status = c.cluster_status()
+    if as_json:
+        typer.echo(json.dumps(status, indent=2))
+        return
+    for sched in status["schedulers"]:
+        if not sched["ok"]:
+            _console().print(f"[red]{sched['name']}: unreachable[/] {sched['error']}")
+            continue
+        rows = [{"partition": p["name"] + (" (default)" if p["default"] else ""), "state": p["state"],
+                 "nodes": p["nodes"], "cpus free": f"{p['cpus_free']}/{p['cpus_total']}",
+                 "gpus free": f"{p['gpus_free']}/{p['gpus_total']}" if p["gpus_total"] else "-",
+                 "max time": f"{p['max_time_min']} min" if p["max_time_min"] else "unlimited"}
+                for p in sched["partitions"]]
+        _print(rows, ["partition", "state", "nodes", "cpus free", "gpus free", "max time"], False,
+               title=f"{sched['name']}: {sched['waiting']} waiting, {sched['running']} running")
+    waiting = status["my_waiting_jobs"]
+    if waiting:
+        _print([{**j, "id": j["id"][:8], "why": j["why"] or j["reason"]} for j in waiting],
+               ["id", "name", "scheduler", "state", "queue_position", "why"], False, title="your waiting jobs")
+    else:
+        typer.echo("none of your jobs is waiting")
+
+
 @cluster.command("up")
 def cluster_up(
     slurm: Annotated[bool, typer.Option("--slurm", help="Bring up the local Slurm cluster.")] = True,
@@ -442,10 +470,10 @@ def cluster_down(state_dir: Annotated[Path | None, typer.Option(help="State dire
     typer.echo("Slurm cluster stopped")
 
 
-@cluster.command("status")
-def cluster_status(state_dir: Annotated[Path | None, typer.Option(help="State directory of the cluster.")] = None,
-                   as_json: JsonOpt = False) -> None:
-    """Which daemons of the local Slurm cluster run."""
+@cluster.command("daemons")
+def cluster_daemons(state_dir: Annotated[Path | None, typer.Option(help="State directory of the cluster.")] = None,
+                    as_json: JsonOpt = False) -> None:
+    """Which daemons of the local Slurm cluster run (on this machine)."""
     from haihe.cluster.slurm import cluster_status as status_fn
 
     result = status_fn(_cluster_dir(state_dir))

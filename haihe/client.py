@@ -216,6 +216,10 @@ class HaiheClient(DatasetsClientMixin, ZooClientMixin, EndpointsClientMixin):
     def whoami(self) -> dict[str, Any]:
         return dict(self.request("GET", "/api/v1/me"))
 
+    def cluster_status(self) -> dict[str, Any]:
+        """Partitions, nodes, free CPUs/GPUs, jobs waiting and running, and why your own jobs wait."""
+        return dict(self.request("GET", "/api/v1/cluster"))
+
     # -- orgs, projects, users --------------------------------------------------------------------------------
     def create_org(self, name: str, display_name: str = "") -> Org:
         result: Org = self.request("POST", "/api/v1/orgs", json={"name": name, "display_name": display_name})

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from haihe import __version__
 from haihe.platform.api import (
     auth,
+    cluster,
     datasets,
     endpoints,
     errors,
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 API_ROUTERS = (system.router, auth.router, tenancy.router, keys.router, jobs.router, datasets.router, quotas.router,
                zoo.router, mlflow_proxy.router, endpoints.router, gateway_routes.router,
-               storage_credentials.router)
+               storage_credentials.router, cluster.router)
 
 
 def create_platform_app(settings: Settings | None = None, *, migrate: bool = True,

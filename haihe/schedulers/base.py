@@ -199,8 +199,9 @@ class ClusterInfo:
     scheduler: str
     partitions: tuple[Partition, ...] = ()
     nodes: tuple[NodeInfo, ...] = ()
-    queue_length: int = 0
+    queue_length: int = 0  # jobs waiting to start (not those running)
     qos: tuple[str, ...] = ()
+    running: int = 0  # jobs running now
 
     @property
     def cpus_total(self) -> int:

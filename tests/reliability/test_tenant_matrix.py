@@ -44,7 +44,7 @@ UNTENANTED = {
 }
 # operations that list across orgs: checked for leaks in the body instead of by status
 LISTINGS = {"orgs_list", "users_list", "jobs_list", "keys_list", "datasets_list", "audit_search", "usage_report",
-            "models_list", "models_for_dataset", "list_endpoints"}
+            "models_list", "models_for_dataset", "list_endpoints", "cluster_status"}
 # platform-wide admin operations: a non-platform-admin gets 403 whatever the target
 PLATFORM_ADMIN = {"orgs_create", "orgs_set_status", "orgs_suspend", "orgs_resume", "quota_set_org", "datasets_gc",
                   "quota_sync", "quota_check", "org_users_map_unix"}

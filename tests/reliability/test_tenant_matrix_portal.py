@@ -40,7 +40,7 @@ NOT_TENANTED = {
 }
 # pages without identifiers in the path that list things: C's org is put in the query, the body must show neither
 # B's nor C's identifiers
-LISTINGS = {"/", "/jobs", "/jobs/new", "/datasets", "/models", "/endpoints", "/endpoints/new", "/admin",
+LISTINGS = {"/", "/jobs", "/jobs/new", "/datasets", "/models", "/endpoints", "/endpoints/new", "/admin", "/cluster",
             "/admin/users", "/admin/usage", "/admin/usage.csv", "/admin/audit", "/admin/cluster"}
 # pages whose resource the matrix's world cannot hold (no MLflow zoo, no serving runtime here): refused all the same
 # (there is nothing of C's to find), but the control cannot read them

@@ -255,3 +255,24 @@ def test_what_the_live_cluster_cannot_run_is_refused_before_anything_is_stored(e
     env.fake.down = True  # a cluster that cannot be asked does not lose the job: it waits, PENDING, with the reason
     job = env.submit(spec={**SPEC, "resources": {"nodes": 1, "time_limit": "00:10:00"}})
     assert env.job(job["id"])["state"] == "PENDING"
+
+
+def test_every_user_sees_the_cluster_and_why_their_own_jobs_wait(env: Env) -> None:
+    """Issue 17: a cluster view for every user (not only admins), as the API the CLI and portal read."""
+    mine = env.submit()
+    other_user = env.t.login(env.t.user(env.org))
+    theirs = env.submit(headers=other_user)
+    env.fake.set(str(env.job(mine["id"])["native_id"]), JobState.QUEUED, reason="Priority", queue_position=2)
+    env.reconciler.run_once()
+    r = env.client.get("/api/v1/cluster", headers=env.user)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    fake = next(s for s in body["schedulers"] if s["name"] == "fake")
+    assert fake["ok"] and fake["cpus_total"] == 8 and fake["nodes"][0]["name"] == "n1"
+    waiting = {j["id"]: j for j in body["my_waiting_jobs"]}
+    assert mine["id"] in waiting and theirs["id"] not in waiting  # the caller's own jobs only
+    assert waiting[mine["id"]]["why"] == "other jobs are ahead of it in the queue (fair-share priority)"
+    env.fake.down = True  # one scheduler that cannot answer is said, not a 500
+    down = env.client.get("/api/v1/cluster", headers=env.user).json()
+    fake = next(s for s in down["schedulers"] if s["name"] == "fake")
+    assert not fake["ok"] and "down" in fake["error"]

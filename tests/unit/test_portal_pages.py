@@ -346,3 +346,18 @@ def test_form_errors_all_at_once_in_the_readers_language(portal: Portal) -> None
     r = _submit(browser, f"{org}/{project}", name="Bad_Name")
     zh = re.search(r'id="err-name"[^>]*>(.*?)</div>', r.text, re.S)  # type: ignore[attr-defined]
     assert zh and "小写字母" in zh.group(1), r.text[-1500:]  # type: ignore[attr-defined]
+
+
+def test_the_cluster_page_is_for_every_user_with_their_own_waiting_jobs(portal: Portal) -> None:
+    org, project, user = _setup_org(portal)
+    browser = portal.browser(user)
+    page = browser.get("/cluster")
+    assert page.status_code == 200 and 'href="/cluster"' in page.text
+    assert 'id="my-waiting-none"' in page.text and "Partitions" in page.text
+    assert _submit(browser, f"{org}/{project}").status_code == 303  # type: ignore[attr-defined]
+    page = browser.get("/cluster")
+    assert 'id="my-waiting"' in page.text and "digits" in page.text
+    other = portal.browser(_setup_org(portal)[2])
+    assert "digits" not in other.get("/cluster").text.split('id="mine-h"')[1].split("</section>")[0]
+    browser.get("/lang/zh")
+    assert "我的作业为何在等待" in browser.get("/cluster").text

@@ -206,7 +206,9 @@ class RayScheduler(BaseScheduler):
         usage = self.api.usage()
         infos = tuple(self._node_info(n, usage.get(n.node_id, {})) for n in nodes)
         alive = [i for i in infos if i.state == "ALIVE"]
-        queued = sum(1 for j in self.api.list_jobs() if j.status == "PENDING")
+        listed = self.api.list_jobs()
+        queued = sum(1 for j in listed if j.status == "PENDING")
+        running = sum(1 for j in listed if j.status == "RUNNING")
         pool = Partition(
             name="ray",
             nodes=len(alive),
@@ -216,7 +218,7 @@ class RayScheduler(BaseScheduler):
             gpus_free=sum(i.gpus_free for i in alive),
             default=True,
         )
-        return ClusterInfo(scheduler=self.url, partitions=(pool,), nodes=infos, queue_length=queued)
+        return ClusterInfo(scheduler=self.url, partitions=(pool,), nodes=infos, queue_length=queued, running=running)
 
     @staticmethod
     def _node_info(node: RayNode, usage: Mapping[str, tuple[float, float]]) -> NodeInfo:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from haihe.errors import Conflict, InvalidInput, NotFound, SchedulerUnavailable
-from haihe.schedulers.base import BaseScheduler, ClusterInfo, Feature, JobStatus, Launch, LogChunk
+from haihe.schedulers.base import BaseScheduler, ClusterInfo, Feature, JobState, JobStatus, Launch, LogChunk
 from haihe.schedulers.slurm import records
 from haihe.schedulers.slurm.accounts import SlurmAccounts
 from haihe.schedulers.slurm.cli import operator_name
@@ -307,9 +307,11 @@ class SlurmScheduler(BaseScheduler):
         nodes = tuple(records.parse_node(n) for n in self.transport.nodes())
         parts = tuple(records.parse_partition(p, nodes) for p in self.transport.partitions())
         jobs = [records.from_squeue(j) for j in self.transport.jobs()]
-        queue = len({j.ref for j in jobs if not j.state.is_terminal()})
+        waiting = len({j.ref for j in jobs if j.state in (JobState.QUEUED, JobState.PENDING)})
+        running = len({j.ref for j in jobs if j.state == JobState.RUNNING})
         qos = self.platform_qos if self.platform_qos is not None else tuple(self.transport.qos_names() or ())
-        return ClusterInfo(scheduler=self.url, partitions=parts, nodes=nodes, queue_length=queue, qos=tuple(qos))
+        return ClusterInfo(scheduler=self.url, partitions=parts, nodes=nodes, queue_length=waiting, qos=tuple(qos),
+                           running=running)
 
 
 def _index(jobs: Iterable[records.SlurmJob], by_ref: dict[str, list[records.SlurmJob]],

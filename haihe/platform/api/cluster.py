@@ -1,0 +1,19 @@
+"""Route: GET /api/v1/cluster — partitions, free GPUs, the queue, and why the caller's jobs wait."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from haihe.platform import cluster_status
+from haihe.platform.api.deps import CtxDep, CurrentPrincipal, SessionDep
+
+router = APIRouter(prefix="/api/v1", tags=["cluster"])
+
+
+@router.get("/cluster", operation_id="cluster_status")
+def get_cluster_status(ctx: CtxDep, principal: CurrentPrincipal, session: SessionDep) -> dict[str, Any]:
+    """Every scheduler's partitions and nodes (free CPUs and GPUs, jobs waiting and running) and the caller's own
+    waiting jobs with the reason in words. Any signed-in user."""
+    return cluster_status.cluster_status(ctx, session, principal)
