@@ -18,7 +18,8 @@ from haihe.errors import NotFound, PermissionDenied
 from haihe.platform.models import Org, Project, Role, Status
 
 # what each role may do inside its org, strongest first
-_WRITE_ROLES = frozenset({Role.ORG_ADMIN, Role.RESEARCHER, Role.SERVICE_ACCOUNT})
+WRITE_ROLES = frozenset({Role.ORG_ADMIN, Role.RESEARCHER, Role.SERVICE_ACCOUNT})  # roles that may change things
+_WRITE_ROLES = WRITE_ROLES
 
 
 @dataclass(frozen=True)

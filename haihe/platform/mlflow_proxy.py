@@ -56,6 +56,74 @@ class JobScope:
     def model_prefix(self) -> str:
         return f"{self.org}~"
 
+    @property
+    def label(self) -> str:
+        return f"job {self.job_id}"
+
+    def sees_own_model(self, name: str) -> bool:
+        """A registered model of the scope's own org (``<org>~…``), whatever its visibility."""
+        return name.startswith(self.model_prefix)
+
+    def may_write_model(self, name: str) -> bool:
+        return name.startswith(self.model_prefix)
+
+    def may_register_for(self, org: str) -> bool:
+        return org == self.org
+
+
+@dataclass(frozen=True)
+class UserScope:
+    """What a person (their session or API key, through the stock MLflow client or MLflow's own UI) may do: read
+    the experiments and models of every org they belong to; write only where their role may change things (never
+    through a browser session, which is read-only here: the UI's requests carry no CSRF token)."""
+
+    username: str
+    read_orgs: frozenset[str]
+    write_orgs: frozenset[str] = frozenset()
+    every_org: bool = False  # a platform admin reads all
+
+    @property
+    def job_id(self) -> str:
+        return f"user:{self.username}"
+
+    @property
+    def label(self) -> str:
+        return f"user {self.username}"
+
+    @property
+    def org(self) -> str:
+        return ", ".join(sorted(self.write_orgs or self.read_orgs)) or "none"
+
+    @property
+    def experiment(self) -> str:
+        return " or ".join(f"{o}/…" for o in sorted(self.write_orgs)) or "none (read-only)"
+
+    @property
+    def model_prefix(self) -> str:
+        return " or ".join(f"{o}~" for o in sorted(self.write_orgs)) or "none"
+
+    @staticmethod
+    def _org_of(name: str, sep: str) -> str:
+        return name.split(sep, 1)[0] if sep in name else ""
+
+    def may_read_experiment(self, name: str) -> bool:
+        return self.every_org or self._org_of(name, "/") in self.read_orgs
+
+    def may_write_experiment(self, name: str) -> bool:
+        return self._org_of(name, "/") in self.write_orgs
+
+    def sees_own_model(self, name: str) -> bool:
+        return self.every_org or self._org_of(name, "~") in self.read_orgs
+
+    def may_write_model(self, name: str) -> bool:
+        return self._org_of(name, "~") in self.write_orgs
+
+    def may_register_for(self, org: str) -> bool:
+        return org in self.write_orgs
+
+
+Scope = JobScope | UserScope
+
 
 def _key(secret: str) -> bytes:
     return hmac.new(secret.encode(), _KEY_CONTEXT, hashlib.sha256).digest()
@@ -170,6 +238,9 @@ class Call:
 API = "api/2.0/mlflow/"
 ARTIFACTS = "api/2.0/mlflow-artifacts/"
 _ALWAYS = {("GET", "health"), ("GET", "version"), ("GET", "api/3.0/mlflow/server-info")}
+# searches MLflow's client and UI send as POST: reads, whatever the method (a read-only token may make them)
+_READ_POSTS = {"runs/search", "experiments/search", "logged-models/search", "registered-models/search"}
+UI = "ajax-api/"  # MLflow's web UI calls the same REST API under this prefix
 _RUN_WRITES = {"runs/update", "runs/log-batch", "runs/log-metric", "runs/log-parameter", "runs/set-tag",
                "runs/delete-tag", "runs/log-inputs", "runs/log-model", "runs/outputs"}
 _RUN_READS = {"runs/get", "metrics/get-history", "artifacts/list"}
@@ -183,7 +254,7 @@ _MODEL_WRITES = {"registered-models/set-tag", "registered-models/delete-tag", "r
 class Policy:
     """Decides one proxied call for one job scope."""
 
-    def __init__(self, scope: JobScope, lookup: Lookup, *, writable: bool = True) -> None:
+    def __init__(self, scope: Scope, lookup: Lookup, *, writable: bool = True) -> None:
         self.scope = scope
         self.lookup = lookup
         self.writable = writable  # False when the org is suspended or the job has ended: reads only
@@ -194,7 +265,17 @@ class Policy:
             return _deny("malformed path")
         if (call.method, path) in _ALWAYS:
             return ALLOW
-        reading = call.method in ("GET", "HEAD")
+        if isinstance(self.scope, UserScope):
+            ui = self._ui(call, path)
+            if ui is not None:
+                return ui
+            if path in ("graphql", UI + "graphql") and call.method == "POST":
+                return await self._graphql(call)
+            if path.startswith(UI):  # the UI's copy of the REST API: the same policy
+                path = "api/" + path[len(UI):]
+                if (call.method, path) in _ALWAYS:
+                    return ALLOW
+        reading = call.method in ("GET", "HEAD") or path.removeprefix(API) in _READ_POSTS
         if path.startswith(ARTIFACTS):
             return await self._artifacts(call, path[len(ARTIFACTS):], reading)
         if not path.startswith(API):
@@ -211,6 +292,45 @@ class Policy:
         if verb.startswith(("registered-models/", "model-versions/")):
             return await self._registry(call, verb, reading)
         return _deny(f"{call.method} /{path} is not available to jobs")
+
+    def _ui(self, call: Call, path: str) -> Decision | None:
+        """MLflow's web UI for people: its page and static files; None for everything else (the REST API)."""
+        if call.method not in ("GET", "HEAD"):
+            return None
+        if path in ("", "favicon.ico") or path.startswith("static-files/"):
+            return ALLOW
+        return None
+
+    async def _graphql(self, call: Call) -> Decision:
+        """The UI's GraphQL reads, each root field checked as its REST twin would be (reads only)."""
+        from haihe.platform.mlflow_graphql import GraphqlRefused, root_fields
+
+        try:
+            fields = root_fields(call.body)
+        except GraphqlRefused as exc:
+            return _deny(str(exc))
+        for name, given in fields:
+            if name in ("mlflowGetRun", "mlflowListArtifacts"):
+                run_ids = [given.get("runId") or given.get("runUuid")]
+            elif name == "mlflowGetMetricHistoryBulkInterval":
+                run_ids = list(given.get("runIds") or []) or [None]
+            elif name in ("mlflowGetExperiment",):
+                if not await self._experiment_readable(str(given.get("experimentId") or "")):
+                    return _missing("experiment not found")
+                continue
+            elif name in ("mlflowSearchRuns", "mlflowSearchDatasets"):
+                decision = await self._all_readable([str(e) for e in given.get("experimentIds") or []])
+                if not decision.allowed:
+                    return decision
+                continue
+            elif name == "test":
+                continue
+            else:
+                return _deny(f"GraphQL {name} is not available here")
+            for run_id in run_ids:
+                if not run_id or not await self._experiment_readable(await self.lookup.run_experiment(str(run_id))):
+                    return _missing("run not found")
+        return ALLOW
 
     # ---- experiments ----
     async def _experiment_readable(self, experiment_id: str | None) -> bool:
@@ -239,22 +359,23 @@ class Policy:
             if "artifact_location" in call.body:
                 return _deny("jobs may not choose an experiment's artifact location")
             if not self.scope.may_write_experiment(name):
-                return _deny(f"this job may only create experiment {self.scope.experiment!r} (or below it)")
+                return _deny(f"{self.scope.label} may only create experiment {self.scope.experiment!r} (or below it)")
             return ALLOW
         if verb == "experiments/set-experiment-tag":
             ok = await self._experiment_writable(call.param("experiment_id"))
-            return ALLOW if ok else _deny(f"this job may only write to experiment {self.scope.experiment!r}")
+            return ALLOW if ok else _deny(f"{self.scope.label} may only write to experiment {self.scope.experiment!r}")
         return _deny(f"{verb} is not available to jobs")
 
     # ---- runs ----
     async def _runs(self, call: Call, verb: str, reading: bool) -> Decision:
         if verb == "runs/create":
             ok = await self._experiment_writable(call.param("experiment_id"))
-            return ALLOW if ok else _deny(f"this job may only write to experiment {self.scope.experiment!r}")
+            return ALLOW if ok else _deny(f"{self.scope.label} may only write to experiment {self.scope.experiment!r}")
         if verb in _RUN_WRITES and not reading:
             run_id = call.param("run_id", "run_uuid")
             ok = run_id is not None and await self._experiment_writable(await self.lookup.run_experiment(run_id))
-            return ALLOW if ok else _deny(f"this job may only write to runs of experiment {self.scope.experiment!r}")
+            return ALLOW if ok else _deny(f"{self.scope.label} may only write to runs of experiment "
+                                          f"{self.scope.experiment!r}")
         if verb in _RUN_READS:
             run_id = call.param("run_id", "run_uuid")
             ok = run_id is not None and await self._experiment_readable(await self.lookup.run_experiment(run_id))
@@ -291,7 +412,8 @@ class Policy:
             if call.method != "POST":
                 return _deny("logged-models: only create is available to jobs")
             ok = await self._experiment_writable(call.param("experiment_id"))
-            return ALLOW if ok else _deny(f"this job may only log models to experiment {self.scope.experiment!r}")
+            return ALLOW if ok else _deny(f"{self.scope.label} may only log models to experiment "
+                                          f"{self.scope.experiment!r}")
         if verb == "logged-models/search":
             return await self._all_readable(call.params("experiment_ids"))
         model_id = verb.split("/")[1]
@@ -301,24 +423,26 @@ class Policy:
             return _deny("jobs may not delete logged models")
         experiment = await self.lookup.logged_model_experiment(model_id)
         ok = await self._experiment_writable(experiment)
-        return ALLOW if ok else _deny(f"this job may only change models of experiment {self.scope.experiment!r}")
+        return ALLOW if ok else _deny(f"{self.scope.label} may only change models of experiment "
+                                      f"{self.scope.experiment!r}")
 
     # ---- model registry ----
     async def _model_visible(self, name: str) -> bool:
-        if name.startswith(self.scope.model_prefix):
+        if self.scope.sees_own_model(name):
             return True
         tags = await self.lookup.model_tags(name)
         return tags is not None and tags.get(ZOO_VISIBILITY) == "public"
 
     def _own_model(self, name: str | None) -> bool:
-        return bool(name) and str(name).startswith(self.scope.model_prefix)
+        return bool(name) and self.scope.may_write_model(str(name))
 
     def _tags_ok(self, tags: Mapping[str, str]) -> str | None:
         """Why these registered-model tags may not be set by a job (publishing is for org admins), or None."""
         if tags.get(ZOO_VISIBILITY, "private") != "private":
             return "jobs may only register private models; an org admin publishes them"
-        if tags.get(ZOO_ORG, self.scope.org) != self.scope.org:
-            return f"jobs of org {self.scope.org!r} may only register models of that org"
+        org = tags.get(ZOO_ORG)
+        if org is not None and not self.scope.may_register_for(org):
+            return f"{self.scope.label} may only register models of org {self.scope.org!r}"
         return None
 
     async def _registry(self, call: Call, verb: str, reading: bool) -> Decision:
@@ -397,7 +521,7 @@ class Policy:
             return _deny("this job's token may only read now (the job has ended or its org is suspended)")
         if await self._experiment_writable(experiment_id):
             return ALLOW
-        return _deny(f"this job may only write artifacts of experiment {self.scope.experiment!r}")
+        return _deny(f"{self.scope.label} may only write artifacts of experiment {self.scope.experiment!r}")
 
     # ---- response filtering for searches ----
     async def filter_body(self, kind: Filter, body: dict[str, Any]) -> dict[str, Any]:
@@ -419,7 +543,7 @@ class Policy:
 
     def _listed_model(self, model: Mapping[str, Any]) -> bool:
         name = str(model.get("name", ""))
-        if name.startswith(self.scope.model_prefix):
+        if self.scope.sees_own_model(name):
             return True
         tags = {str(t.get("key")): str(t.get("value")) for t in model.get("tags") or () if isinstance(t, dict)}
         return tags.get(ZOO_VISIBILITY) == "public"

@@ -99,6 +99,32 @@ def job_metrics(page: Page, job_id: str, session: Session | None = None) -> dict
     return out
 
 
+def run_links(page: Page, job_id: str) -> dict[str, Any]:
+    """Links into MLflow's own UI (served through the platform's proxy at ``/mlflow/``) for the job's runs, and a
+    comparison of them when there are several (a sweep)."""
+    services = _zoo_services(page)
+    if services is None:
+        return {}
+    import json
+    from urllib.parse import quote
+
+    from haihe.platform import zoo
+
+    try:
+        runs = zoo.job_runs(services, page.session, page.principal, job_id)
+    except (HaiheError, OSError) as exc:
+        log.info("runs of %s unavailable: %s", job_id, exc)
+        return {}
+    out: dict[str, Any] = {"runs": [{"name": r.name or r.run_id[:8],
+                                     "url": f"/mlflow/#/experiments/{r.experiment_id}/runs/{r.run_id}"}
+                                    for r in runs]}
+    if len(runs) > 1:
+        ids = json.dumps([r.run_id for r in runs])
+        exps = json.dumps(sorted({r.experiment_id for r in runs}))
+        out["compare"] = f"/mlflow/#/compare-runs?runs={quote(ids)}&experiments={quote(exps)}"
+    return out
+
+
 def endpoint_summaries(page: Page) -> list[dict[str, Any]]:
     """My orgs' endpoints (name, status, replicas, traffic) when the endpoints service exists."""
     svc = service("endpoints")

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
@@ -135,6 +136,24 @@ def test_train_on_gpu_watch_deploy_and_call_with_the_pages_curl(stack: RealStack
     job = stack.api("GET", f"/api/v1/jobs/{job_id}").json()
     assert job["state"] == "SUCCEEDED" and job["spec"]["resources"]["partition"] == "gpu", job
     assert all(n.startswith("gn") for n in job["nodes"]), job["nodes"]  # ran on a GPU node of the real cluster
+
+    # the "View run" link MLflow printed in the job's log opens the run in MLflow's own UI, through the platform,
+    # with the researcher's portal session (the job page links it too)
+    view = re.search(r"View run \S+ at: (\S+/mlflow/#/experiments/\d+/runs/[0-9a-f]+)", logs.inner_text())
+    assert view, f"no 'View run' link in the log: {logs.inner_text()[-1500:]!r}"
+    page.goto(view.group(1))
+    expect(page.get_by_text("digits-cnn").first).to_be_visible(timeout=UI_TIMEOUT_MS)
+    expect(page.get_by_text("Can't load run details")).to_have_count(0)
+    page.screenshot(path=str(SHOTS / "04a-mlflow-run.png"), full_page=True)
+    # another org's researcher, signed in to the portal, asks MLflow for that run as the UI would: not found
+    _ob, _pb, bob = stack.tenant()
+    with httpx.Client(base_url=stack.url) as other:
+        assert other.post("/api/v1/auth/session", json={"username": bob, "password": PASSWORD}).status_code == 204
+        run_id = view.group(1).rsplit("/", 1)[1]
+        asked = other.get("/mlflow/ajax-api/2.0/mlflow/runs/get", params={"run_id": run_id})
+        assert asked.status_code == 404 and run_id not in asked.text, asked.text
+    page.goto(job_url)
+    expect(page.locator("#mlflow-links a[data-run-link]")).to_have_count(1, timeout=UI_TIMEOUT_MS)
 
     # the loss curve comes from the job's MLflow run: a canvas with at least two points
     page.reload()

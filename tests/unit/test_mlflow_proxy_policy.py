@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 
 from haihe.errors import AuthenticationRequired
-from haihe.platform.mlflow_proxy import Call, Decision, JobScope, Policy, issue_token, job_tracking, verify_token
+from haihe.platform.mlflow_proxy import (
+    Call,
+    Decision,
+    JobScope,
+    Policy,
+    UserScope,
+    issue_token,
+    job_tracking,
+    verify_token,
+)
 
 SECRET = "s" * 40
 API = "api/2.0/mlflow/"
@@ -163,3 +172,98 @@ def test_search_answers_are_filtered_to_what_the_job_may_see() -> None:
     versions = {"model_versions": [{"name": "beta~priv"}, {"name": "beta~pub"}, {"name": "acme~a"}]}
     kept = asyncio.run(policy.filter_body("model_versions", versions))["model_versions"]
     assert [v["name"] for v in kept] == ["beta~pub", "acme~a"]
+
+
+# -- people: the stock MLflow client with their key or token, MLflow's UI with their portal session ----------------
+ALICE = UserScope("alice", read_orgs=frozenset({"acme"}), write_orgs=frozenset({"acme"}))
+ALICE_BROWSER = UserScope("alice", read_orgs=frozenset({"acme"}))  # a portal session: read-only
+VIEWER = UserScope("vic", read_orgs=frozenset({"acme"}))  # a viewer of acme: reads only
+BOB = UserScope("bob", read_orgs=frozenset({"beta"}), write_orgs=frozenset({"beta"}))
+
+
+def decide_as(scope: UserScope, method: str, url: str, body: dict[str, Any] | None = None, writable: bool = True,
+              **query: str) -> Decision:
+    policy = Policy(scope, FakeLookup(), writable=writable)
+    return asyncio.run(policy.decide(Call(method, url, {k: [v] for k, v in query.items()}, body or {})))
+
+
+def test_a_person_reads_every_experiment_of_their_orgs_and_nothing_else() -> None:
+    assert decide_as(ALICE, "GET", API + "runs/get", run_id="ra").allowed
+    assert decide_as(ALICE, "GET", API + "runs/get", run_id="rc").allowed  # another project of acme
+    assert decide_as(ALICE, "GET", API + "runs/get", run_id="rb").status == 404
+    assert decide_as(BOB, "GET", API + "runs/get", run_id="ra").status == 404
+    assert decide_as(ALICE, "POST", API + "runs/search", {"experiment_ids": ["1", "3"]}).allowed
+    assert decide_as(ALICE, "POST", API + "runs/search", {"experiment_ids": ["1", "2"]}).status == 404
+    assert decide_as(BOB, "POST", API + "runs/search", {"experiment_ids": ["1"]}).status == 404
+    assert decide_as(ALICE, "GET", "api/2.0/mlflow-artifacts/artifacts/1/abc/model.pt").allowed
+    assert decide_as(BOB, "GET", "api/2.0/mlflow-artifacts/artifacts/1/abc/model.pt").status == 404
+
+
+def test_search_answers_are_filtered_to_the_persons_orgs() -> None:
+    body = {"experiments": [{"name": "acme/vision"}, {"name": "beta/secret"}, {"name": "Default"}],
+            "registered_models": [{"name": "acme~digits"}, {"name": "beta~priv"},
+                                  {"name": "beta~pub", "tags": [{"key": "haihe.visibility", "value": "public"}]}]}
+    for scope, exps, models in ((ALICE, ["acme/vision"], ["acme~digits", "beta~pub"]),
+                                (BOB, ["beta/secret"], ["beta~priv", "beta~pub"])):
+        policy = Policy(scope, FakeLookup())
+        d = asyncio.run(policy.decide(Call("POST", API + "experiments/search", {}, {})))
+        shown = asyncio.run(policy.filter_body(d.filter or "experiments", {"experiments": list(body["experiments"])}))
+        assert [e["name"] for e in shown["experiments"]] == exps
+        shown = asyncio.run(policy.filter_body("registered_models",
+                                               {"registered_models": list(body["registered_models"])}))
+        assert [m["name"] for m in shown["registered_models"]] == models
+
+
+def test_writes_only_where_the_role_allows_and_never_from_a_browser_session() -> None:
+    assert decide_as(ALICE, "POST", API + "runs/create", {"experiment_id": "3"}).allowed
+    assert not decide_as(ALICE, "POST", API + "runs/create", {"experiment_id": "2"}).allowed
+    assert not decide_as(VIEWER, "POST", API + "runs/create", {"experiment_id": "1"}).allowed
+    assert not decide_as(ALICE_BROWSER, "POST", API + "runs/log-batch", {"run_id": "ra"}, writable=False).allowed
+    assert not decide_as(ALICE, "POST", API + "registered-models/create", {"name": "beta~x"}).allowed
+    assert decide_as(ALICE, "POST", API + "registered-models/create", {"name": "acme~x"}).allowed
+    # the UI: its page and static files, and its copy of the REST API under ajax-api/ (searches are reads)
+    for path in ("", "static-files/static/js/main.js"):
+        assert decide_as(ALICE_BROWSER, "GET", path, writable=False).allowed
+    assert decide_as(ALICE_BROWSER, "POST", "ajax-api/2.0/mlflow/runs/search", {"experiment_ids": ["1"]},
+                     writable=False).allowed
+    assert decide_as(ALICE_BROWSER, "POST", "ajax-api/2.0/mlflow/runs/search", {"experiment_ids": ["2"]},
+                     writable=False).status == 404
+    assert not decide_as(ALICE_BROWSER, "POST", "ajax-api/2.0/mlflow/runs/delete", {"run_id": "ra"},
+                         writable=False).allowed
+    # a job's token never gets the UI
+    assert not decide("GET", "").allowed and not decide("GET", "static-files/x.js").allowed
+
+
+GET_RUN = ("query MlflowGetRunQuery($data: MlflowGetRunInput!) "
+           "{ mlflowGetRun(input: $data) { run { info { runUuid } } } }")
+
+
+@pytest.mark.parametrize(("scope", "body", "status"), [
+    (ALICE_BROWSER, {"query": GET_RUN, "variables": {"data": {"runId": "ra"}}}, 200),
+    (ALICE_BROWSER, {"query": GET_RUN, "variables": {"data": {"runId": "rb"}}}, 404),  # beta's run
+    (BOB, {"query": GET_RUN, "variables": {"data": {"runId": "ra"}}}, 404),
+    (ALICE_BROWSER, {"query": 'query { mlflowGetRun(input: {runId: "rb"}) { run { info { runUuid } } } }'}, 404),
+    (ALICE_BROWSER, {"query": "query Q($d: MlflowGetMetricHistoryBulkIntervalInput) "
+                              "{ mlflowGetMetricHistoryBulkInterval(input: $d) { metrics { key } } }",
+                     "variables": {"d": {"runIds": ["ra", "rc"], "metricKey": "loss"}}}, 200),
+    (ALICE_BROWSER, {"query": "query Q($d: MlflowGetMetricHistoryBulkIntervalInput) "
+                              "{ mlflowGetMetricHistoryBulkInterval(input: $d) { metrics { key } } }",
+                     "variables": {"d": {"runIds": ["ra", "rb"], "metricKey": "loss"}}}, 404),
+    (ALICE_BROWSER, {"query": 'mutation { mlflowSearchRuns(input: {experimentIds: ["1"]}) { runs { info '
+                              '{ runUuid } } } }'}, 200),
+    (ALICE_BROWSER, {"query": 'mutation { mlflowSearchRuns(input: {experimentIds: ["1", "2"]}) { runs { info '
+                              '{ runUuid } } } }'}, 404),
+    (ALICE_BROWSER, {"query": "query { __schema { types { name } } }"}, 403),  # no introspection
+    (ALICE_BROWSER, {"query": "query { mlflowSearchModelVersions(input: {}) { modelVersions { name } } }"}, 403),
+    (ALICE_BROWSER, {"query": "query A { test(inputString: \"x\") { output } } query B { test { output } }"}, 403),
+    (ALICE_BROWSER, {"query": "{ ...F } fragment F on Query { mlflowGetRun(input: {runId: \"rb\"}) { run "
+                              "{ info { runUuid } } } }"}, 403),
+    (ALICE_BROWSER, {"query": "query { mlflowGetRun("}, 403),
+])
+def test_the_uis_graphql_is_decided_like_its_rest_twin(scope: UserScope, body: dict[str, Any], status: int) -> None:
+    d = decide_as(scope, "POST", "graphql", body, writable=False)
+    assert (d.status if not d.allowed else 200) == status, d
+
+
+def test_jobs_get_no_graphql() -> None:
+    assert not decide("POST", "graphql", {"query": GET_RUN, "variables": {"data": {"runId": "ra"}}}).allowed

@@ -1,8 +1,10 @@
-"""``/mlflow/…``: the authenticated MLflow proxy that job runtimes use as their tracking server.
+"""``/mlflow/…``: the authenticated MLflow proxy — the tracking server of job runtimes, and MLflow for people.
 
 It checks the job token (``Authorization: Bearer hjt_…``, sent by MLflow's client from ``MLFLOW_TRACKING_TOKEN``)
-and the job's row, asks :class:`haihe.platform.mlflow_proxy.Policy` whether the call is allowed, and forwards it
-to the real MLflow server. Artifact uploads and downloads are streamed in both directions and never buffered.
+and the job's row — or a person's API key or token (the stock MLflow client with ``MLFLOW_TRACKING_TOKEN``), or
+their portal session (MLflow's own web UI at ``/mlflow/``, read-only) — asks
+:class:`haihe.platform.mlflow_proxy.Policy` whether the call is allowed, and forwards it to the real MLflow server.
+Artifact uploads and downloads are streamed in both directions and never buffered.
 Refusals use MLflow's error format, so MLflow's client raises its usual exceptions.
 """
 
@@ -23,10 +25,22 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from haihe.errors import AuthenticationRequired
-from haihe.platform.api.deps import CtxDep
+from haihe.platform import identity
+from haihe.platform.access import WRITE_ROLES
+from haihe.platform.api.deps import SESSION_COOKIE, CtxDep, client_ip
 from haihe.platform.context import PlatformContext
-from haihe.platform.mlflow_proxy import ENDED_GRACE_S, ENDPOINT_SCOPE, Call, JobScope, Policy, verify_token
-from haihe.platform.models import Job, Status, utcnow
+from haihe.platform.mlflow_proxy import (
+    ENDED_GRACE_S,
+    ENDPOINT_SCOPE,
+    TOKEN_PREFIX,
+    Call,
+    JobScope,
+    Policy,
+    Scope,
+    UserScope,
+    verify_token,
+)
+from haihe.platform.models import Job, Org, Status, utcnow
 from haihe.schedulers.base import JobState
 
 log = logging.getLogger(__name__)
@@ -142,6 +156,43 @@ def _scope_state(ctx: PlatformContext, scope: JobScope) -> bool:
         return True
 
 
+def _user_scope(ctx: PlatformContext, credential: str, from_cookie: bool, ip: str) -> tuple[UserScope, bool]:
+    """A person's scope: every org they belong to for reading, those where their role may change things for
+    writing. A browser session is read-only here (MLflow's UI sends no CSRF token)."""
+    from sqlalchemy import select
+
+    with ctx.db.session() as session:
+        principal = identity.authenticate(session, credential, ip)
+        if isinstance(principal, identity.AuthFailure):
+            raise AuthenticationRequired(f"invalid credentials: {principal.reason}")
+        if principal.credential_kind == "key" and "api" not in principal.scopes:
+            raise AuthenticationRequired("this API key may only call inference endpoints")
+        visible = principal.visible_org_ids()
+        q = select(Org) if visible is None else select(Org).where(Org.id.in_(visible))
+        orgs = session.scalars(q).all()
+        read = frozenset(o.name for o in orgs)
+        write = frozenset(o.name for o in orgs if o.status == Status.ACTIVE.value
+                          and principal.role_in(o.id) in WRITE_ROLES)
+    scope = UserScope(principal.username, read, frozenset() if from_cookie else write, every_org=visible is None)
+    return scope, not from_cookie
+
+
+async def _authenticate(ctx: PlatformContext, request: Request) -> tuple[Scope, bool]:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if header and (scheme.lower() != "bearer" or not token):
+        raise AuthenticationRequired("send 'Authorization: Bearer <job token, API key or token>'")
+    if token.startswith(TOKEN_PREFIX):
+        scope = verify_token(ctx.settings.secret_key, token)
+        return scope, await run_in_threadpool(_scope_state, ctx, scope)
+    cookie = request.cookies.get(SESSION_COOKIE, "") if not token else ""
+    if not token and not cookie:
+        raise AuthenticationRequired("sign in to the portal, or set MLFLOW_TRACKING_TOKEN to your API key or "
+                                     "token (jobs send their job token)")
+    return await run_in_threadpool(_user_scope, ctx, token or cookie, not token, client_ip(request))
+
+
 def _http(request: Request) -> httpx.AsyncClient:
     """One pooled client per app for every proxied call: building one per request costs a TLS context each time
     (``ssl.create_default_context`` was most of the API's CPU while jobs logged). Closed by the app's lifespan."""
@@ -176,13 +227,8 @@ async def mlflow_proxy(path: str, request: Request, ctx: CtxDep) -> Response:
     upstream = ctx.settings.mlflow_url.rstrip("/")
     if not upstream:
         return _mlflow_error(503, "TEMPORARILY_UNAVAILABLE", "this platform has no MLflow server configured")
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
     try:
-        if scheme.lower() != "bearer" or not token:
-            raise AuthenticationRequired("send the job token as 'Authorization: Bearer hjt_…'")
-        scope = verify_token(ctx.settings.secret_key, token.strip())
-        writable = await run_in_threadpool(_scope_state, ctx, scope)
+        scope, writable = await _authenticate(ctx, request)
     except AuthenticationRequired as exc:
         return _mlflow_error(401, "UNAUTHENTICATED", exc.message)
 

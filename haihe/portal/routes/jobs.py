@@ -64,6 +64,7 @@ def job_page(job_id: str, page: SignedIn, done: str = "") -> HTMLResponse:
                                allow_unicode=True)
     return page.render("job.html", nav="jobs", job=job_row(job), events=events, spec_yaml=spec_yaml,
                        charges=job_charges(s, job.id), metrics=extensions.job_metrics(page, job.id),
+                       run_links=extensions.run_links(page, job.id),
                        done=done if done in ("cancelled", "submitted", "resubmitted") else "",
                        can_cancel=not JobState(job.state).is_terminal(), resubmitted_from=job.resubmitted_from,
                        attempt=job.attempt or 1, attempt_limit=1 + int(job.spec.get("retries", 0) or 0),
