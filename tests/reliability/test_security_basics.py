@@ -60,7 +60,9 @@ def _world(rec: Recorder) -> dict[str, Any]:
     alice_token = rec.call("POST", "/api/v1/auth/token",
                            json={"username": f"{org}-alice", "password": researcher_pw}).json()["token"]
     alice = {"Authorization": f"Bearer {alice_token}"}
-    key = rec.call("POST", "/api/v1/keys", json={"org": org, "name": "ci"}, headers=alice).json()
+    r = rec.call("POST", "/api/v1/keys", json={"org": org, "name": "ci"}, headers=alice)
+    assert r.status_code == 201, r.text  # (once seen failing in CI without saying why)
+    key = r.json()
     r = rec.call("PUT", f"/api/v1/orgs/{org}/quota", json={"gpu_hours": 10}, headers=admin)
     assert r.status_code == 200, r.text
     return {"org": org, "admin": admin, "alice": alice, "password": researcher_pw, "key": key,

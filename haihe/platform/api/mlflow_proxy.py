@@ -90,7 +90,8 @@ class MlflowLookup:
 
     async def _get(self, path: str, params: Mapping[str, str]) -> dict[str, Any] | None:
         try:
-            response = await self.http.get(f"{self.base}/api/2.0/mlflow/{path}", params=params)
+            response = await _send(self.http, self.http.build_request(
+                "GET", f"{self.base}/api/2.0/mlflow/{path}", params=params), stream=False)
         except httpx.TransportError as exc:
             raise _Upstream(str(exc)) from exc
         if response.status_code >= 500:
@@ -193,6 +194,23 @@ async def _authenticate(ctx: PlatformContext, request: Request) -> tuple[Scope, 
     return await run_in_threadpool(_user_scope, ctx, token or cookie, not token, client_ip(request))
 
 
+# a pooled connection MLflow closed (it restarted, or dropped an idle keep-alive) fails on its next use before
+# any answer ("server disconnected without sending a response", a refused or unsent request): sent again once on
+# a fresh connection. A body already streamed from the client cannot be sent again; that error goes back.
+_STALE = (httpx.RemoteProtocolError, httpx.ConnectError, httpx.WriteError)
+
+
+async def _send(http: httpx.AsyncClient, request: httpx.Request, *, stream: bool,
+                replayable: bool = True) -> httpx.Response:
+    try:
+        return await http.send(request, stream=stream)
+    except _STALE:
+        if not replayable:
+            raise
+        log.info("MLflow closed a pooled connection; %s %s sent again", request.method, request.url.path)
+        return await http.send(request, stream=stream)
+
+
 def _http(request: Request) -> httpx.AsyncClient:
     """One pooled client per app for every proxied call: building one per request costs a TLS context each time
     (``ssl.create_default_context`` was most of the API's CPU while jobs logged). Closed by the app's lifespan."""
@@ -261,7 +279,7 @@ async def mlflow_proxy(path: str, request: Request, ctx: CtxDep) -> Response:
         url = f"{upstream}/{quote(path)}" + (f"?{request.url.query}" if request.url.query else "")
         content: Any = request.stream() if streaming else raw
         upstream_request = http.build_request(request.method, url, headers=headers, content=content)
-        response = await http.send(upstream_request, stream=True)
+        response = await _send(http, upstream_request, stream=True, replayable=not streaming)
     except _Upstream as exc:
         return _mlflow_error(503, "TEMPORARILY_UNAVAILABLE", f"the MLflow server is unreachable ({exc})")
     except httpx.TransportError as exc:
