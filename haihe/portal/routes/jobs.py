@@ -30,7 +30,7 @@ PAGE_SIZE = 50
 POLL_S = 1.0
 KEEPALIVE_EVERY = 15  # polls between comments that keep proxies from closing an idle stream
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
-METRICS_EVERY = 5  # polls between re-reads of the run's metrics while the job runs
+METRICS_EVERY = 2  # polls between re-reads of the run's metrics while the job runs (MLflow gets ~4 calls)
 END_WAIT_POLLS = 60  # polls a finished log waits for the reconciler to record the job's final state
 TERMINAL_STATES = frozenset(st.value for st in JobState if st.is_terminal())
 
