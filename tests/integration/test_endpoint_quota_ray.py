@@ -81,7 +81,8 @@ def test_running_endpoint_replica_hours_appear_in_the_usage_report(
 
     r = stack.http.post(f"/api/v1/orgs/{org}/endpoints", headers=t.admin_headers, json={"name": "digits", **body})
     assert r.status_code == 202, r.text
-    assert _org_rows(stack, org)[1] == pytest.approx(CPUS * WINDOW_S)
+    # the request's transaction commits as its dependency closes, which may be just after the 202 is sent
+    wait_for(lambda: _org_rows(stack, org)[1] == pytest.approx(CPUS * WINDOW_S), 10, "the first window reserved")
     stack.wait_state(org, "digits", ("ready",))
 
     def charged() -> float:

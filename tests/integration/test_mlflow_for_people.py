@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,9 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 out = {}
-action = sys.argv[1]
+action, experiment = sys.argv[1], sys.argv[2]
 if action == "log":
-    mlflow.set_experiment("acme/vision")
+    mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name="alice-run") as run:
         mlflow.log_metric("loss", 0.5, step=1)
         mlflow.log_param("lr", "0.01")
@@ -44,13 +45,13 @@ try:
     out["runs"] = sorted(r.info.run_id for r in runs)
 except MlflowException as exc:
     out["runs_error"] = exc.error_code
-if len(sys.argv) > 2:
+if len(sys.argv) > 3:
     try:
-        out["got"] = mlflow.get_run(sys.argv[2]).info.run_name
+        out["got"] = mlflow.get_run(sys.argv[3]).info.run_name
     except MlflowException as exc:
         out["get_error"] = exc.error_code
     try:
-        mlflow.set_experiment("acme/vision")
+        mlflow.set_experiment(experiment)
         with mlflow.start_run():
             mlflow.log_metric("x", 1.0)
         out["wrote"] = True
@@ -76,6 +77,13 @@ def _client(live: LivePlatform, token: str, *args: str) -> dict[str, Any]:
     return dict(json.loads(line[len("RESULT "):]))
 
 
+def _orgs() -> tuple[str, str]:
+    """Org names of this test only: the session's MLflow server is shared with other tests, which may have made
+    an experiment "acme/vision" there already."""
+    tag = uuid.uuid4().hex[:6]
+    return f"acme{tag}", f"beta{tag}"
+
+
 def _key(live: LivePlatform, user: str, org: str) -> str:
     r = httpx.post(f"{live.url}/api/v1/keys", json={"org": org, "name": f"{user}-mlflow"}, headers=live.token(user))
     assert r.status_code == 201, r.text
@@ -83,24 +91,26 @@ def _key(live: LivePlatform, user: str, org: str) -> str:
 
 
 def test_the_stock_mlflow_client_with_a_persons_key_sees_their_orgs_only(live: LivePlatform) -> None:
+    acme, beta = _orgs()
+    experiment = f"{acme}/vision"
     cli = live.cli()
-    cli.bootstrap("acme", "vision", "alice")
-    cli.run("admin", "orgs", "create", "beta")
-    cli.run("admin", "users", "create", "beta", "bob", "--password-stdin", stdin=PASSWORD + "\n")
-    cli.run("admin", "users", "create", "acme", "carol", "--password-stdin", stdin=PASSWORD + "\n")
+    cli.bootstrap(acme, "vision", "alice")
+    cli.run("admin", "orgs", "create", beta)
+    cli.run("admin", "users", "create", beta, "bob", "--password-stdin", stdin=PASSWORD + "\n")
+    cli.run("admin", "users", "create", acme, "carol", "--password-stdin", stdin=PASSWORD + "\n")
 
-    alice = _client(live, _key(live, "alice", "acme"), "log")
+    alice = _client(live, _key(live, "alice", acme), "log", experiment)
     run_id = alice["run_id"]
-    assert alice["experiments"] == ["acme/vision"] and alice["runs"] == [run_id]
+    assert alice["experiments"] == [experiment] and alice["runs"] == [run_id]
 
-    bob = _client(live, _key(live, "bob", "beta"), "search", run_id)
+    bob = _client(live, _key(live, "bob", beta), "search", experiment, run_id)
     assert bob["experiments"] == [] and bob.get("runs", []) == []
     assert bob["get_error"] == "RESOURCE_DOES_NOT_EXIST" and "got" not in bob
     assert bob["write_error"] in ("PERMISSION_DENIED", "RESOURCE_DOES_NOT_EXIST") and "wrote" not in bob
 
     token = live.token("carol")["Authorization"].split(" ", 1)[1]  # a session token works as a key does
-    carol = _client(live, token, "search", run_id)
-    assert carol["experiments"] == ["acme/vision"] and carol["got"] == "alice-run" and carol["wrote"] is True
+    carol = _client(live, token, "search", experiment, run_id)
+    assert carol["experiments"] == [experiment] and carol["got"] == "alice-run" and carol["wrote"] is True
 
     # a browser session (MLflow's UI) reads its orgs' runs but writes nothing: the UI sends no CSRF token
     browser = httpx.Client(base_url=live.url)
@@ -112,7 +122,7 @@ def test_the_stock_mlflow_client_with_a_persons_key_sees_their_orgs_only(live: L
     page = browser.get("/mlflow/")
     assert page.status_code == 200 and "<html" in page.text.lower()  # MLflow's own UI, through the platform
     # an inference-only key is no MLflow credential
-    r = httpx.post(f"{live.url}/api/v1/keys", json={"org": "acme", "name": "infer", "scopes": ["inference"]},
+    r = httpx.post(f"{live.url}/api/v1/keys", json={"org": acme, "name": "infer", "scopes": ["inference"]},
                    headers=live.token("alice"))
     assert r.status_code == 201, r.text
     denied = httpx.get(f"{live.url}/mlflow/api/2.0/mlflow/experiments/search", params={"max_results": 10},
@@ -131,11 +141,12 @@ def test_mlflow_ui_through_the_platform_in_chromium(live: LivePlatform, tmp_path
 
     from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, shoot
 
+    acme, beta = _orgs()
     cli = live.cli()
-    cli.bootstrap("acme", "vision", "alice")
-    cli.run("admin", "orgs", "create", "beta")
-    cli.run("admin", "users", "create", "beta", "bob", "--password-stdin", stdin=PASSWORD + "\n")
-    alice = _client(live, _key(live, "alice", "acme"), "log")
+    cli.bootstrap(acme, "vision", "alice")
+    cli.run("admin", "orgs", "create", beta)
+    cli.run("admin", "users", "create", beta, "bob", "--password-stdin", stdin=PASSWORD + "\n")
+    alice = _client(live, _key(live, "alice", acme), "log", f"{acme}/vision")
     link = f"{live.url}/mlflow/#/experiments/{alice['exp_id']}/runs/{alice['run_id']}"  # as MLflow prints it
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
