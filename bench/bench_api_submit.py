@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from bench_support import make_tenant, pct
 
 from haihe.cluster.ports import PortPlan
 from haihe.cluster.postgres import PostgresServer
@@ -35,12 +36,7 @@ from haihe.schedulers.base import Launch, Resources
 from haihe.schedulers.slurm.options import slurm_options
 from haihe.schedulers.slurm.sbatch import render_script
 
-PASSWORD = "correct-horse-battery"
 SPEC = {"name": "bench", "entrypoint": ["true"], "resources": {"partition": "cpu", "time_limit": 1}}
-
-
-def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
 def sequential(n: int, one: Callable[[int], object]) -> list[float]:
@@ -78,20 +74,6 @@ def _api(home: Path, env: dict[str, str], workers: int) -> tuple[list[ManagedPro
         wait_until(serving, timeout=120, what=f"api worker {i}", log_path=proc.log_path, alive=proc.is_running)
         procs.append(proc)
     return procs, url
-
-
-def _setup(url: str, home: Path, env: dict[str, str]) -> dict[str, str]:
-    def cli(*args: str, stdin: str | None = None) -> None:
-        subprocess.run([sys.executable, "-m", "haihe.cli", *args], input=stdin, text=True, check=True,
-                       capture_output=True, env={**env, "HAIHE_URL": url, "XDG_CONFIG_HOME": str(home / "cfg")})
-
-    cli("admin", "init", "-u", "admin", "--password-stdin", stdin=PASSWORD + "\n")
-    cli("admin", "orgs", "create", "acme")
-    cli("admin", "projects", "create", "acme", "vision")
-    cli("admin", "users", "create", "acme", "alice", "--password-stdin", stdin=PASSWORD + "\n")
-    r = httpx.post(url + "/api/v1/auth/token", json={"username": "alice", "password": PASSWORD})
-    r.raise_for_status()
-    return {"Authorization": f"Bearer {r.json()['token']}"}
 
 
 def main() -> None:
@@ -135,7 +117,7 @@ def main() -> None:
                    "HAIHE_DEFAULT_SCHEDULER": "slurm", "HAIHE_RECONCILE_INTERVAL_S": "5",
                    "HAIHE_UNIX_ACCOUNTS": "local"}
         procs, url = _api(home, api_env, args.workers)
-        headers = _setup(url, home, api_env)
+        headers = make_tenant(url, home, api_env)
         http = httpx.Client(base_url=url, headers=headers, timeout=60,
                             limits=httpx.Limits(max_connections=args.clients + 4))
 

@@ -23,13 +23,12 @@ import time
 from pathlib import Path
 
 import httpx
+from bench_support import make_tenant, pct
 
 from haihe.cluster.ports import PortPlan
 from haihe.cluster.procs import ManagedProcess, free_port, wait_until
 from haihe.cluster.s3 import S3Server
 from haihe.cluster.slurm import cluster_down, cluster_up
-
-PASSWORD = "correct-horse-battery"
 
 
 def _api(home: Path, env: dict[str, str]) -> tuple[ManagedProcess, str]:
@@ -43,20 +42,6 @@ def _api(home: Path, env: dict[str, str]) -> tuple[ManagedProcess, str]:
     wait_until(lambda: httpx.get(url + "/healthz", timeout=2).status_code == 200, timeout=90, what="api",
                log_path=proc.log_path, alive=proc.is_running)
     return proc, url
-
-
-def _setup(url: str, home: Path, env: dict[str, str]) -> dict[str, str]:
-    def cli(*args: str, stdin: str | None = None, user: str = "admin") -> None:
-        subprocess.run([sys.executable, "-m", "haihe.cli", *args], input=stdin, text=True, check=True,
-                       capture_output=True, env={**env, "HAIHE_URL": url, "XDG_CONFIG_HOME": str(home / user)})
-
-    cli("admin", "init", "-u", "admin", "--password-stdin", stdin=PASSWORD + "\n")
-    cli("admin", "orgs", "create", "acme")
-    cli("admin", "projects", "create", "acme", "vision")
-    cli("admin", "users", "create", "acme", "alice", "--password-stdin", stdin=PASSWORD + "\n")
-    r = httpx.post(url + "/api/v1/auth/token", json={"username": "alice", "password": PASSWORD})
-    r.raise_for_status()
-    return {"Authorization": f"Bearer {r.json()['token']}"}
 
 
 def _submit_many(url: str, headers: dict[str, str], n: int) -> tuple[list[float], list[str]]:
@@ -89,10 +74,6 @@ def _mint(url: str, job_id: str, n: int) -> list[float]:
             http.post(credentials_url(url, job_id), headers={"Authorization": f"Bearer {token}"}).raise_for_status()
             out.append(time.perf_counter() - t)
     return out
-
-
-def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
 def main() -> None:
@@ -131,7 +112,7 @@ def main() -> None:
                         "HAIHE_UNIX_ACCOUNTS": "none" if mode == "off" else "local"}
                 proc, url = _api(home, menv)
                 try:
-                    h = _setup(url, home, menv)
+                    h = make_tenant(url, home, menv)
                     lat, ids = _submit_many(url, h, args.n)
                     figures[mode].append(statistics.median(lat))
                     print(f"round {r} {mode:>3}: p50 {statistics.median(lat) * 1000:6.1f} ms  "

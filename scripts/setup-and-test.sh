@@ -32,7 +32,7 @@ mypy haihe
 step "tests"
 mkdir -p test-artifacts
 set +e
-pytest -p no:cacheprovider --junitxml=test-artifacts/junit.xml "$@"
+pytest -p no:cacheprovider --durations=40 --junitxml=test-artifacts/junit.xml "$@"
 rc=$?
 set -e
 if [ $rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; rc=1; fi

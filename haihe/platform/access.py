@@ -19,7 +19,6 @@ from haihe.platform.models import Org, Project, Role, Status
 
 # what each role may do inside its org, strongest first
 WRITE_ROLES = frozenset({Role.ORG_ADMIN, Role.RESEARCHER, Role.SERVICE_ACCOUNT})  # roles that may change things
-_WRITE_ROLES = WRITE_ROLES
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ def org_for_admin(session: Session, principal: Principal, org_name: str, *, writ
 def org_for_write(session: Session, principal: Principal, org_name: str) -> Org:
     """The org, if the caller may create resources in it (any member role; active org)."""
     org = org_for_read(session, principal, org_name)
-    if not (principal.is_platform_admin or principal.role_in(org.id) in _WRITE_ROLES):
+    if not (principal.is_platform_admin or principal.role_in(org.id) in WRITE_ROLES):
         raise PermissionDenied(f"your role in {org_name!r} cannot change anything")
     _ensure_writable(org)
     return org

@@ -7,6 +7,7 @@ the caller's own. ``describe()`` answers from each scheduler's short-lived cache
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -22,15 +23,21 @@ from haihe.schedulers.slurm.reasons import explain
 WAITING = (JobState.PENDING.value, JobState.SUBMITTED.value, JobState.QUEUED.value)
 
 
-def describe_schedulers(ctx: PlatformContext) -> list[dict[str, Any]]:
-    """Each scheduler's view, or the reason it could not answer (one outage never hides the others)."""
-    out = []
-    for name in sorted(ctx.settings.schedulers):
+def scheduler_infos(ctx: PlatformContext, names: Iterable[str]) -> list[tuple[str, ClusterInfo | None, str]]:
+    """Each named scheduler's ``describe()``, or the reason it could not answer (one outage never hides the others)."""
+    out: list[tuple[str, ClusterInfo | None, str]] = []
+    for name in names:
         try:
-            info: ClusterInfo | None = ctx.scheduler(name).describe()
-            error = ""
+            out.append((name, ctx.scheduler(name).describe(), ""))
         except HaiheError as exc:
-            info, error = None, exc.message
+            out.append((name, None, exc.message))
+    return out
+
+
+def describe_schedulers(ctx: PlatformContext) -> list[dict[str, Any]]:
+    """Every configured scheduler's partitions, nodes and load, as the API serves them."""
+    out = []
+    for name, info, error in scheduler_infos(ctx, sorted(ctx.settings.schedulers)):
         entry: dict[str, Any] = {"name": name, "ok": info is not None, "error": error}
         if info is not None:
             entry.update(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from haihe.errors import InvalidInput
 from haihe.platform.db import Database
@@ -13,6 +14,9 @@ from haihe.platform.settings import Settings
 from haihe.schedulers.base import Scheduler
 from haihe.schedulers.registry import SchedulerRegistry
 
+if TYPE_CHECKING:
+    from haihe.platform.zoo import ZooServices
+
 
 @dataclass
 class PlatformContext:
@@ -20,6 +24,7 @@ class PlatformContext:
     db: Database
     registry: SchedulerRegistry = field(default_factory=SchedulerRegistry)
     quota: QuotaGate = field(default_factory=LedgerQuotaGate)
+    zoo_services: ZooServices | None = None  # built on first use; tests set fakes here
     _schedulers: dict[str, Scheduler] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -37,6 +42,15 @@ class PlatformContext:
             if name not in self._schedulers:
                 self._schedulers[name] = self.registry.create(url)
             return self._schedulers[name]
+
+    def zoo(self) -> ZooServices:
+        """The zoo's registry, MLflow and artifact clients, built on first use (Unsupported without MLflow)."""
+        with self._lock:
+            if self.zoo_services is None:
+                from haihe.platform.zoo import ZooServices  # the zoo service imports the jobs service, which needs us
+
+                self.zoo_services = ZooServices.from_settings(self.settings)
+            return self.zoo_services
 
     def close(self) -> None:
         self.db.dispose()

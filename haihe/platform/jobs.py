@@ -176,6 +176,7 @@ def submit(
     if spec.workdir and code_uri is None:
         raise InvalidInput("workdir is packed and uploaded by the CLI; submit with its code_uri", field="workdir")
     _require_tracking(ctx, spec)
+    _check_base_model(ctx, session, principal, spec)
     scheduler_name = ray_policy.route(ctx.settings, _scheduler_name(ctx, spec), org_name, spec)
     scheduler = ctx.scheduler(scheduler_name)
     stored = spec.model_dump(mode="json", exclude_none=True, by_alias=True)
@@ -233,6 +234,22 @@ def _require_tracking(ctx: PlatformContext, spec: JobSpec) -> None:
     if not ok:
         raise TrackingUnavailable(f"tracking (MLflow) is unavailable and this job {needs}; nothing was submitted, "
                                   "try again when it is back", component="mlflow")
+
+
+def _check_base_model(ctx: PlatformContext, session: Session, principal: Principal, spec: JobSpec) -> None:
+    """``model.from_zoo`` names a model (and alias or version) the submitter may read, or nothing is stored."""
+    if spec.model is None or not ctx.settings.mlflow_url:
+        return
+    from haihe.platform import zoo
+
+    ref = spec.model.from_zoo
+    try:
+        zoo.get_model(ctx.zoo(), session, principal, ref)
+    except InvalidInput as exc:
+        raise InvalidInput(f"model {ref}: {exc.message}", field="model.from_zoo") from None
+    except NotFound:
+        raise InvalidInput(f"model {ref} is not in the zoo, or not visible to you; `haihe zoo list` shows the "
+                           "models you may use", field="model.from_zoo") from None
 
 
 def _resolve_dataset(session: Session, principal: Principal, org_name: str, spec: JobSpec) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from haihe.errors import HaiheError
+from haihe.platform.cluster_status import scheduler_infos
 from haihe.platform.context import PlatformContext
 from haihe.platform.models import Job, LedgerEntry
 from haihe.schedulers.base import ClusterInfo, JobState
@@ -75,15 +75,8 @@ def job_charges(session: Session, job_id: str) -> dict[str, dict[str, float]]:
 
 def describe_all(ctx: PlatformContext, names: Iterable[str]) -> list[dict[str, Any]]:
     """Each scheduler's ``describe()`` (partitions, nodes, free GPUs), or the reason it could not answer."""
-    out = []
-    for name in names:
-        try:
-            info: ClusterInfo | None = ctx.scheduler(name).describe()
-            error = ""
-        except HaiheError as exc:
-            info, error = None, exc.message
-        out.append({"name": name, "url": ctx.settings.schedulers.get(name, ""), "info": info, "error": error})
-    return out
+    return [{"name": name, "url": ctx.settings.schedulers.get(name, ""), "info": info, "error": error}
+            for name, info, error in scheduler_infos(ctx, names)]
 
 
 def partition_table(infos: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -23,7 +23,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 
 from haihe import __version__
-from haihe.errors import HaiheError
+from haihe.errors import HaiheError, ServiceUnavailable
 from haihe.platform import audit, identity, security
 from haihe.platform.access import Principal
 from haihe.platform.api.deps import CSRF_HEADER, SESSION_COOKIE, client_ip
@@ -204,10 +204,10 @@ def redirect(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
 
 
-def error_page(request: Request, status: int, title_key: str, message: str = "") -> HTMLResponse:
+def error_page(request: Request, status: int, title_key: str, message: str = "", detail: str = "") -> HTMLResponse:
     principal = getattr(request.state, "principal", None)
     return render_template(request, "error.html", status, user=principal, title_key=title_key, message=message,
-                           status=status)
+                           detail=detail, status=status)
 
 
 _ERROR_TITLES = {401: "error.unauthenticated", 403: "error.forbidden", 404: "error.not_found",
@@ -243,4 +243,9 @@ def _error_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HaiheError)
     status = exc.status if exc.status < 500 else 503
     message = exc.message if exc.status < 500 or exc.status == 503 else ""
-    return error_page(request, status, _ERROR_TITLES.get(status, "error.generic"), message)
+    detail = ""
+    if isinstance(exc, ServiceUnavailable):  # said in the reader's language; the service's own words as detail
+        t = translator_for(request)
+        if t.has(f"service.{exc.code}"):
+            message, detail = t(f"service.{exc.code}"), exc.message
+    return error_page(request, status, _ERROR_TITLES.get(status, "error.generic"), message, detail)

@@ -90,6 +90,15 @@ def test_digits_run_is_tracked_checkpointed_and_registered(
     version = client.get_model_version(f"{org}~digits", "1")
     assert version.run_id == run.info.run_id
     assert version.tags["haihe.job_id"] == env.job_id and version.tags["haihe.run_id"] == run.info.run_id
+    # saved in the pt2 format (torch.export: graph and weights), so loading it unpickles no class
+    import mlflow.pytorch
+    import torch
+
+    assert tags["haihe.model_format"] == "pt2"
+    mlflow.set_tracking_uri(env.tracking_uri)
+    loaded = mlflow.pytorch.load_model(f"models:/{org}~digits/1")
+    assert isinstance(loaded, torch.fx.GraphModule) and type(loaded).__name__ != "DigitsCNN"
+    assert loaded(torch.zeros(5, 1, 8, 8)).shape == (5, 10)  # the batch dimension stays free
     # and the zoo lists it, with its lineage: a job's model is a zoo model like any other
     from haihe.model_zoo import ModelZoo
 
@@ -137,7 +146,9 @@ def test_finetune_then_batch_infer_from_the_zoo(
     version = client.get_model_version(f"{org}~digits-ft", "1")
     assert version.tags["haihe.dataset"] == f"{org}/digits-npz@v{v}"
     assert version.tags["haihe.from_zoo"] == f"{org}/digits:1"
-    assert client.get_run(result["run_id"]).data.tags["haihe.dataset"] == f"{org}/digits-npz@v{v}"
+    ft_tags = client.get_run(result["run_id"]).data.tags
+    assert ft_tags["haihe.dataset"] == f"{org}/digits-npz@v{v}"
+    assert ft_tags["haihe.model_format"] == "pt2"  # a pt2 model fine-tuned and exported again
 
     # batch inference with the fine-tuned model over inputs without labels, in two files
     half = len(vx) // 2

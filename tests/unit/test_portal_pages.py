@@ -361,3 +361,22 @@ def test_the_cluster_page_is_for_every_user_with_their_own_waiting_jobs(portal: 
     assert "digits" not in other.get("/cluster").text.split('id="mine-h"')[1].split("</section>")[0]
     browser.get("/lang/zh")
     assert "我的作业为何在等待" in browser.get("/cluster").text
+
+
+def test_a_service_outage_is_said_in_the_readers_language_with_its_own_words_as_detail(
+        portal: Portal, monkeypatch: pytest.MonkeyPatch) -> None:
+    from haihe.errors import StorageUnavailable
+    from haihe.portal.routes import jobs as job_routes
+
+    def down(*_a: object, **_k: object) -> None:
+        raise StorageUnavailable("S3 endpoint http://s3.internal:9000 refused the connection", component="s3")
+
+    _org, _project, user = _setup_org(portal)
+    browser = portal.browser(user)
+    monkeypatch.setattr(job_routes.jobs, "get_job", down)
+    browser.get("/lang/zh")
+    page = browser.get("/jobs/any")
+    assert page.status_code == 503
+    message = re.search(r'id="error-message">([^<]*)<', page.text)
+    assert message and "数据集存储暂时没有响应" in message.group(1) and not re.search(r"[A-Za-z]", message.group(1))
+    assert "refused the connection" in page.text.split('id="error-detail">')[1]

@@ -82,7 +82,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     tracking = TrackingClient("http://mlflow.test",
                               http=httpx.Client(transport=httpx.MockTransport(FakeMlflow().handler)))
     app = create_app(settings, ctx=ctx)
-    app.state.zoo_services = zoo_svc.ZooServices(zoo=zoo, tracking=tracking)
+    ctx.zoo_services = zoo_svc.ZooServices(zoo=zoo, tracking=tracking)
     with TestClient(app) as api:
         hub = EndpointsHub(ctx, GatewayConfig(auth_cache_s=0, drain_s=0), runtimes={"ray": FakeRuntime()}, zoo=zoo)
         app.state.endpoints = hub

@@ -68,7 +68,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     zoo = ModelZoo(registry, cache_dir=tmp_path / "cache")
     tracking = TrackingClient("http://mlflow.test", http=httpx.Client(transport=httpx.MockTransport(mlflow.handler)))
     app = create_app(settings, ctx=ctx)
-    app.state.zoo_services = svc.ZooServices(zoo=zoo, tracking=tracking)
+    ctx.zoo_services = svc.ZooServices(zoo=zoo, tracking=tracking)
     with TestClient(app) as client:
         yield Env(client, ctx, registry, mlflow, zoo)
 
@@ -195,3 +195,34 @@ def test_tracking_outage_is_a_503(env: Env) -> None:
     r = env.get("/models", env.a_user)
     assert r.status_code == 503 and r.json()["error"]["code"] == "tracking_unavailable"
     assert env.get("/models", env.a_user).status_code == 200  # the outage was one call
+
+
+def test_a_job_naming_a_zoo_model_it_cannot_read_is_refused_before_anything_is_stored(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import func, select
+
+    from haihe.platform import jobs
+    from haihe.platform.models import LedgerEntry
+
+    monkeypatch.setattr(jobs, "_require_tracking", lambda ctx, spec: None)  # MLflow itself is the fake here
+    _register(env, f"{env.b}/theirs")  # private to org b
+    _register(env, f"{env.a}/mine")
+
+    def counts() -> tuple[int, int]:
+        with env.ctx.db.session() as s:
+            return s.scalar(select(func.count()).select_from(Job)) or 0, \
+                s.scalar(select(func.count()).select_from(LedgerEntry)) or 0
+
+    def submit(ref: str) -> httpx.Response:
+        spec = {"name": "ft", "entrypoint": ["python", "-V"], "model": {"from_zoo": ref}}
+        return env.client.post(f"/api/v1/orgs/{env.a}/projects/{env.project}/jobs", json={"spec": spec},
+                               headers=env.a_user)
+
+    before = counts()
+    for ref in (f"{env.a}/nope@production", f"{env.b}/theirs:1", f"{env.a}/mine:7", f"{env.a}/mine@latest"):
+        r = submit(ref)
+        assert r.status_code == 422, (ref, r.text)
+        body = r.json()
+        assert body["error"]["field"] == "model.from_zoo" and ref in body["error"]["message"], body
+    assert counts() == before  # no job row, no reservation
+    assert submit(f"{env.a}/mine:1").status_code == 201

@@ -12,6 +12,7 @@ import json
 
 from haihe.jobs.runtime.context import JobContext
 from haihe.jobs.runtime.contract import DataError
+from haihe.jobs.runtime.modes import set_training
 
 
 def run(ctx: JobContext) -> None:
@@ -25,7 +26,7 @@ def run(ctx: JobContext) -> None:
     ctx.log_params({"recipe": "batch-infer", "from_zoo": ctx.env.from_zoo, "dataset": ctx.dataset or "",
                     "batch_size": batch_size, "output": ctx.env.output_uri})  # fmt: skip
     device = ctx.device()
-    model = ctx.source_model(map_location=str(device)).to(device).eval()
+    model = set_training(ctx.source_model(map_location=str(device)).to(device), False)
     files = array_files(ctx.data_dir)
     mine = files[ctx.dist.rank :: ctx.dist.world_size]
     rows = 0

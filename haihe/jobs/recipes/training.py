@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from haihe.jobs.runtime.context import JobContext
+from haihe.jobs.runtime.modes import set_training
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class TrainResult:
 
 def evaluate(model: nn.Module, data: Dataset[Any], device: torch.device, batch_size: int = 512) -> tuple[float, float]:
     """(mean loss, accuracy) over the whole data set (every rank evaluates the same model on all of it)."""
-    model.eval()
+    set_training(model, False)
     loss_sum, correct, n = 0.0, 0, 0
     with torch.no_grad():
         for x, y in DataLoader(data, batch_size=batch_size):
@@ -45,7 +46,7 @@ def evaluate(model: nn.Module, data: Dataset[Any], device: torch.device, batch_s
             loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
             correct += int((out.argmax(1) == y).sum())
             n += len(y)
-    model.train()
+    set_training(model, True)
     return loss_sum / max(n, 1), correct / max(n, 1)
 
 

@@ -110,6 +110,7 @@ class JobContext:
         ``sample`` (a small input batch) is run through the model to log an MLflow signature: the input and output
         datatypes and shapes that the model's endpoints report as OIP metadata and hold requests to."""
         from haihe.jobs.runtime import zoo
+        from haihe.jobs.runtime.modes import set_training
         from haihe.jobs.runtime.tracking import torch_signature
 
         if not self.dist.is_main:
@@ -122,6 +123,9 @@ class JobContext:
         extra: dict[str, Any] = {}
         if sample is not None:
             extra["signature"] = torch_signature(model, sample)
+            if input_example is None:  # the pt2 format traces the model on an example batch
+                input_example = _as_numpy(sample)
+        set_training(model, False)  # exported (and served) as in evaluation
         uri = self.tracker.log_model(model, input_example=input_example, **extra)
         if target is None or uri is None:
             return None
@@ -163,3 +167,9 @@ def emit_line(text: str) -> None:
     except (OSError, ValueError, AttributeError):  # no real file descriptor (a captured stream): best effort
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
+
+
+def _as_numpy(sample: Any) -> Any:
+    """A tensor batch as the numpy array MLflow keeps as the input example (other inputs as they are)."""
+    detach = getattr(sample, "detach", None)
+    return detach().cpu().numpy() if detach is not None else sample

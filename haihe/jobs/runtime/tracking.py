@@ -210,19 +210,34 @@ class MlflowTracker:
         self._write("set_tags", tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_model(self, model: Any, name: str = "model", **kwargs: Any) -> str | None:
-        """Log a torch model to the run (pickle format: it loads back as its class); return its ``models:/`` URI.
-        Raises TrackingUnavailable on failure: a caller that logs a model needs it."""
+        """Log a torch model to the run and return its ``models:/`` URI. With an ``input_example`` the model is
+        saved in the pt2 format (``torch.export``: a graph and weights, nothing unpickled as code on load); a model
+        that cannot be exported (data-dependent control flow) is saved as a pickle instead, said in the log and
+        tagged ``haihe.model_format``. Raises TrackingUnavailable on failure: a caller that logs a model needs it."""
         import mlflow
         import mlflow.pytorch
+        from mlflow.exceptions import MlflowException
 
         if not self._drain():
             raise TrackingUnavailable("MLflow is unavailable: cannot log the model", component="mlflow")
-        kwargs.setdefault("serialization_format", "pickle")
+        kwargs.setdefault("serialization_format", "pt2" if kwargs.get("input_example") is not None else "pickle")
         kwargs.setdefault("pip_requirements", ["torch", "numpy"])  # skip slow requirement inference
         try:
             mlflow.set_tracking_uri(self.client.tracking_uri)
             with mlflow.start_run(run_id=self.run_id):
-                info = mlflow.pytorch.log_model(model, name=name, **kwargs)
+                fmt = kwargs["serialization_format"]
+                try:
+                    info = mlflow.pytorch.log_model(model, name=name, **kwargs)
+                except MlflowException:
+                    raise
+                except Exception as exc:  # torch.export could not trace it (MLflow's own errors are re-raised)
+                    if fmt != "pt2":
+                        raise
+                    log.warning("the model cannot be exported to pt2 (%s: %s); saving it as a pickle",
+                                type(exc).__name__, (str(exc).splitlines() or [""])[0][:300])
+                    fmt = "pickle"
+                    info = mlflow.pytorch.log_model(model, name=name, **{**kwargs, "serialization_format": fmt})
+                mlflow.set_tag("haihe.model_format", fmt)
         except Exception as exc:
             raise TrackingUnavailable(f"MLflow could not log the model: {type(exc).__name__}: {exc}",
                                       component="mlflow") from None  # fmt: skip
@@ -254,13 +269,15 @@ def torch_signature(model: Any, sample: Any) -> Any:
     from mlflow.models import infer_signature
 
     x = sample if isinstance(sample, torch.Tensor) else torch.as_tensor(np.asarray(sample))
+    from haihe.jobs.runtime.modes import set_training
+
     was_training = model.training
-    model.eval()
+    set_training(model, False)
     try:
         with torch.inference_mode():
             y = model(x)
     finally:
-        model.train(was_training)
+        set_training(model, was_training)
     return infer_signature(x.detach().cpu().numpy(), y.detach().cpu().numpy())
 
 

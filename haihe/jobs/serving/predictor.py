@@ -80,8 +80,9 @@ class Predictor:
             import torch
 
             if isinstance(model, torch.nn.Module):
-                model.eval()
-                return cls(model, "torch")
+                from haihe.jobs.runtime.modes import set_training
+
+                return cls(set_training(model, False), "torch")
         except ImportError:  # pragma: no cover - torch is optional for pyfunc models
             pass
         return cls(model, "pyfunc")

@@ -29,12 +29,8 @@ VisibilityName = Literal["private", "org", "public"]
 
 
 def get_services(request: Request, ctx: CtxDep) -> svc.ZooServices:
-    """The app's zoo services, built on first use (tests put a ``ZooServices`` in ``app.state`` first)."""
-    services: svc.ZooServices | None = getattr(request.app.state, "zoo_services", None)
-    if services is None:
-        services = svc.ZooServices.from_settings(ctx.settings)
-        request.app.state.zoo_services = services
-    return services
+    """The platform's zoo services, built on first use (tests put a ``ZooServices`` in ``ctx.zoo_services`` first)."""
+    return ctx.zoo()
 
 
 ServicesDep = Annotated[svc.ZooServices, Depends(get_services)]

@@ -20,6 +20,7 @@ from haihe.platform.context import PlatformContext
 from haihe.platform.models import Job
 from haihe.portal import extensions
 from haihe.portal.summaries import STATE_TONE, job_charges, job_row
+from haihe.portal.timeline import timeline
 from haihe.portal.web import Page, PortalRoute, SignedIn, format_duration, format_when, redirect
 from haihe.schedulers.base import JobState, LogChunk
 
@@ -62,7 +63,9 @@ def job_page(job_id: str, page: SignedIn, done: str = "") -> HTMLResponse:
     events = jobs.events(s, p, job_id)
     spec_yaml = yaml.safe_dump({k: v for k, v in job.spec.items() if not k.startswith("_")}, sort_keys=False,
                                allow_unicode=True)
-    return page.render("job.html", nav="jobs", job=job_row(job), events=events, spec_yaml=spec_yaml,
+    return page.render("job.html", nav="jobs", job=job_row(job), timeline=timeline(events, page.t, job.scheduler,
+                                                                                   format_when),
+                       spec_yaml=spec_yaml,
                        charges=job_charges(s, job.id), metrics=extensions.job_metrics(page, job.id),
                        run_links=extensions.run_links(page, job.id),
                        done=done if done in ("cancelled", "submitted", "resubmitted") else "",
@@ -115,12 +118,11 @@ def job_snapshot(page: Page, ctx: PlatformContext, job_id: str) -> dict[str, Any
         job = jobs.get_job(s, page.principal, job_id)
         row = job_row(job)
         events = jobs.events(s, page.principal, job_id)
-        timeline = [{"kind": page.t(f"event.{e.kind}") if page.t.has(f"event.{e.kind}") else e.kind,
-                     "at": format_when(e.at), "message": e.message or ""} for e in events]
+        entries = timeline(events, page.t, job.scheduler, format_when)
     return {"state": row["state"], "label": page.t(f"state.{row['state']}"), "tone": row["tone"],
             "terminal": row["terminal"], "reason": row["reason"] or "",
             "nodes": ", ".join(row["allocated_nodes"]) or "—", "elapsed": format_duration(row["elapsed_s"]),
-            "timeline": timeline}
+            "timeline": entries}
 
 
 def _metrics_now(page: Page, ctx: PlatformContext, job_id: str) -> dict[str, list[list[float]]]:

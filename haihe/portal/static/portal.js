@@ -106,7 +106,11 @@ function updateJob(d) {
       const kind = document.createElement("span"); kind.className = "tl-kind"; kind.textContent = e.kind;
       const at = document.createElement("time"); at.className = "sub"; at.textContent = e.at;
       li.append(kind, " ", at);
-      if (e.message) { const m = document.createElement("div"); m.className = "sub"; m.textContent = e.message; li.append(m); }
+      if (e.message) {
+        const m = document.createElement("div"); m.className = "sub"; m.textContent = e.message;
+        if (e.detail) m.title = e.detail;
+        li.append(m);
+      }
       return li;
     }));
   }
