@@ -88,6 +88,7 @@ def main() -> None:
     from haihe.cluster.ray_head import RayHead, loopback_env
     from haihe.cluster.s3 import S3Server
     from haihe.cluster.stack import DEFAULT_BUCKETS
+    from haihe.platform.gateway.ray_runtime import RayRuntime
 
     plan = PortPlan(int(os.environ.get("HAIHE_BENCH_PORT_BASE", "28500")))
     home = Path(f"/tmp/haihe-bench-gw-{plan.base}")
@@ -123,7 +124,9 @@ def main() -> None:
         key = http.post("/api/v1/keys", json={"org": "bench", "name": "bench", "scopes": ["inference"]},
                         headers=admin).json()["key"]
         rows = [[0.01 * (i % 7) for i in range(512)]]
-        results = {}
+        results: dict[str, dict[str, float]] = {}
+        batching: dict[str, str] = {}
+        runtime = RayRuntime(ray.gcs_address, plan.serve_http)  # the replica's own counters: batches formed
         for name, batch in (("mlp", 32), ("mlp1", 1)):
             r = http.post("/api/v1/orgs/bench/endpoints", headers=admin,
                           json={"name": name, "model": model, "max_batch_size": batch, "batch_wait_ms": 3,
@@ -136,11 +139,13 @@ def main() -> None:
             oip = {"inputs": [{"name": "x", "shape": [1, 512], "datatype": "FP32", "data": rows[0]}]}
             auth = {"Authorization": f"Bearer {key}"}
             asyncio.run(drive(f"{base}/v2/models/{name}/infer", oip, auth, 3, args.clients))  # warm-up
+            app = _serve_apps(ray)[0]
+            before = runtime.stats(app)
             results[f"gateway:{name}"] = asyncio.run(drive(f"{base}/v2/models/{name}/infer", oip, auth,
                                                            args.seconds, args.clients))
+            batching[name] = _batching(before, runtime.stats(app), args.seconds)
             if name == "mlp":
-                apps = _serve_apps(ray)
-                direct = f"http://127.0.0.1:{plan.serve_http}/{apps[0]}"
+                direct = f"http://127.0.0.1:{plan.serve_http}/{app}"
                 asyncio.run(drive(direct, {"rows": rows}, {}, 3, args.clients))
                 results["direct:mlp"] = asyncio.run(drive(direct, {"rows": rows}, {}, args.seconds, args.clients))
             http.delete(f"/api/v1/orgs/bench/endpoints/{name}", headers=admin)
@@ -150,6 +155,8 @@ def main() -> None:
         g, d, b1 = results["gateway:mlp"], results["direct:mlp"], results["gateway:mlp1"]
         print(f"gateway/direct throughput {g['rps'] / d['rps']:.2f}x (target >= 0.85x); "
               f"p50 {g['p50_ms'] / d['p50_ms']:.2f}x (target <= 1.15x); p99 {g['p99_ms'] / d['p99_ms']:.2f}x")
+        for name, line in batching.items():
+            print(f"batches formed, {name}: {line}")
         print(f"dynamic batching (32 vs 1) at {args.clients} clients: {g['rps'] / b1['rps']:.2f}x (target >= 3x)")
     finally:
         if api is not None:
@@ -159,6 +166,18 @@ def main() -> None:
             if svc is not None:
                 svc.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _batching(before: dict[str, Any], after: dict[str, Any], seconds: float) -> str:
+    """The batch-size histogram of the measured window, and how much of it the model itself took."""
+    sizes = {int(k): v - int(before["batch_sizes"].get(k, 0)) for k, v in after["batch_sizes"].items()}
+    sizes = {k: v for k, v in sorted(sizes.items()) if v > 0}
+    calls = sum(sizes.values()) or 1
+    mean = sum(k * v for k, v in sizes.items()) / calls
+    model_s = after["predict_s"] - before["predict_s"]
+    hist = " ".join(f"{k}:{v}" for k, v in sizes.items())
+    return (f"{calls} model calls, mean {mean:.1f} requests per call, {1000 * model_s / calls:.2f} ms per call, "
+            f"model busy {100 * model_s / seconds:.0f}% of the window; sizes {hist}")
 
 
 def _up(base: str) -> bool:

@@ -25,6 +25,7 @@ from haihe.cluster.procs import ManagedProcess, StartupError, tail, wait_until
 
 Echo = Callable[[str], Any]
 HOST = "127.0.0.1"
+API_STOP_GRACE_S = 3.0  # in-flight requests finish; an open log stream would hold uvicorn forever
 
 
 def default_home() -> Path:
@@ -132,7 +133,12 @@ def _api_env(options: EmbeddedOptions, stack: Any, slurm: Any | None) -> dict[st
         schedulers["ray"] = "ray://" + endpoints["ray"].split("://", 1)[-1]
     env = {**os.environ, **client}
     if slurm is not None:
-        schedulers["slurm"] = slurm.scheduler_url("cli")
+        # slurmrestd with a per-user JWT, as a site runs it; the CLI transport (sbatch --uid as root) only when
+        # slurmrestd is not up, or when HAIHE_SLURM_TRANSPORT=cli asks for it
+        transport = os.environ.get("HAIHE_SLURM_TRANSPORT", "rest")
+        if transport == "rest" and not slurm.rest_ready():
+            transport = "cli"
+        schedulers["slurm"] = slurm.scheduler_url(transport)
         env.update(slurm.env)
     env.update({
         "HAIHE_HOME": str(home),
@@ -326,14 +332,31 @@ def _wait_and_stop(api: list[ApiWorker], slurm: Any, stack: Any, home: Path, ech
 
 
 def _stop_all(api: list[ApiWorker], slurm: Any, stack: Any, home: Path, echo: Echo) -> None:
-    if [w for w in api if w.process.stop()]:
-        echo("  api: stopped")
+    """The API workers first (together), then Slurm's daemons beside the other services."""
+    began = time.monotonic()
+    stopping = [threading.Thread(target=w.process.stop, kwargs={"timeout": API_STOP_GRACE_S}) for w in api
+                if w.process.is_running()]
+    for t in stopping:
+        t.start()
+    for t in stopping:
+        t.join()
+    if stopping:
+        echo(f"  api: stopped in {time.monotonic() - began:.1f}s")
+    slurm_stop = None
     if slurm is not None:
         from haihe.cluster.slurm import cluster_down
 
-        cluster_down(home / "slurm")
-        echo("  slurm: stopped")
-    stack.stop(progress=lambda m: echo(f"  {m}"))
+        def down() -> None:
+            cluster_down(home / "slurm")
+            echo("  slurm: stopped")
+
+        slurm_stop = threading.Thread(target=down, name="stop-slurm")
+        slurm_stop.start()
+    try:
+        stack.stop(progress=lambda m: echo(f"  {m}"))
+    finally:
+        if slurm_stop is not None:
+            slurm_stop.join()
 
 
 def stop_embedded(home: Path | None, echo: Echo = print) -> None:

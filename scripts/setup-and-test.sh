@@ -29,12 +29,24 @@ step "lint: ruff and mypy"
 ruff check haihe tests bench
 mypy haihe
 
-step "tests"
+run_pytest() {  # exit 5 (no tests collected) is a failure too
+  local rc=0
+  pytest -p no:cacheprovider "$@" || rc=$?
+  if [ $rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; rc=1; fi
+  return $rc
+}
+
 mkdir -p test-artifacts
-set +e
-pytest -p no:cacheprovider --durations=40 --junitxml=test-artifacts/junit.xml "$@"
-rc=$?
-set -e
-if [ $rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; rc=1; fi
+rc=0
+if [ $# -gt 0 ]; then
+  step "tests: pytest $*"
+  run_pytest --durations=40 --junitxml=test-artifacts/junit.xml "$@" || rc=$?
+else
+  # unit tests are independent of each other and of services: two processes; the rest share real services
+  step "unit tests (2 processes)"
+  run_pytest -n 2 --junitxml=test-artifacts/junit-unit.xml tests/unit || rc=$?
+  step "integration, reliability and browser tests"
+  run_pytest --durations=40 --junitxml=test-artifacts/junit.xml --ignore=tests/unit tests || rc=$?
+fi
 step "done (pytest exit $rc)"
 exit $rc

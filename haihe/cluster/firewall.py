@@ -28,9 +28,23 @@ def available() -> bool:
     return os.geteuid() == 0 and shutil.which("iptables") is not None
 
 
-def _rule(port: int, *, uid: str | None = None, gid: str | None = None) -> list[str]:
+def _spans(ports: Iterable[int]) -> list[str]:
+    """Ports as iptables ``--dport`` values, contiguous runs as one ``first:last`` range (one rule, not a hundred)."""
+    out: list[str] = []
+    run: list[int] = []
+    for port in sorted(set(ports)):
+        if run and port != run[-1] + 1:
+            out.append(f"{run[0]}:{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(port)
+    if run:
+        out.append(f"{run[0]}:{run[-1]}" if len(run) > 1 else str(run[0]))
+    return out
+
+
+def _rule(dport: str, *, uid: str | None = None, gid: str | None = None) -> list[str]:
     owner = ["--uid-owner", uid] if uid else ["--gid-owner", str(gid)]
-    return ["OUTPUT", "-o", "lo", "-p", "tcp", "--dport", str(port), "-m", "owner", *owner,
+    return ["OUTPUT", "-o", "lo", "-p", "tcp", "--dport", dport, "-m", "owner", *owner,
             "-m", "comment", "--comment", COMMENT, "-j", "REJECT", "--reject-with", "tcp-reset"]
 
 
@@ -47,9 +61,9 @@ def reject_from(ports: Iterable[int], *, uids: Iterable[str] = (), gids: Iterabl
     for g in gids:
         ensure_group(g)  # a rule names the group: it must exist before the service it is for
     owners = [{"uid": u} for u in uids] + [{"gid": g} for g in gids]
-    for port in ports:
+    for span in _spans(ports):
         for owner in owners:
-            rule = _rule(port, **owner)
+            rule = _rule(span, **owner)
             if _iptables("-C", *rule) != 0 and _iptables("-I", *rule) != 0:
                 log.warning("could not add the firewall rule %s", " ".join(rule))
     return True
@@ -60,9 +74,9 @@ def allow_again(ports: Iterable[int], *, uids: Iterable[str] = (), gids: Iterabl
     if not available():
         return
     owners = [{"uid": u} for u in uids] + [{"gid": g} for g in gids]
-    for port in ports:
+    for span in _spans(ports):
         for owner in owners:
-            rule = _rule(port, **owner)
+            rule = _rule(span, **owner)
             while _iptables("-C", *rule) == 0:
                 if _iptables("-D", *rule) != 0:
                     break

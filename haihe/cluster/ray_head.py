@@ -250,7 +250,7 @@ class RayHead:
         private_dir(self.private_root, owner=self.user, mode=0o700)
         private_dir(self.temp_dir, owner=self.user, mode=0o700)
 
-    def stop(self, timeout: float = 3.0) -> bool:
+    def stop(self, timeout: float = 1.0) -> bool:
         """SIGTERM the head's process group; then SIGKILL the strays that detached into their own sessions.
 
         A short grace: Ray's own orderly shutdown takes ~20 s and saves nothing (the head keeps no state the

@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -353,16 +354,27 @@ class LocalStack:
         self._stop_names(list(self.services), progress or (lambda _msg: None))
 
     def _stop_names(self, names: Sequence[str], say: Progress) -> None:
+        """The API first (nothing writes while the rest goes), then every other service at once: none needs
+        another to stop, so stopping takes the slowest one's time, not the sum."""
         errors: list[str] = []
-        for name in STOP_ORDER:
-            if name not in names or name not in self.services:
-                continue
+        order = [n for n in STOP_ORDER if n in names and n in self.services]
+
+        def stop_one(name: str) -> None:
             began = time.monotonic()
             try:
                 if self.services[name].stop():
                     say(f"{name}: stopped in {time.monotonic() - began:.1f}s")
             except Exception as exc:  # keep stopping the others; report at the end
                 errors.append(f"{name}: {exc}")
+
+        if "api" in order:
+            stop_one("api")
+        rest = [n for n in order if n != "api"]
+        threads = [threading.Thread(target=stop_one, args=(n,), name=f"stop-{n}") for n in rest]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         if errors:
             raise StartupError("some services did not stop:\n" + "\n".join(errors))
 

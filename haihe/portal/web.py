@@ -152,7 +152,7 @@ def get_db_session(request: Request) -> Iterator[Session]:
         yield s
 
 
-DbSession = Annotated[Session, Depends(get_db_session)]
+DbSession = Annotated[Session, Depends(get_db_session, scope="function")]  # committed before the response
 
 
 def _authenticate(ctx: PlatformContext, session: Session, cookie: str, ip: str) -> Principal | None:

@@ -55,6 +55,39 @@ def shoot_both(page: Any, step: str) -> None:
     page.wait_for_selector('html[lang="en"]')
 
 
+# the visible text of a page, outside logs, code and charts: what must be in the reader's language
+VISIBLE_TEXT_JS = """() => {
+  const skip = 'pre, code, script, style, canvas, textarea, [translate="no"], .lang-switch';
+  const parts = [];
+  const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walk.nextNode()) {
+    const el = walk.currentNode.parentElement;
+    if (!el || el.closest(skip) || !el.getClientRects().length) continue;
+    parts.push(walk.currentNode.textContent);
+  }
+  return parts.join(' ');
+}"""
+# words that stay as they are in Chinese: product and protocol names, units
+KEPT_WORDS = {"haihe", "gpu", "gpus", "cpu", "cpus", "mlflow", "slurm", "ray", "api", "yaml", "json", "csv", "s3",
+              "ddp", "torchrun", "mpi", "oip", "openai", "curl", "sha256", "utc", "english"}
+
+
+def untranslated(page: Any, *names: str) -> set[str]:
+    """Latin words on the page that are neither names of this test's things nor kept as they are."""
+    kept = set(KEPT_WORDS)
+    for name in names:
+        kept.update(w.lower() for w in re.findall(r"[A-Za-z]+", name))
+    words: set[str] = set()
+    for token in re.findall(r"[A-Za-z0-9_-]+", page.evaluate(VISIBLE_TEXT_JS)):
+        if not re.search(r"\d", token):  # ids, versions, times and node names are no words
+            words.update(re.findall(r"[A-Za-z]{3,}", token))
+    return {w for w in words if w.lower() not in kept}
+
+
+def job_nodes(stack: RealStack, job_id: str) -> list[str]:
+    return list(stack.api("GET", f"/api/v1/jobs/{job_id}").json().get("nodes") or [])
+
+
 def sign_in(page: Any, stack: RealStack, username: str, then: str = "/") -> None:
     page.goto(f"{stack.url}/login?next={then}")
     page.get_by_label("Username").fill(username)
@@ -109,14 +142,24 @@ def test_train_on_gpu_watch_deploy_and_call_with_the_pages_curl(stack: RealStack
     job_id = job_url.rsplit("/", 1)[1]
 
     # the log streams in over server-sent events while the page stays open (8 epochs, one line each); the same
-    # stream keeps the facts, the timeline and the loss curve current during the run, without a reload
+    # stream keeps the facts, the timeline and the loss curve current during the run, without a reload. A second
+    # tab follows the same job in Chinese (the language is a cookie: this tab, loaded in English, stays English).
     timeline = page.locator("#timeline li")
     items_at_load = timeline.count()
+    zh = browser_context.new_page()
+    zh.goto(f"{stack.url}/lang/zh?next=/jobs/{job_id}")
+    zh.wait_for_selector('html[lang="zh-CN"]')
+    zh_items_at_load = zh.locator("#timeline li").count()
     logs = page.locator("#logs")
     expect(logs).to_contain_text("epoch 1/", timeout=TRAIN_TIMEOUT_MS)
     live_curve = page.locator('#charts canvas[data-metric="loss"]')
     expect(live_curve).to_have_count(1, timeout=TRAIN_TIMEOUT_MS)
     state_at_curve = page.locator("#job-state .badge").get_attribute("data-state")
+    expect(zh.locator('#charts canvas[data-metric="loss"]')).to_have_count(1, timeout=UI_TIMEOUT_MS)
+    zh_state_at_curve = zh.locator("#job-state .badge").get_attribute("data-state")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "03b-job-live-en.png"), full_page=True)
+    zh.screenshot(path=str(SHOTS / "03b-job-live-zh.png"), full_page=True)
     expect(page.locator("#job-nodes")).to_contain_text("gn", timeout=UI_TIMEOUT_MS)
     expect(logs).to_contain_text("epoch 8/8", timeout=TRAIN_TIMEOUT_MS)
     try:
@@ -129,6 +172,16 @@ def test_train_on_gpu_watch_deploy_and_call_with_the_pages_curl(stack: RealStack
     expect(page.locator("#log-status")).to_have_attribute("data-state", "ended", timeout=UI_TIMEOUT_MS)
     assert state_at_curve == "RUNNING", f"the loss curve appeared only once the job was {state_at_curve}"
     assert timeline.count() > items_at_load, "the timeline did not grow while the page was open"
+    # the Chinese tab: the same live updates, and every word on it in Chinese (names, logs and code aside)
+    zh.wait_for_selector('#job-state .badge[data-state="SUCCEEDED"]', timeout=UI_TIMEOUT_MS)
+    assert zh_state_at_curve == "RUNNING", f"the zh tab's curve appeared only once the job was {zh_state_at_curve}"
+    assert zh.locator("#timeline li").count() > zh_items_at_load, "the zh timeline did not grow without a reload"
+    expect(zh.locator("#cancel-job")).to_have_count(0)
+    assert "运行" in zh.locator("#timeline").inner_text()
+    zh.screenshot(path=str(SHOTS / "03c-job-done-zh.png"), full_page=True)
+    left = untranslated(zh, org, user, _project, "digits-gpu", *job_nodes(stack, job_id))  # metric keys: translate=no
+    assert not left, f"English left on the Chinese job page: {sorted(left)}"
+    zh.close()
     expect(page.locator("#cancel-job")).to_have_count(0)  # nothing left to cancel: the action is gone
     assert page.locator("#job-elapsed").inner_text() != "—"
     print(f"digits-cnn on gpu: submitted to SUCCEEDED in the browser in {time.monotonic() - t_submit:.1f}s")
@@ -238,6 +291,24 @@ def test_admin_lowers_the_gpu_quota_and_the_next_submit_is_refused_at_the_field(
     browser_context.clear_cookies()
     admin = browser_context.new_page()
     sign_in(admin, stack, "root", then=f"/admin/orgs/{org}")
+    # numbers that are no limit are refused at their fields, all at once, in the reader's language
+    for lang, html_lang, finite in (("en", "en", "finite"), ("zh", "zh-CN", "有限")):
+        admin.goto(f"{stack.url}/lang/{lang}?next=/admin/orgs/{org}")
+        admin.wait_for_selector(f'html[lang="{html_lang}"]')
+        admin.locator("#q__gpu_hours").fill("1e309")
+        admin.locator("#q__cpu_hours").fill("nan")
+        admin.locator("#quota-form-org button[type=submit]").click()
+        admin.wait_for_load_state()
+        for field in ("gpu_hours", "cpu_hours"):
+            err = admin.locator(f"#err-q__{field}")
+            expect(err).to_be_visible()
+            assert finite in err.inner_text(), (lang, field, err.inner_text())
+        assert admin.locator("#q__gpu_hours").input_value() == "1e309"  # the form keeps what was typed
+        admin.screenshot(path=str(SHOTS / f"09a-quota-not-finite-{lang}.png"), full_page=True)
+    saved = stack.api("GET", f"/api/v1/orgs/{org}/quota").json().get("quota") or {}
+    assert saved.get("gpu_hours") is None and saved.get("cpu_hours") is None, saved  # nothing was saved
+    admin.goto(f"{stack.url}/lang/en?next=/admin/orgs/{org}")
+    admin.wait_for_selector('html[lang="en"]')
     admin.locator("#q__gpu_hours").fill("0.1")
     admin.locator("#quota-form-org button[type=submit]").click()
     admin.wait_for_url(re.compile(r"done=quota_saved"))

@@ -81,7 +81,7 @@ def test_platform_sigkill_with_20_live_jobs(live: LivePlatform, slurm_cluster: A
     expected: dict[str, str] = {}
     for i in range(20):
         code = 3 if i % 5 == 4 else 0  # every fifth job fails: its true final state is FAILED
-        spec = {"name": f"sleeper-{i}", "entrypoint": ["bash", "-c", f"sleep 12; exit {code}"],
+        spec = {"name": f"sleeper-{i}", "entrypoint": ["bash", "-c", f"sleep 8; exit {code}"],
                 "resources": {"partition": "cpu", "time_limit": 5}}
         r = httpx.post(f"{live.url}/api/v1/orgs/acme/projects/vision/jobs", json={"spec": spec},
                        headers={**h, "Idempotency-Key": f"k-{i}"})

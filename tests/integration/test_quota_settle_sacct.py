@@ -1,5 +1,5 @@
-"""Settlement from Slurm's accounting: a job that runs 3 of its 10 reserved minutes is charged 3 (what sacct
-reports: elapsed × allocated CPUs) and the other 7 are released."""
+"""Settlement from Slurm's accounting: a job that runs 45 s of its 3 reserved minutes is charged what sacct reports
+(elapsed × allocated CPUs), and the rest of the reservation is released."""
 
 from __future__ import annotations
 
@@ -23,19 +23,19 @@ def live(tmp_path: Path, slurm_cluster: Any) -> Iterator[LivePlatform]:
                                    default="slurm", extra_env=dict(slurm_cluster.env))
 
 
-def test_three_of_ten_minutes_charged_from_sacct(live: LivePlatform, slurm_cluster: Any) -> None:
+def test_45_seconds_of_three_minutes_charged_from_sacct(live: LivePlatform, slurm_cluster: Any) -> None:
     cli = live.cli()
     cli.bootstrap("acme", "vision", "alice")
     cli.run("admin", "quota", "set", "acme", "--cpu-hours", "10")
     h = live.token("alice")
-    spec = {"name": "three-minutes", "entrypoint": ["bash", "-c", "sleep 180"],
-            "resources": {"partition": "cpu", "time_limit": 10, "cpus_per_task": 1}}
+    spec = {"name": "forty-five-seconds", "entrypoint": ["bash", "-c", "sleep 45"],
+            "resources": {"partition": "cpu", "time_limit": 3, "cpus_per_task": 1}}
     r = httpx.post(f"{live.url}/api/v1/orgs/acme/projects/vision/jobs", json={"spec": spec}, headers=h)
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
     quota = httpx.get(f"{live.url}/api/v1/orgs/acme/quota", headers=h).json()
     cpu = next(b for b in quota["balances"] if b["resource"] == "cpu_hours")
-    assert cpu["reserved"] == pytest.approx(10 / 60, abs=1e-4)  # 1 CPU x 10 minutes reserved at submit
+    assert cpu["reserved"] == pytest.approx(3 / 60, abs=1e-4)  # 1 CPU x 3 minutes reserved at submit
     deadline = time.monotonic() + 600
     job: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -48,9 +48,9 @@ def test_three_of_ten_minutes_charged_from_sacct(live: LivePlatform, slurm_clust
                          env={**slurm_cluster.env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
                          check=True).stdout.strip().splitlines()[0]
     elapsed_s, alloc = (int(x) for x in out.split("|"))
-    assert 175 <= elapsed_s <= 240
+    assert 44 <= elapsed_s <= 100
     quota = httpx.get(f"{live.url}/api/v1/orgs/acme/quota", headers=h).json()
     cpu = next(b for b in quota["balances"] if b["resource"] == "cpu_hours")
     assert cpu["used"] * 3600 == pytest.approx(elapsed_s * alloc, abs=alloc * 2.0)
-    assert round(cpu["used"] * 60 / alloc) == 3  # three CPU-minutes per allocated CPU
-    assert cpu["reserved"] == pytest.approx(0, abs=1e-9)  # the other seven released
+    assert cpu["used"] * 60 / alloc < 2.0  # well under the 3 reserved minutes per allocated CPU
+    assert cpu["reserved"] == pytest.approx(0, abs=1e-9)  # the rest of the reservation released

@@ -94,6 +94,10 @@ class SlurmCluster:
         out = _run(["scontrol", "token", f"username={user}", f"lifespan={lifespan}"], self.command_env())
         return out.strip().split("=", 1)[1]
 
+    def rest_ready(self) -> bool:
+        """Whether slurmrestd answers on its port."""
+        return port_open("127.0.0.1", self.layout.port(REST_PORT))
+
     def scheduler_url(self, transport: str = "cli") -> str:
         """The URL the scheduler registry builds a SlurmScheduler from (``slurm+cli://`` or ``slurm+rest://``)."""
         query = {"conf": str(self.slurm_conf), "jobs": str(self.jobs_dir)}

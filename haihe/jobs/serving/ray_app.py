@@ -9,6 +9,8 @@ module imports Ray: the platform does it lazily, on the first endpoint use.
 from __future__ import annotations
 
 import os
+import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,21 +31,28 @@ class ModelServer:
         batcher.set_batch_wait_timeout_s(self.config.batch_wait_ms / 1000.0)
         self.calls = 0  # model invocations (batches), for tests that check nothing else reached the model
         self.rows = 0
+        self.batch_sizes: Counter[int] = Counter()  # requests per model call: what batching actually formed
+        self.predict_s = 0.0  # time inside the model, to tell model cost from serving overhead
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def predict_batch(self, requests: list[list[Any]]) -> list[list[Any]]:
         flat, counts = split_rows(requests)
         self.calls += 1
         self.rows += len(flat)
-        return join_rows(self.predictor.predict(flat), counts)
+        self.batch_sizes[len(requests)] += 1
+        began = time.perf_counter()
+        outputs = self.predictor.predict(flat)
+        self.predict_s += time.perf_counter() - began
+        return join_rows(outputs, counts)
 
     async def predict(self, rows: list[Any]) -> list[Any]:
         """Rows in, one output per row out (the gateway calls this through a DeploymentHandle)."""
         result: list[Any] = await self.predict_batch(rows)
         return result
 
-    def stats(self) -> dict[str, int]:
-        return {"calls": self.calls, "rows": self.rows, "pid": os.getpid()}
+    def stats(self) -> dict[str, Any]:
+        return {"calls": self.calls, "rows": self.rows, "pid": os.getpid(), "predict_s": round(self.predict_s, 6),
+                "batch_sizes": dict(sorted(self.batch_sizes.items()))}
 
     async def __call__(self, request: Any) -> dict[str, Any]:
         """Serve's own HTTP proxy path, ``POST /<app> {"rows": [...]}`` (the benchmark's direct baseline)."""

@@ -36,7 +36,8 @@ def get_session(ctx: CtxDep) -> Iterator[Session]:
         yield s
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# "function": committed before the response is sent, so a client's next request reads what this one wrote
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def client_ip(request: Request) -> str:

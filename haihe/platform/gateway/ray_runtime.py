@@ -142,7 +142,7 @@ class RayServeRuntime:
             raise ServiceUnavailable(f"model server error: {type(exc).__name__}") from None
         return result
 
-    def stats(self, target: str) -> dict[str, int]:
+    def stats(self, target: str) -> dict[str, Any]:
         """Per-replica counters of one app (tests use them to check what reached the model)."""
         from ray import serve
 

@@ -130,7 +130,7 @@ function drawCharts(data) {
     const fig = document.createElement("figure");
     fig.className = "chart";
     const cap = document.createElement("figcaption");
-    cap.textContent = name;
+    cap.textContent = name; cap.translate = false;  /* a metric key is a name, kept as logged */
     const canvas = document.createElement("canvas");
     canvas.setAttribute("role", "img");
     canvas.setAttribute("aria-label", name);
