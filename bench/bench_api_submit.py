@@ -133,6 +133,20 @@ def main() -> None:
         api_lat = sequential(args.n, via_api)
         raw_rate = concurrent(args.burst, args.clients, lambda i: raw(args.n + i))
         api_rate = concurrent(args.burst, args.clients, via_api)
+        states: dict[str, int] = {}
+        reasons: dict[str, int] = {}
+        cursor = None
+        while True:  # every submit must have reached Slurm: a refusal would make the API look fast for nothing
+            page = http.get("/api/v1/jobs", params={"org": "acme", "limit": 200,
+                                                    **({"cursor": cursor} if cursor else {})}).json()
+            for j in page["items"]:
+                states[j["state"]] = states.get(j["state"], 0) + 1
+                if j["state"] != "SUBMITTED":
+                    reasons[j["reason"][:120]] = reasons.get(j["reason"][:120], 0) + 1
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
+        print(f"API jobs by state: {states}; other reasons: {reasons}")
         print(f"one client, {args.n} submits: raw sbatch p50 {statistics.median(raw_lat) * 1000:.1f} ms "
               f"(p95 {pct(raw_lat, 95) * 1000:.1f}); API p50 {statistics.median(api_lat) * 1000:.1f} ms "
               f"(p95 {pct(api_lat, 95) * 1000:.1f})")

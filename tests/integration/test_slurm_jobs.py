@@ -187,3 +187,23 @@ def test_checkpoint_signal_reaches_the_program_with_its_resources(slurm_cluster:
     m = re.search(r"USR1 cpus=(\d+) gpus=(\S+)", log)
     assert m, log
     assert int(m.group(1)) >= 2 and len(m.group(2).split(",")) == 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_job_for_drained_nodes_is_queued_not_refused(slurm_cluster: Any, transport: str) -> None:
+    """Nodes drained for maintenance: Slurm queues the job (ReqNodeNotAvail) and so must the platform. slurmrestd
+    answers such a submit with a job id AND an error entry; reading that as a refusal orphaned a queued job."""
+    import subprocess
+
+    sched = scheduler_for(slurm_cluster, transport)
+    env = slurm_cluster.command_env()
+    subprocess.run(["scontrol", "update", "nodename=fn1", "state=drain", "reason=maintenance"], env=env, check=True)
+    ref = None
+    try:
+        ref = sched.submit(launch(bash("true"), partition="bigmem"))
+        st = wait_state(sched, ref, {JobState.QUEUED})
+        assert "ReqNodeNotAvail" in (st.reason or ""), st
+    finally:
+        if ref is not None:
+            sched.cancel(ref)
+        subprocess.run(["scontrol", "update", "nodename=fn1", "state=resume"], env=env, check=True)

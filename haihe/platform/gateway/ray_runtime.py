@@ -143,7 +143,8 @@ class RayServeRuntime:
         return result
 
     def stats(self, target: str) -> dict[str, Any]:
-        """Per-replica counters of one app (tests use them to check what reached the model)."""
+        """Per-replica counters of one app: model calls, rows, batch sizes formed, time in the model."""
+        self.connect()
         from ray import serve
 
         h = serve.get_app_handle(target)

@@ -6,6 +6,7 @@ slurmrestd answers HTTP 500 with an ``errors`` list for refusals and when it can
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -15,6 +16,8 @@ import httpx
 from haihe.errors import AuthenticationRequired, SchedulerUnavailable, Unsupported
 from haihe.schedulers.slurm.options import REST_API, rest_job
 from haihe.schedulers.slurm.transport import Json, translate
+
+log = logging.getLogger(__name__)
 
 TokenSource = Callable[[], str]
 UserTokenSource = Callable[[str], str]  # a short-lived token for that user (jwt.UserTokens)
@@ -47,7 +50,10 @@ class RestTransport:
         return {"X-SLURM-USER-NAME": self.user, "X-SLURM-USER-TOKEN": self._token}
 
     def _call(self, method: str, path: str, what: str, body: Any = None,
-              params: Mapping[str, str] | None = None, user: str | None = None) -> Json:
+              params: Mapping[str, str] | None = None, user: str | None = None,
+              done: Callable[[Json], bool] | None = None) -> Json:
+        """One slurmrestd call; its ``errors`` become the platform's errors unless ``done`` says the call did what
+        it was for despite them (slurmrestd also lists what sbatch only warns about)."""
         for attempt in (0, 1):
             try:
                 resp = self.http.request(method, path, json=body, params=params,
@@ -66,8 +72,10 @@ class RestTransport:
         except ValueError as exc:
             raise SchedulerUnavailable(f"slurmrestd: HTTP {resp.status_code}: {resp.text[:200]}") from exc
         errors = [e.get("error") or e.get("description") or str(e) for e in data.get("errors") or []]
-        if errors:
+        if errors and not (done is not None and resp.status_code < 400 and done(data)):
             raise translate("; ".join(str(e) for e in errors), what=what)
+        if errors:
+            log.info("slurmrestd %s succeeded with notes: %s", what, "; ".join(str(e) for e in errors))
         if resp.status_code >= 400:
             raise translate(f"HTTP {resp.status_code}", what=what)
         return data
@@ -76,7 +84,10 @@ class RestTransport:
                user: str | None = None) -> str:
         # slurmrestd 22.05 ignores #SBATCH lines: the options travel as job fields
         body = {"script": script, "job": rest_job(options, environment)}
-        data = self._call("POST", f"/slurm/{REST_API}/job/submit", "submit", body, user=user)
+        # a job id means the job is queued: slurmrestd 22.05 still lists e.g. "Required node not available" (its
+        # nodes are drained: it waits, as sbatch queues it) - refusing it here would orphan a queued job
+        data = self._call("POST", f"/slurm/{REST_API}/job/submit", "submit", body, user=user,
+                          done=lambda d: d.get("job_id") not in (None, "", 0))
         return str(data["job_id"])
 
     def jobs(self) -> list[Json]:
