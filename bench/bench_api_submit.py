@@ -5,9 +5,17 @@ PostgreSQL, the REST transport (slurmrestd with a per-user JWT), isolation on (e
 on its ``<org>.<project>`` Slurm account), ``--workers`` API processes on one port (``python -m haihe.serve``).
 The baseline submits the very script the scheduler renders, as root, with ``sbatch --parsable``.
 
-Usage: .venv/bin/python bench/bench_api_submit.py [--n 60] [--burst 240] [--clients 16] [--workers 2] [--base 24000]
+Then the API's responsiveness while jobs log: ``--loggers`` of the submitted jobs (real rows, queued in Slurm) each
+log a batch of metrics through the platform's MLflow proxy every ``--log-every`` seconds with their own job token,
+as a training loop does, for ``--log-for`` seconds; meanwhile one client calls ``GET /me``. Its p50 is compared with
+the quiet p50 (target <= 2x). The jobs do not run on nodes here: the bench isolates the API's side of the load
+(token check, policy, proxying) from what the jobs' computation would cost a 2-core box.
+
+Usage: .venv/bin/python bench/bench_api_submit.py [--n 60] [--burst 240] [--clients 16] [--workers 2]
+       [--loggers 200] [--log-every 1.0] [--log-for 20] [--base 24000]
 Prints p50/p95 of one client and the throughput of ``--clients`` concurrent clients, and the ratios API/raw
-(targets: p50 <= 1.5x, throughput >= 0.5x). Every job is cancelled at the end. Not a pass/fail test.
+(targets: p50 <= 1.5x, throughput >= 0.5x), then GET /me quiet and under logging. Every job is cancelled at the
+end. Not a pass/fail test.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from pathlib import Path
 import httpx
 from bench_support import make_tenant, pct
 
+from haihe.cluster.mlflow_server import MlflowServer
 from haihe.cluster.ports import PortPlan
 from haihe.cluster.postgres import PostgresServer
 from haihe.cluster.procs import ManagedProcess, free_port, wait_until
@@ -54,6 +63,107 @@ def concurrent(n: int, clients: int, one: Callable[[int], object]) -> float:
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, range(n)))
     return n / (time.perf_counter() - t)
+
+
+def me_latencies(http: httpx.Client, seconds: float) -> list[float]:
+    """GET /me, one call after another, for ``seconds``."""
+    lat = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t = time.perf_counter()
+        http.get("/api/v1/me").raise_for_status()
+        lat.append(time.perf_counter() - t)
+    return lat
+
+
+async def _log_like_jobs(api: str, tokens: list[str], every: float, seconds: float) -> tuple[int, list[str]]:
+    """Each token: create a run in its project's experiment, then log a batch of metrics every ``every`` s.
+    ``api``: MLflow's REST root, through the platform's proxy (``<url>/mlflow/api/2.0/mlflow``) or direct."""
+    import asyncio
+    import random
+
+    done = 0
+    errors: list[str] = []
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as client:
+        h0 = {"Authorization": f"Bearer {tokens[0]}"}
+        r = await client.get(api + "/experiments/get-by-name", params={"experiment_name": "acme/vision"}, headers=h0)
+        if r.status_code == 404:
+            r = await client.post(api + "/experiments/create", json={"name": "acme/vision"}, headers=h0)
+            exp = r.json()["experiment_id"]
+        else:
+            exp = r.json()["experiment"]["experiment_id"]
+
+        async def job(token: str) -> None:
+            nonlocal done
+            h = {"Authorization": f"Bearer {token}"}
+            end = time.monotonic() + seconds
+            await asyncio.sleep(random.uniform(0, every))
+            try:
+                r = await client.post(api + "/runs/create", json={"experiment_id": exp}, headers=h)
+            except httpx.HTTPError as exc:
+                errors.append(f"runs/create: {type(exc).__name__}")
+                return
+            if r.status_code != 200:
+                errors.append(f"runs/create {r.status_code}: {r.text[:120]}")
+                return
+            run_id = r.json()["run"]["info"]["run_id"]
+            step = 0
+            while time.monotonic() < end:
+                now = int(time.time() * 1000)
+                metrics = [{"key": k, "value": random.random(), "timestamp": now, "step": step}
+                           for k in ("loss", "accuracy", "lr")]
+                try:
+                    r = await client.post(api + "/runs/log-batch", json={"run_id": run_id, "metrics": metrics},
+                                          headers=h, timeout=max(5.0, end - time.monotonic()))
+                    if r.status_code == 200:
+                        done += 1
+                    else:
+                        errors.append(f"runs/log-batch {r.status_code}: {r.text[:120]}")
+                except httpx.HTTPError as exc:
+                    errors.append(f"runs/log-batch: {type(exc).__name__}")
+                step += 1
+                await asyncio.sleep(every)
+
+        await asyncio.gather(*(job(t) for t in tokens))
+    return done, errors
+
+
+def under_logging(http: httpx.Client, url: str, mlflow_url: str, secret: str, loggers: int, every: float,
+                  seconds: float) -> None:
+    import asyncio
+    import threading
+
+    from haihe.platform.mlflow_proxy import JobScope, issue_token
+
+    ids: list[str] = []
+    cursor = None
+    while len(ids) < loggers:
+        page = http.get("/api/v1/jobs", params={"org": "acme", "limit": 200, "state": ["SUBMITTED", "QUEUED"],
+                                                **({"cursor": cursor} if cursor else {})}).json()
+        ids += [j["id"] for j in page["items"]]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    tokens = [issue_token(secret, JobScope(i, "acme", "vision")) for i in ids[:loggers]]
+    quiet = me_latencies(http, 10)
+    outcome: list[tuple[int, list[str]]] = []
+    warm = min(every * 2, seconds / 4)  # by then every job has its run and is logging
+    t = threading.Thread(target=lambda: outcome.append(asyncio.run(_log_like_jobs(
+        url + "/mlflow/api/2.0/mlflow", tokens, every, seconds))), daemon=True)
+    t.start()
+    time.sleep(warm)
+    loaded = me_latencies(http, seconds - warm - 1)
+    t.join()
+    done, errors = outcome[0] if outcome else (0, ["the loggers crashed"])
+    # the same load straight to MLflow (no token check, no proxy): what the tracking server itself takes here
+    direct, direct_errors = asyncio.run(_log_like_jobs(mlflow_url + "/api/2.0/mlflow", tokens, every, seconds))
+    print(f"{len(tokens)} jobs logging a batch every {every:g} s for {seconds:g} s: through the platform's proxy "
+          f"{done / seconds:.0f} calls/s answered ({len(errors)} errors {sorted(set(errors))[:3]}); straight to "
+          f"MLflow {direct / seconds:.0f}/s ({len(direct_errors)} errors); proxy/direct = "
+          f"{done / max(direct, 1):.2f}x")
+    print(f"GET /me: quiet p50 {statistics.median(quiet) * 1000:.1f} ms (p95 {pct(quiet, 95) * 1000:.1f}); "
+          f"under logging p50 {statistics.median(loaded) * 1000:.1f} ms (p95 {pct(loaded, 95) * 1000:.1f}); "
+          f"ratio {statistics.median(loaded) / statistics.median(quiet):.2f}x (target <= 2x)")
 
 
 def _api(home: Path, env: dict[str, str], workers: int) -> tuple[list[ManagedProcess], str]:
@@ -83,6 +193,10 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2, help="API processes on the one port")
     ap.add_argument("--transport", choices=("rest", "cli"), default="rest")
+    ap.add_argument("--loggers", type=int, default=200, help="queued jobs that log through the MLflow proxy (0: skip)")
+    ap.add_argument("--log-every", type=float, default=1.0, help="seconds between one job's log-batch calls")
+    ap.add_argument("--log-for", type=float, default=20.0)
+    ap.add_argument("--mlflow-workers", type=int, default=2)
     ap.add_argument("--base", type=int, default=24000)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="h2-bench-submit-"))
@@ -91,6 +205,13 @@ def main() -> None:
     cluster = cluster_up(work / "slurm", plan, accounting=True)
     pg = PostgresServer(work / "pg", plan.postgres)
     pg.start()
+    # jobs log through the platform's proxy to this server (metrics only: its artifact store is never reached)
+    # (its store in PostgreSQL, as at a site: MLflow's default SQLite takes a few writes a second)
+    mlflow = MlflowServer(work / "mlflow", plan.mlflow, s3_endpoint="http://127.0.0.1:9", access_key="unused",
+                          secret_key="unused", backend_store_uri=pg.create_database("mlflow"),
+                          workers=args.mlflow_workers)
+    mlflow.start()
+    secret = uuid.uuid4().hex + uuid.uuid4().hex
     procs: list[ManagedProcess] = []
     try:
         env = {**os.environ, **cluster.env}
@@ -115,7 +236,7 @@ def main() -> None:
         api_env = {**env, "HAIHE_HOME": str(home), "HAIHE_DATABASE_URL": pg.create_database("haihe"),
                    "HAIHE_SCHEDULERS": json.dumps({"slurm": cluster.scheduler_url(args.transport)}),
                    "HAIHE_DEFAULT_SCHEDULER": "slurm", "HAIHE_RECONCILE_INTERVAL_S": "5",
-                   "HAIHE_UNIX_ACCOUNTS": "local"}
+                   "HAIHE_UNIX_ACCOUNTS": "local", "HAIHE_MLFLOW_URL": mlflow.url, "HAIHE_SECRET_KEY": secret}
         procs, url = _api(home, api_env, args.workers)
         headers = make_tenant(url, home, api_env)
         http = httpx.Client(base_url=url, headers=headers, timeout=60,
@@ -154,12 +275,15 @@ def main() -> None:
               f"({args.workers} workers, PostgreSQL, {args.transport} transport)")
         print(f"ratios: p50 API/raw = {statistics.median(api_lat) / statistics.median(raw_lat):.2f}x (target <= 1.5x);"
               f" throughput API/raw = {api_rate / raw_rate:.2f}x (target >= 0.5x)")
+        if args.loggers:
+            under_logging(http, url, mlflow.url, secret, args.loggers, args.log_every, args.log_for)
     finally:
         for proc in procs:
             proc.stop()
         subprocess.run(["scancel", "--state=PENDING"], env={**os.environ, **cluster.env}, capture_output=True,
                        check=False)
         pg.stop()
+        mlflow.stop()
         cluster_down(work / "slurm")
 
 

@@ -15,6 +15,7 @@ An org name is always a valid resource name, so ``org/name`` references combine 
 from __future__ import annotations
 
 import re
+from typing import Literal, get_args
 
 from haihe.errors import InvalidInput
 
@@ -24,6 +25,29 @@ RESOURCE_NAME = r"(?!.*\.\.)[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?"  # never "..
 ALIAS = r"[a-z][a-z0-9_-]{0,62}"
 RESERVED_ALIAS = r"latest|v[0-9]+"
 MAX_RESOURCE_NAME_LEN = 64
+
+# a zoo model's task: a lower-case slug such as "text-embedding"
+TASK_NAME = r"[a-z][a-z0-9-]{1,62}"
+
+# the built-in recipes (haihe.jobs.recipes maps each to its module) and the launchers a job spec may name
+# (haihe.schedulers.base.Launcher has one member per name)
+Recipe = Literal["digits-cnn", "finetune", "batch-infer"]
+RECIPES: tuple[str, ...] = get_args(Recipe)
+LauncherName = Literal["none", "torchrun", "mpi", "ray_train"]
+LAUNCHERS: tuple[str, ...] = get_args(LauncherName)
+
+# a serving job prints this line, then its address, once it answers (the Slurm gateway reads it from the log)
+SERVING_ADDRESS_MARKER = "HAIHE_SERVING_ADDRESS="
+
+
+def serving_address(log_text: str) -> str | None:
+    """The address in the last marker line of a serving job's log (a server restarted in the same job prints a
+    new one); None when there is none yet."""
+    address = None
+    for line in log_text.splitlines():
+        if line.startswith(SERVING_ADDRESS_MARKER):
+            address = line[len(SERVING_ADDRESS_MARKER):].strip() or address
+    return address
 
 ACCOUNT_NAME_RE = re.compile(ACCOUNT_NAME)
 RESOURCE_NAME_RE = re.compile(RESOURCE_NAME)

@@ -39,7 +39,6 @@ NAME = names.ACCOUNT_NAME  # the job's own name, its project, scheduler, partiti
 RESOURCE = names.RESOURCE_NAME  # the datasets and zoo models it names (may hold '.' and '_')
 _ZOO_REF_RE = re.compile(rf"(?P<org>{NAME})/(?P<name>{RESOURCE})(?:@(?P<alias>{names.ALIAS})|:(?P<version>\d+))?")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-RECIPES = ("digits-cnn", "finetune", "batch-infer")
 MAX_SWEEP = 1000
 RESERVED_ENV_PREFIXES = ("HAIHE_", "SLURM_", "MLFLOW_", "AWS_", "RAY_")
 
@@ -145,8 +144,8 @@ class JobSpec(_Strict):
     project: Annotated[str | None, Field(pattern=rf"^(?:{NAME}/)?{NAME}$")] = None
     scheduler: Annotated[str | None, Field(pattern=f"^{NAME}$")] = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    launcher: Literal["none", "torchrun", "mpi", "ray_train"] = "none"
-    recipe: Literal["digits-cnn", "finetune", "batch-infer"] | None = None
+    launcher: names.LauncherName = "none"
+    recipe: names.Recipe | None = None
     workdir: Annotated[str | None, Field(max_length=4096)] = None
     entrypoint: list[Annotated[str, Field(max_length=10_000)]] | None = None
     env: dict[str, Annotated[str, Field(max_length=32_768)]] = Field(default_factory=dict, max_length=200)
@@ -186,7 +185,7 @@ class JobSpec(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
         if self.recipe is None and not self.entrypoint:
-            raise ValueError("give either recipe (one of: " + ", ".join(RECIPES) + ") or entrypoint")
+            raise ValueError("give either recipe (one of: " + ", ".join(names.RECIPES) + ") or entrypoint")
         if self.recipe is not None and self.entrypoint:
             raise ValueError("give recipe or entrypoint, not both")
         if self.entrypoint and any("\x00" in a for a in self.entrypoint):

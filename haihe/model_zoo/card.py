@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from haihe.errors import InvalidInput
 from haihe.model_zoo.names import DatasetRef
+from haihe.names import TASK_NAME
 
 # Tasks the platform knows how to search, serve and fine-tune; any other lower-case slug is accepted too.
 KNOWN_TASKS = (
@@ -68,7 +69,7 @@ class ModelCard(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    task: str = Field(pattern=r"^[a-z][a-z0-9-]{1,62}$")
+    task: str = Field(pattern=f"^{TASK_NAME}$")
     description: str = _Text
     input_schema: list[IOField] = Field(min_length=1, max_length=50)
     output_schema: list[IOField] = Field(min_length=1, max_length=50)

@@ -31,6 +31,7 @@ from haihe.errors import Conflict, HaiheError, InvalidInput, NotFound
 from haihe.model_zoo.backend import ModelRecord, RegistryBackend, VersionRecord
 from haihe.model_zoo.card import ModelCard
 from haihe.model_zoo.names import DatasetRef, ZooRef, as_ref, check_alias, check_name, check_version, decode
+from haihe.names import TASK_NAME
 
 Visibility = Literal["private", "org", "public"]
 VISIBILITIES: tuple[str, ...] = get_args(Visibility)
@@ -461,7 +462,7 @@ class ModelZoo:
 
 
 def _check_task(task: str) -> str:
-    if not re.fullmatch(r"[a-z][a-z0-9-]{1,62}", task):
+    if not re.fullmatch(TASK_NAME, task):
         raise InvalidInput("task must be a lower-case slug such as 'text-embedding'", field="task")
     return task
 

@@ -95,26 +95,45 @@ def org_for_admin(session: Session, principal: Principal, org_name: str, *, writ
     return org
 
 
+def _check_org_write(principal: Principal, org: Org) -> None:
+    if not (principal.is_platform_admin or principal.role_in(org.id) in WRITE_ROLES):
+        raise PermissionDenied(f"your role in {org.name!r} cannot change anything")
+    _ensure_writable(org)
+
+
 def org_for_write(session: Session, principal: Principal, org_name: str) -> Org:
     """The org, if the caller may create resources in it (any member role; active org)."""
     org = org_for_read(session, principal, org_name)
-    if not (principal.is_platform_admin or principal.role_in(org.id) in WRITE_ROLES):
-        raise PermissionDenied(f"your role in {org_name!r} cannot change anything")
-    _ensure_writable(org)
+    _check_org_write(principal, org)
     return org
 
 
-def project_for_read(session: Session, principal: Principal, org_name: str, project_name: str) -> Project:
-    org = org_for_read(session, principal, org_name)
-    project = session.scalar(select(Project).where(Project.org_id == org.id, Project.name == project_name))
+def _org_and_project(session: Session, principal: Principal, org_name: str,
+                     project_name: str) -> tuple[Org, Project | None]:
+    """The org and its project in one round trip (every job submit and listing starts here)."""
+    row = session.execute(
+        select(Org, Project).outerjoin(Project, (Project.org_id == Org.id) & (Project.name == project_name))
+        .where(Org.name == org_name)).first()
+    if row is None or not principal.can_see_org(row[0].id):
+        raise NotFound(f"org {org_name!r} not found", field="org")
+    session.info.setdefault("loaded", []).extend(row)  # kept for the request: ``job.org`` etc. cost nothing
+    return row[0], row[1]
+
+
+def _found(project: Project | None, org_name: str, project_name: str) -> Project:
     if project is None:
         raise NotFound(f"project {org_name}/{project_name} not found", field="project")
     return project
 
 
+def project_for_read(session: Session, principal: Principal, org_name: str, project_name: str) -> Project:
+    return _found(_org_and_project(session, principal, org_name, project_name)[1], org_name, project_name)
+
+
 def project_for_write(session: Session, principal: Principal, org_name: str, project_name: str) -> Project:
-    org_for_write(session, principal, org_name)
-    project = project_for_read(session, principal, org_name, project_name)
+    org, found = _org_and_project(session, principal, org_name, project_name)
+    _check_org_write(principal, org)
+    project = _found(found, org_name, project_name)
     if project.status != Status.ACTIVE.value:
         raise PermissionDenied(f"project {org_name}/{project_name} is {project.status}: read-only")
     return project

@@ -225,8 +225,9 @@ class LedgerQuotaGate:
         need = job_need(launch, job.array_size)
         gpus_needed = launch.resources.total_gpus * max(1, job.array_size)
         period = period_of(job.created_at or self.now())
-        for q in check_hours(session, job.org_id, job.project_id, need, period, what="this job",
-                             basis="nodes × per-node × walltime", field_name="resources"):
+        locked = check_hours(session, job.org_id, job.project_id, need, period, what="this job",
+                             basis="nodes × per-node × walltime", field_name="resources")
+        for q in locked:
             scope_project = q.project_id
             if q.max_jobs is not None or q.max_gpus is not None:
                 count, gpus = _active_jobs(session, job.org_id, scope_project, job.id)
@@ -247,7 +248,7 @@ class LedgerQuotaGate:
                                         note="maximum charge" if (job.attempt or 1) <= 1 else
                                         f"maximum charge, attempt {job.attempt}"))
         session.flush()
-        record_crossings(session, job.org_id, job.project_id, period)
+        record_crossings(session, job.org_id, job.project_id, period, quotas=locked)
 
     def release(self, session: Session, job: Job) -> None:
         self._close_many(session, [(job, {})])
@@ -355,12 +356,17 @@ def check_requests(session: Session, org_id: int, count: int = 1) -> None:
                             need=count, left=max(q.requests_per_month - int(used), 0), limit=q.requests_per_month)
 
 
-def record_crossings(session: Session, org_id: int, project_id: int | None, period: str) -> None:
-    """Record (once per period) a quota crossing its warning level or reaching its limit."""
+def record_crossings(session: Session, org_id: int, project_id: int | None, period: str, *,
+                     quotas: Sequence[Quota] | None = None) -> None:
+    """Record (once per period) a quota crossing its warning level or reaching its limit; ``quotas``: the org's and
+    project's quota rows when the caller has them already (a reservation locked them)."""
     scopes = [(org_id, None)] + ([(org_id, project_id)] if project_id is not None else [])
     for o, p in scopes:
-        q = session.scalar(select(Quota).where(Quota.org_id == o, (Quota.project_id == p) if p is not None
-                                               else Quota.project_id.is_(None)))
+        if quotas is not None:
+            q = next((r for r in quotas if r.org_id == o and r.project_id == p), None)
+        else:
+            q = session.scalar(select(Quota).where(Quota.org_id == o, (Quota.project_id == p) if p is not None
+                                                   else Quota.project_id.is_(None)))
         if q is None:
             continue
         for b in balances(session, q, o, p, period):

@@ -8,7 +8,8 @@ Each cycle, per scheduler:
 2. Live jobs: ONE ``status(refs)`` call; apply each answer through :func:`transition` (terminal states are final),
    writing the timeline (queued with reason and position, started on nodes, requeued, finished with exit code) and
    settling the quota reservation of every job that ended — exactly once, because settling happens in the same
-   transaction that makes the job terminal.
+   transaction that makes the job terminal. On a scheduler that enforces no walltime (Ray), jobs RUNNING past their
+   limit plus a grace are stopped here and recorded TIMEOUT (``haihe.schedulers.walltime``).
 A scheduler that cannot be reached leaves its jobs as they are and is retried next cycle.
 """
 
@@ -17,8 +18,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -28,7 +30,8 @@ from haihe.platform.context import PlatformContext
 from haihe.platform.jobs import add_event, attempt_tag, dispatch, retry_lost
 from haihe.platform.lease import LeaderLease
 from haihe.platform.models import Job, utcnow
-from haihe.schedulers.base import JobState, JobStatus
+from haihe.schedulers import walltime
+from haihe.schedulers.base import JobState, JobStatus, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class CycleReport:
     lost: int = 0
     error: str | None = None
     scheduler_calls: int = 0
+    stopped_overdue: int = 0
 
 
 def transition(session: Session, ctx: PlatformContext, job: Job, st: JobStatus,
@@ -121,6 +125,29 @@ def _finished_message(state: JobState, st: JobStatus) -> str:
     return f"{state.value.lower()}{code}{why}"
 
 
+def _stop_overdue(scheduler: Scheduler, jobs: Sequence[Job], statuses: dict[str, JobStatus]) -> int:
+    """The walltime backstop of a scheduler that enforces none: stop every job RUNNING past its limit plus the
+    grace, and make this cycle's answer for it TIMEOUT (terminal states are final: the scheduler's later
+    "stopped" changes nothing). Returns how many were stopped; one that cannot be stopped now is tried next cycle."""
+    limits = {j.native_id: 60.0 * int(j.spec.get("resources", {}).get("time_limit", 30))
+              for j in jobs if j.native_id}
+    stopped = 0
+    for ref in walltime.overdue(statuses, limits):
+        try:
+            scheduler.cancel(ref)
+        except HaiheError as exc:
+            log.warning("could not stop overdue job %s on %s: %s", ref, scheduler.url, exc.message)
+            continue
+        st = statuses[ref]
+        minutes = int(limits[ref] // 60)
+        statuses[ref] = replace(
+            st, state=JobState.TIMEOUT, ended_at=time.time(),
+            reason=f"stopped by the platform: still running {walltime.DEFAULT_GRACE_S / 60:.0f} min after its "
+                   f"time limit of {minutes} min")
+        stopped += 1
+    return stopped
+
+
 @dataclass
 class Reconciler:
     ctx: PlatformContext
@@ -179,8 +206,11 @@ class Reconciler:
         report.live = len(jobs)
         if not jobs:
             return
-        statuses = self.ctx.scheduler(name).status([j.native_id for j in jobs if j.native_id])
+        scheduler = self.ctx.scheduler(name)
+        statuses = scheduler.status([j.native_id for j in jobs if j.native_id])
         report.scheduler_calls += 1
+        if not scheduler.enforces_walltime:
+            report.stopped_overdue = _stop_overdue(scheduler, jobs, statuses)
         ended: list[tuple[Job, JobStatus]] = []
         for job in jobs:
             assert job.native_id is not None

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from haihe.errors import HaiheError, QuotaExceeded
-from haihe.jobs.spec import RECIPES, parse_time_limit
+from haihe.jobs.spec import parse_time_limit
+from haihe.names import RECIPES
 
 SOURCES = (*RECIPES, "own")
-LAUNCHERS = ("none", "torchrun", "mpi", "ray_train")
 INT_FIELDS = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task")
 DEFAULTS: dict[str, str] = {"name": "", "source": "digits-cnn", "entrypoint": "", "code_uri": "", "scheduler": "",
                             "partition": "", "qos": "", "nodes": "1", "gpus_per_node": "0", "tasks_per_node": "1",

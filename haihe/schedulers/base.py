@@ -219,6 +219,9 @@ class Scheduler(Protocol):
     url: str
     unsupported: Mapping[Feature, str]
 
+    @property
+    def enforces_walltime(self) -> bool: ...
+
     def check(self, launch: Launch) -> None: ...
     def admit(self, launch: Launch) -> None: ...
     def submit(self, launch: Launch) -> str: ...
@@ -238,6 +241,9 @@ class BaseScheduler:
     """
 
     UNSUPPORTED: ClassVar[Mapping[Feature, str]] = {}
+    # False: the scheduler never stops a job at its walltime itself; the reconciler's backstop does
+    # (haihe.schedulers.walltime), after the in-job ``timeout`` the backend renders
+    ENFORCES_WALLTIME: ClassVar[bool] = True
     # True: jobs run as ``Launch.user`` (Slurm), so the platform gives every launch its user's Unix account
     RUNS_AS_USER: ClassVar[bool] = False
 
@@ -247,6 +253,10 @@ class BaseScheduler:
     @property
     def unsupported(self) -> Mapping[Feature, str]:
         return self.UNSUPPORTED
+
+    @property
+    def enforces_walltime(self) -> bool:
+        return self.ENFORCES_WALLTIME
 
     def check(self, launch: Launch) -> None:
         """Refuse what this backend cannot do, naming the reason; validate the neutral fields."""

@@ -43,6 +43,18 @@ def _wait(live: LivePlatform, headers: dict[str, str], job_ids: list[str], timeo
     raise AssertionError(f"not terminal after {timeout}s: {[(j['name'], j['state']) for j in jobs.values()]}")
 
 
+def _until_running(live: LivePlatform, headers: dict[str, str], job_ids: list[str], timeout: float = 60) -> None:
+    """Until the platform has seen one of the jobs start (work is in flight on the cluster)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        page = httpx.get(f"{live.url}/api/v1/jobs", params={"org": "acme", "state": "RUNNING", "limit": 200},
+                         headers=headers).json()
+        if any(j["id"] in job_ids for j in page["items"]):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"none of {len(job_ids)} jobs was seen RUNNING within {timeout}s")
+
+
 def test_digits_cnn_on_two_nodes_with_torchrun(live: LivePlatform, tmp_path: Path, mlflow_server: Any) -> None:
     cli = live.cli()
     cli.bootstrap("acme", "vision", "alice")
@@ -88,7 +100,7 @@ def test_platform_sigkill_with_20_live_jobs(live: LivePlatform, slurm_cluster: A
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
         expected[r.json()["id"]] = "FAILED" if code else "SUCCEEDED"
-    time.sleep(3)
+    _until_running(live, h, ids)
     live.restart(kill=True)  # SIGKILL mid-flight, then start again on the same database
     jobs = _wait(live, h, ids, timeout=600)
     assert {j: jobs[j]["state"] for j in ids} == expected

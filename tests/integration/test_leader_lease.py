@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,6 +39,14 @@ def db(any_db_url: str) -> Iterator[Database]:
     yield database
     database.dispose()
 
+
+
+def _until(condition: Callable[[], bool], timeout: float, message: str) -> None:
+    """Poll ``condition`` until it holds; fail with ``message`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.02)
 
 def test_one_holder_renewal_expiry_and_release(db: Database) -> None:
     clock = Clock()
@@ -137,14 +145,14 @@ def test_two_api_processes_one_reconciles_and_the_other_takes_over(tmp_path: Pat
     for th in threads.values():
         th.start()
     try:
-        time.sleep(0.5)
+        _until(lambda: leases["a"].held or leases["b"].held, 15, "neither process took the lease")
         fake.down = False
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and fake.submits < len(ids):
-            time.sleep(0.05)
-        time.sleep(0.5)  # more cycles: a second reconciler would submit again here
-        assert fake.submits == len(ids)
+        _until(lambda: fake.submits >= len(ids), 30, "the deferred jobs were never submitted")
         leader = "a" if leases["a"].held else "b"
+        seen = cycles[leader]
+        # five more of the leader's cycles: a second reconciler would have submitted again by then
+        _until(lambda: cycles[leader] >= seen + 5, 15, "the leader stopped cycling")
+        assert fake.submits == len(ids)
         other = "b" if leader == "a" else "a"
         assert cycles[leader] > 0 and cycles[other] == 0, cycles
         threads[leader].stop()  # the leader's process stops (it does not even release: the ttl hands over)
@@ -152,10 +160,7 @@ def test_two_api_processes_one_reconciles_and_the_other_takes_over(tmp_path: Pat
             row = s.get(Job, ids[0])
             assert row is not None
             assert row.state in (JobState.SUBMITTED.value, JobState.QUEUED.value)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and cycles[other] == 0:
-            time.sleep(0.1)
-        assert cycles[other] > 0, "the other process never took over"
+        _until(lambda: cycles[other] > 0, 15, "the other process never took over")
         assert fake.submits == len(ids)  # taking over submitted nothing twice
     finally:
         for th in threads.values():

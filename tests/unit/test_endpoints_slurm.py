@@ -17,7 +17,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from haihe.jobs.serving.http_server import ADDRESS_MARKER
+from haihe.names import SERVING_ADDRESS_MARKER as ADDRESS_MARKER
 from haihe.platform.gateway.config import GatewayConfig
 from haihe.platform.gateway.hub import EndpointsHub
 from haihe.platform.gateway.slurm_runtime import SlurmRuntime, find_address

@@ -276,3 +276,28 @@ def test_every_user_sees_the_cluster_and_why_their_own_jobs_wait(env: Env) -> No
     down = env.client.get("/api/v1/cluster", headers=env.user).json()
     fake = next(s for s in down["schedulers"] if s["name"] == "fake")
     assert not fake["ok"] and "down" in fake["error"]
+
+
+def test_submit_costs_few_round_trips(env: Env) -> None:
+    """Every statement is a round trip to PostgreSQL under load: a submit reads the caller (credential, user and
+    memberships) and the org/project once each, writes the job, ledger, audit and event rows, and re-reads nothing.
+    (Was 22 statements: the org read three times, the user twice, the job and its relations re-read after commit.)"""
+    from sqlalchemy import event
+
+    env.submit()  # warm: the first request of a session may load more
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(env.ctx.db.engine, "before_cursor_execute", seen)
+    try:
+        env.submit()
+    finally:
+        event.remove(env.ctx.db.engine, "before_cursor_execute", seen)
+    reads = [s for s in statements if s.startswith("SELECT")]
+    assert sum(" FROM credentials" in s for s in reads) == 1
+    assert sum(" FROM orgs" in s for s in reads) == 1, reads
+    assert not any(" FROM users" in s or " FROM jobs" in s or " FROM projects" in s.split(" JOIN ")[0]
+                   for s in reads), reads
+    assert len(statements) <= 10, "\n".join(statements)

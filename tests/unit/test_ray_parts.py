@@ -1,4 +1,4 @@
-"""Unit tests of the Ray backend's pure parts: packaging, the watchdog, the train launcher's parsing, RayHead's
+"""Unit tests of the Ray backend's pure parts: packaging, the train launcher's parsing, RayHead's
 command line (nothing here starts Ray)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from haihe.cluster.ports import PortPlan
 from haihe.cluster.ray_head import RayHead
 from haihe.errors import InvalidInput, PayloadTooLarge
-from haihe.schedulers.base import JobState, JobStatus, Launch, Launcher, Resources
-from haihe.schedulers.ray import train_launcher, translate, watchdog
+from haihe.schedulers.base import JobState, Launch, Launcher, Resources
+from haihe.schedulers.ray import train_launcher, translate
 from haihe.schedulers.ray.jobs_api import RayJob
 from haihe.schedulers.ray.packaging import package_dir
 
@@ -81,36 +81,6 @@ def test_resource_table() -> None:
                 resources=Resources(tasks_per_node=2, gpus_per_node=3),
             )
         )
-
-
-def _status(ref: str, state: JobState, started: float | None) -> JobStatus:
-    return JobStatus(ref=ref, state=state, started_at=started)
-
-
-def test_watchdog_finds_and_stops_only_overdue_running_jobs() -> None:
-    statuses = {
-        "late": _status("late", JobState.RUNNING, 0.0),
-        "fresh": _status("fresh", JobState.RUNNING, 900.0),
-        "queued": _status("queued", JobState.QUEUED, None),
-        "done": _status("done", JobState.SUCCEEDED, 0.0),
-        "nolimit": _status("nolimit", JobState.RUNNING, 0.0),
-    }
-    limits = {"late": 600.0, "fresh": 600.0, "queued": 1.0, "done": 1.0}
-    assert watchdog.overdue(statuses, limits, now=1000.0, grace_s=60) == ["late"]
-
-    class Recorder:
-        url = "fake://"
-
-        def __init__(self) -> None:
-            self.cancelled: list[str] = []
-
-        def cancel(self, ref: str) -> None:
-            self.cancelled.append(ref)
-
-    rec = Recorder()
-    timed_out: list[str] = []
-    assert watchdog.stop_overdue(rec, statuses, limits, now=1000.0, grace_s=60, on_stop=timed_out.append) == ["late"]  # type: ignore[arg-type]
-    assert rec.cancelled == ["late"] and timed_out == ["late"]
 
 
 def test_train_launcher_args_and_target_loading(tmp_path: Path) -> None:

@@ -9,13 +9,13 @@ import httpx
 import pytest
 
 from haihe.errors import InvalidInput
-from haihe.jobs.serving.http_server import ADDRESS_MARKER
 from haihe.jobs.serving.predictor import ServeConfig
+from haihe.names import SERVING_ADDRESS_MARKER as ADDRESS_MARKER
 from haihe.platform.gateway.runtimes import DeployPlan
 from haihe.platform.gateway.slurm_runtime import SlurmRuntime
 from haihe.schedulers.base import Launch, Resources
 from haihe.schedulers.slurm.backend import build
-from haihe.schedulers.slurm.scheduler import SERVING_ADDRESS_MARKER, SlurmScheduler
+from haihe.schedulers.slurm.scheduler import SlurmScheduler
 from tests.unit.test_slurm_scheduler import FakeSlurm
 
 
@@ -34,10 +34,6 @@ def sched(fake: FakeSlurm, tmp_path: Path) -> SlurmScheduler:
 def _submit(sched: SlurmScheduler) -> str:
     return sched.submit(Launch(tag="serve-1", name="serve-x", command=("python", "-m", "haihe.jobs.serving"),
                                resources=Resources(time_limit_min=10)))
-
-
-def test_marker_is_the_one_the_model_server_prints() -> None:
-    assert SERVING_ADDRESS_MARKER == ADDRESS_MARKER
 
 
 def test_address_read_from_the_log_by_offset_without_calling_slurm(sched: SlurmScheduler, fake: FakeSlurm,

@@ -15,12 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from haihe import names
 from haihe.jobs.serving.batcher import MicroBatcher
 from haihe.jobs.serving.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
-ADDRESS_MARKER = "HAIHE_SERVING_ADDRESS="
 MAX_BODY_BYTES = 8 * 2**20
 
 
@@ -101,7 +101,7 @@ def serve_forever(predictor: Predictor, *, model: str, host: str = "0.0.0.0", po
         tmp = address_file.with_suffix(".tmp")
         tmp.write_text(address + "\n")
         tmp.replace(address_file)
-    print(f"{ADDRESS_MARKER}{address}", flush=True)
+    print(f"{names.SERVING_ADDRESS_MARKER}{address}", flush=True)
     try:
         server.serve_forever(poll_interval=0.5)
     finally:

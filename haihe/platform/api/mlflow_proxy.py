@@ -22,6 +22,7 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy import select
 from starlette.background import BackgroundTask
 
 from haihe.errors import AuthenticationRequired
@@ -40,7 +41,7 @@ from haihe.platform.mlflow_proxy import (
     UserScope,
     verify_token,
 )
-from haihe.platform.models import Job, Org, Status, utcnow
+from haihe.platform.models import Job, Org, Project, Status, utcnow
 from haihe.schedulers.base import JobState
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,9 @@ class MlflowLookup:
         return found or []
 
 
+SCOPE_TTL_S = 5.0  # a job's right to write, re-read this often: every metric a job logs passes here
+
+
 def _scope_state(ctx: PlatformContext, scope: JobScope) -> bool:
     """Whether the token's job may still write (raises when the job is gone or does not match its token)."""
     with ctx.db.session() as session:
@@ -147,21 +151,34 @@ def _scope_state(ctx: PlatformContext, scope: JobScope) -> bool:
             if ep is None or ep.org.name != scope.org or scope.project:
                 raise AuthenticationRequired("invalid or expired job token")
             return False
-        job = session.get(Job, scope.job_id)
-        if job is None or job.org.name != scope.org or job.project.name != scope.project:
-            raise AuthenticationRequired("invalid or expired job token")
-        if job.org.status != Status.ACTIVE.value or job.project.status != Status.ACTIVE.value:
-            return False
-        if JobState(job.state).is_terminal() and job.ended_at is not None:
-            return (utcnow() - job.ended_at).total_seconds() <= ENDED_GRACE_S
-        return True
+        row = session.execute(  # one round trip: the job with its org's and project's names and states
+            select(Job.state, Job.ended_at, Org.status, Project.status)
+            .join(Org, Org.id == Job.org_id).join(Project, Project.id == Job.project_id)
+            .where(Job.id == scope.job_id, Org.name == scope.org, Project.name == scope.project)).first()
+    if row is None:
+        raise AuthenticationRequired("invalid or expired job token")
+    state, ended_at, org_status, project_status = row
+    if org_status != Status.ACTIVE.value or project_status != Status.ACTIVE.value:
+        return False
+    if JobState(state).is_terminal() and ended_at is not None:
+        return (utcnow() - ended_at).total_seconds() <= ENDED_GRACE_S
+    return True
+
+
+async def _job_scope_state(ctx: PlatformContext, cache: ProxyCache, scope: JobScope) -> bool:
+    """``_scope_state``, remembered for SCOPE_TTL_S: a job that ends, or an org suspended, loses its writes within
+    seconds (a job's own end is later than its last write anyway); a token that matches no job is never cached."""
+    key = f"{scope.job_id}|{scope.org}|{scope.project}"
+    hit, writable = cache.get("scope", key)
+    if hit:
+        return bool(writable)
+    writable = await run_in_threadpool(_scope_state, ctx, scope)
+    return bool(cache.put("scope", key, writable, SCOPE_TTL_S))
 
 
 def _user_scope(ctx: PlatformContext, credential: str, from_cookie: bool, ip: str) -> tuple[UserScope, bool]:
     """A person's scope: every org they belong to for reading, those where their role may change things for
     writing. A browser session is read-only here (MLflow's UI sends no CSRF token)."""
-    from sqlalchemy import select
-
     with ctx.db.session() as session:
         principal = identity.authenticate(session, credential, ip)
         if isinstance(principal, identity.AuthFailure):
@@ -186,7 +203,7 @@ async def _authenticate(ctx: PlatformContext, request: Request) -> tuple[Scope, 
         raise AuthenticationRequired("send 'Authorization: Bearer <job token, API key or token>'")
     if token.startswith(TOKEN_PREFIX):
         scope = verify_token(ctx.settings.secret_key, token)
-        return scope, await run_in_threadpool(_scope_state, ctx, scope)
+        return scope, await _job_scope_state(ctx, _cache(request), scope)
     cookie = request.cookies.get(SESSION_COOKIE, "") if not token else ""
     if not token and not cookie:
         raise AuthenticationRequired("sign in to the portal, or set MLFLOW_TRACKING_TOKEN to your API key or "

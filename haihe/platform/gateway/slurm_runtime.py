@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
+from haihe import names
 from haihe.errors import HaiheError, ServiceUnavailable
-from haihe.jobs.serving.http_server import ADDRESS_MARKER
 from haihe.platform.gateway.runtimes import DeployPlan, Probe, ProbeState
 from haihe.schedulers.base import JobState, Launch, Resources, Scheduler
 from haihe.schedulers.slurm.accounts import account_name
@@ -38,10 +38,7 @@ def find_address(scheduler: Scheduler, ref: str) -> str | None:
         if not chunk.data or chunk.offset == offset:
             break
         offset = chunk.offset
-    for line in text.splitlines():
-        if line.startswith(ADDRESS_MARKER):
-            return line[len(ADDRESS_MARKER):].strip() or None
-    return None
+    return names.serving_address(text)
 
 
 def serving_command(node_python: str, plan: DeployPlan) -> tuple[str, ...]:

@@ -10,13 +10,12 @@ from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, Response
 
 from haihe.errors import HaiheError, InvalidInput, QuotaExceeded
-from haihe.jobs.spec import RECIPES
+from haihe.names import LAUNCHERS, RECIPES
 from haihe.platform import identity, jobs, quotas
 from haihe.platform.code import MAX_CODE_BYTES
 from haihe.platform.quotas import job_need
 from haihe.portal.forms import (
     DEFAULTS,
-    LAUNCHERS,
     SOURCES,
     FormErrors,
     errors_from,

@@ -4,7 +4,7 @@ The platform's tag is Ray's ``submission_id``, so a second submit of the same ta
 of starting another, and ``find`` after a crash is a lookup in the one ``list`` call. Status of every job is
 that one call per reconciler cycle. What Ray cannot do is declared in ``UNSUPPORTED``; walltime, which Ray
 does not enforce, is enforced inside the job (see translate.entrypoint) with a platform-side backstop in
-haihe.schedulers.ray.watchdog.
+haihe.schedulers.walltime, run by the reconciler.
 """
 
 from __future__ import annotations
@@ -64,16 +64,14 @@ class RayScheduler(BaseScheduler):
         Feature.PARTITIONS: "Ray has no partitions: a Ray cluster is one pool (pick another scheduler URL)",
         Feature.QOS: "Ray has no QoS levels or priorities between jobs",
         Feature.ACCOUNTS: "Ray has no accounts; the platform does the accounting (quotas and ledger)",
-        Feature.ARRAYS: "Ray Jobs have no arrays; the platform submits N jobs (HAIHE_ARRAY_INDEX)",
+        Feature.ARRAYS: "Ray Jobs have no arrays; run the sweep on Slurm, where it is one array",
         Feature.REQUEUE: "Ray never requeues or signals before a walltime; resubmit from a checkpoint",
         Feature.LAUNCHER_TORCHRUN: "no torchrun rendezvous across Ray nodes; use the ray_train launcher",
         Feature.LAUNCHER_MPI: "Ray does not launch MPI ranks; use Slurm for MPI jobs",
     }
-    # Done honestly by other means than Ray itself (docs/ray.md).
-    EMULATED: ClassVar[Mapping[Feature, str]] = {
-        Feature.WALLTIME: "enforced in the job by `timeout` (exit 124 → TIMEOUT) plus watchdog.stop_overdue",
-        Feature.ARRAYS: "the platform submits N jobs, each with HAIHE_ARRAY_INDEX",
-    }
+    # Ray stops no job at its walltime: the entrypoint runs under `timeout` (exit 124 → TIMEOUT), and the
+    # reconciler stops what outlives that (haihe.schedulers.walltime; docs/ray.md)
+    ENFORCES_WALLTIME: ClassVar[bool] = False
 
     def __init__(self, url: str, api: JobsApi, *, sandbox: bool = True) -> None:
         super().__init__(url)

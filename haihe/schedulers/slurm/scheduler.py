@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
+from haihe import names
 from haihe.errors import Conflict, InvalidInput, NotFound, SchedulerUnavailable
 from haihe.schedulers.base import BaseScheduler, ClusterInfo, Feature, JobState, JobStatus, Launch, LogChunk
 from haihe.schedulers.slurm import records
@@ -29,7 +30,6 @@ from haihe.schedulers.slurm.transport import SlurmTransport
 LOG_CHUNK = 1 << 20
 # printed by the model server of a serving job (haihe.jobs.serving) once it listens; jobs sits above schedulers,
 # so the marker is spelled here too (a unit test keeps the two equal)
-SERVING_ADDRESS_MARKER = "HAIHE_SERVING_ADDRESS="
 ADDRESS_SCAN_LIMIT = 4 << 20  # a serving job reports its address early; never scan a huge log to its end
 Probe = Callable[[], bool]
 
@@ -294,9 +294,7 @@ class SlurmScheduler(BaseScheduler):
         except FileNotFoundError:
             return None
         whole = data[: data.rfind(b"\n") + 1]
-        for line in whole.decode(errors="replace").splitlines():
-            if line.startswith(SERVING_ADDRESS_MARKER):
-                address = line[len(SERVING_ADDRESS_MARKER):].strip() or address
+        address = names.serving_address(whole.decode(errors="replace")) or address
         if len(self._address_scan) > 4096:  # a platform serves few endpoints; forget the oldest scans
             self._address_scan.pop(next(iter(self._address_scan)))
         self._address_scan[ref] = (offset + len(whole), address)
