@@ -300,10 +300,14 @@ class HaiheClient(DatasetsClientMixin, ZooClientMixin, EndpointsClientMixin):
 
     # -- jobs -------------------------------------------------------------------------------------------------
     def submit_job(self, org: str, project: str, spec: dict[str, Any], code_uri: str | None = None,
-                   idempotency_key: str | None = None) -> dict[str, Any]:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+                   idempotency_key: str | None = None, wait: bool = True) -> dict[str, Any]:
+        """Submit a job. ``wait=False``: the answer comes once the job is stored (PENDING, no native id yet) and the
+        platform submits it right after; use an ``idempotency_key`` to retry safely either way."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        if not wait:
+            headers["Prefer"] = "respond-async"
         return dict(self.request("POST", f"/api/v1/orgs/{_seg(org)}/projects/{_seg(project)}/jobs",
-                                 json={"spec": spec, "code_uri": code_uri}, headers=headers))
+                                 json={"spec": spec, "code_uri": code_uri}, headers=headers or None))
 
     def create_code_upload(self, org: str, project: str, size: int, sha256: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/api/v1/orgs/{_seg(org)}/projects/{_seg(project)}/code",

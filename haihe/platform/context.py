@@ -15,6 +15,7 @@ from haihe.schedulers.base import Scheduler
 from haihe.schedulers.registry import SchedulerRegistry
 
 if TYPE_CHECKING:
+    from haihe.platform.dispatcher import Dispatcher
     from haihe.platform.zoo import ZooServices
 
 
@@ -26,6 +27,7 @@ class PlatformContext:
     quota: QuotaGate = field(default_factory=LedgerQuotaGate)
     zoo_services: ZooServices | None = None  # built on first use; tests set fakes here
     _schedulers: dict[str, Scheduler] = field(default_factory=dict)
+    _dispatcher: Dispatcher | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -52,5 +54,16 @@ class PlatformContext:
                 self.zoo_services = ZooServices.from_settings(self.settings)
             return self.zoo_services
 
+    def dispatcher(self) -> Dispatcher:
+        """Submits stored jobs after the response, for clients that do not wait (``Prefer: respond-async``)."""
+        with self._lock:
+            if self._dispatcher is None:
+                from haihe.platform.dispatcher import Dispatcher
+
+                self._dispatcher = Dispatcher(self)
+            return self._dispatcher
+
     def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
         self.db.dispose()

@@ -159,7 +159,11 @@ def submit(
     idempotency_key: str | None = None,
     code_uri: str | None = None,
     resubmitted_from: str | None = None,
+    wait: bool = True,
 ) -> Job:
+    """Admit, store (row, quota reservation, timeline, audit: one commit) and hand to the scheduler. ``wait``
+    False: return the stored PENDING job at once; the process's dispatcher submits it (``haihe.platform.dispatcher``).
+    """
     spec = validate_spec(raw_spec)
     project = access.project_for_write(session, principal, org_name, project_name)  # members with a write role
     if idempotency_key:
@@ -215,7 +219,10 @@ def submit(
     audit.record(session, principal, "job.submit", target_type="job", target=job.id, org_id=job.org_id,
                  details={"name": spec.name, "scheduler": scheduler_name})
     session.commit()  # the row exists before the scheduler hears of it
-    dispatch(ctx, session, job, launch)
+    if wait:
+        dispatch(ctx, session, job, launch)
+    else:
+        ctx.dispatcher().put(job.id)
     return job
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -301,3 +301,52 @@ def test_submit_costs_few_round_trips(env: Env) -> None:
     assert not any(" FROM users" in s or " FROM jobs" in s or " FROM projects" in s.split(" JOIN ")[0]
                    for s in reads), reads
     assert len(statements) <= 10, "\n".join(statements)
+
+
+def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_respond_async_answers_202_once_stored_then_submits_once(env: Env) -> None:
+    h = {**env.user, "Prefer": "respond-async"}
+    r = env.client.post(f"/api/v1/orgs/{env.org}/projects/{env.project}/jobs", json={"spec": SPEC}, headers=h)
+    assert r.status_code == 202, r.text
+    assert r.headers["Preference-Applied"] == "respond-async"
+    job = r.json()
+    assert job["state"] == "PENDING" and job["native_id"] is None
+    _until(lambda: env.job(job["id"])["state"] == "SUBMITTED")
+    assert env.fake.submits == 1 and env.job(job["id"])["native_id"] == "1000"
+    kinds = [e["kind"] for e in env.client.get(f"/api/v1/jobs/{job['id']}/events", headers=env.user).json()]
+    assert kinds == ["created", "submitted"]
+    env.age_pending()
+    env.reconciler.run_once()  # nothing left for the reconciler: not submitted twice
+    assert env.fake.submits == 1
+
+
+def test_respond_async_during_an_outage_defers_and_the_reconciler_submits(env: Env) -> None:
+    env.fake.down = True
+    h = {**env.user, "Prefer": "respond-async"}
+    r = env.client.post(f"/api/v1/orgs/{env.org}/projects/{env.project}/jobs", json={"spec": SPEC}, headers=h)
+    assert r.status_code == 202
+    job_id = r.json()["id"]
+    _until(lambda: "waiting to submit" in str(env.job(job_id)["reason"]))
+    env.fake.down = False
+    env.reconciler.run_once()  # an attempted job is retried at once, not after the grace
+    assert env.job(job_id)["native_id"] == "1000" and env.fake.submits == 1
+
+
+def test_ids_still_queued_at_shutdown_stay_pending_for_the_reconciler(env: Env) -> None:
+    dispatcher = env.ctx.dispatcher()
+    dispatcher.stop()  # as when the process stops: what is queued is not submitted by it
+    h = {**env.user, "Prefer": "respond-async"}
+    ids = [env.client.post(f"/api/v1/orgs/{env.org}/projects/{env.project}/jobs", json={"spec": SPEC},
+                           headers=h).json()["id"] for _ in range(3)]
+    assert env.fake.submits == 0 and {env.job(i)["state"] for i in ids} == {"PENDING"}
+    env.age_pending()
+    env.reconciler.run_once()
+    assert all(env.job(i)["native_id"] for i in ids) and env.fake.submits == 3

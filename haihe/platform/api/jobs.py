@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel, Field
 
 from haihe.platform import code, jobs
@@ -94,12 +94,22 @@ class CodeUploadPublic(BaseModel):
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)]
 
 
+Prefer = Annotated[str | None, Header(max_length=200, description=(
+    "`respond-async`: answer 202 as soon as the job is stored (state PENDING, no native id yet); the API process "
+    "submits it to the scheduler right after. Without it the answer waits for the scheduler (201, SUBMITTED)."))]
+
+
 @router.post("/orgs/{org}/projects/{project}/jobs", operation_id="jobs_submit", status_code=201,
-             response_model=JobPublic)
+             response_model=JobPublic, responses={202: {"model": JobPublic, "description": "stored, submitting"}})
 def submit_job(org: str, project: str, body: JobSubmit, principal: CurrentPrincipal, session: SessionDep,
-               ctx: CtxDep, idempotency_key: IdempotencyKey = None) -> JobPublic:
+               ctx: CtxDep, response: Response, idempotency_key: IdempotencyKey = None,
+               prefer: Prefer = None) -> JobPublic:
+    asynchronous = "respond-async" in [p.strip().lower() for p in (prefer or "").split(",")]
     job = jobs.submit(ctx, session, principal, org, project, body.spec, idempotency_key=idempotency_key,
-                      code_uri=body.code_uri)
+                      code_uri=body.code_uri, wait=not asynchronous)
+    if asynchronous:
+        response.status_code = 202
+        response.headers["Preference-Applied"] = "respond-async"
     return JobPublic.of(job)  # as written (the session does not expire what it commits): no re-read
 
 
