@@ -49,6 +49,9 @@ def serving_address(log_text: str) -> str | None:
             address = line[len(SERVING_ADDRESS_MARKER):].strip() or address
     return address
 
+# the largest row id or cursor a query may carry (SQLite INTEGER and PostgreSQL bigint): larger is a 422, not a 500
+MAX_ROW_ID = 2**63 - 1
+
 ACCOUNT_NAME_RE = re.compile(ACCOUNT_NAME)
 RESOURCE_NAME_RE = re.compile(RESOURCE_NAME)
 

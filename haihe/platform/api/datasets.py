@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field, StringConstraints
 
+from haihe import names
 from haihe.datasets.upload import FileSpec, FileTargets
 from haihe.platform import datasets_service as svc
 from haihe.platform.access import require_platform_admin
@@ -222,7 +223,7 @@ def list_datasets(
     principal: CurrentPrincipal,
     session: SessionDep,
     org: Annotated[str | None, Query(max_length=64)] = None,
-    cursor: Annotated[int | None, Query(ge=0)] = None,
+    cursor: Annotated[int | None, Query(ge=0, le=names.MAX_ROW_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> DatasetPage:
     page = svc.list_datasets(session, principal, org=org, cursor=cursor, limit=limit)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from haihe import names
 from haihe.errors import PermissionDenied
 from haihe.platform import audit, identity
 from haihe.platform.access import org_for_admin
@@ -43,7 +44,7 @@ def search_audit(
     org: Annotated[str | None, Query(max_length=63)] = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
     actor: Annotated[str | None, Query(max_length=100)] = None,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=names.MAX_ROW_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[AuditPublic]:
     """Platform admins see everything; an org admin sees the events of the orgs they administer (or of ``org``)."""

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
+from haihe import names
 from haihe.errors import PermissionDenied
 from haihe.platform import audit, jobs, quotas
 from haihe.platform.models import Role
@@ -87,7 +88,7 @@ def usage_csv(page: SignedIn, month: Annotated[str, Query(pattern=MONTH)]) -> Re
 @router.get("/admin/audit", response_class=HTMLResponse)
 def audit_page(page: SignedIn, action: Annotated[str, Query(max_length=64)] = "",
                actor: Annotated[str, Query(max_length=100)] = "",
-               before: Annotated[int | None, Query(ge=1)] = None) -> HTMLResponse:
+               before: Annotated[int | None, Query(ge=1, le=names.MAX_ROW_ID)] = None) -> HTMLResponse:
     require_admin_area(page)
     p = page.principal
     org_ids = None if p.is_platform_admin else {o for o, r in p.roles.items() if r == Role.ORG_ADMIN}

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
+from haihe import names
 from haihe.errors import HaiheError
 from haihe.platform import datasets_service as svc
 from haihe.platform import identity
@@ -37,7 +38,7 @@ def _list(page: Page, errors: FormErrors, values: dict[str, str], cursor: int | 
 
 
 @router.get("/datasets", response_class=HTMLResponse)
-def datasets_list(page: SignedIn, cursor: Annotated[int | None, Query(ge=0)] = None,
+def datasets_list(page: SignedIn, cursor: Annotated[int | None, Query(ge=0, le=names.MAX_ROW_ID)] = None,
                   org: Annotated[str, Query(max_length=63)] = "") -> HTMLResponse:
     return _list(page, FormErrors(), {}, cursor, org=org)
 
