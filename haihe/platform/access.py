@@ -108,6 +108,12 @@ def org_for_write(session: Session, principal: Principal, org_name: str) -> Org:
     return org
 
 
+def keep_loaded(session: Session, *rows: object) -> None:
+    """Hold ``rows`` for the rest of the session: its identity map is weak, and a row nothing refers to is read
+    again by the next lookup (a job's org, project or submitter) in the same request."""
+    session.info.setdefault("loaded", []).extend(rows)
+
+
 def _org_and_project(session: Session, principal: Principal, org_name: str,
                      project_name: str) -> tuple[Org, Project | None]:
     """The org and its project in one round trip (every job submit and listing starts here)."""
@@ -116,7 +122,7 @@ def _org_and_project(session: Session, principal: Principal, org_name: str,
         .where(Org.name == org_name)).first()
     if row is None or not principal.can_see_org(row[0].id):
         raise NotFound(f"org {org_name!r} not found", field="org")
-    session.info.setdefault("loaded", []).extend(row)  # kept for the request: ``job.org`` etc. cost nothing
+    keep_loaded(session, *row)
     return row[0], row[1]
 
 

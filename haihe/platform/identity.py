@@ -433,9 +433,7 @@ def authenticate(session: Session, presented: str, source_ip: str) -> Principal 
         return AuthFailure("user disabled", prefix)
     if cred.last_used_at is None or (now - cred.last_used_at).total_seconds() > 60:
         cred.last_used_at = now  # coarse, so a busy key does not write on every request
-    # the session's identity map holds rows only while something refers to them: keep the caller's user for the
-    # request, so looking it up again (a job's submitter, an audit row) costs no round trip
-    session.info["caller"] = user
+    access.keep_loaded(session, user)  # the caller's user, looked up again by a submit, costs no round trip
     return Principal(
         user_id=user.id,
         username=user.username,
