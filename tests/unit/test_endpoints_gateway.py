@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,23 @@ def test_create_deploys_then_serves_and_meters_into_the_ledger(world: World) -> 
     assert w.hub.meter.flush() == 0  # nothing counted twice
     usage = w.client.get(f"/api/v1/orgs/{w.org}/endpoints/digits/usage", headers=w.admin).json()
     assert usage["requests"] == 5 and usage["by_key"][0]["key"] == w.key["prefix"]
+
+
+def test_a_worker_whose_routes_lag_the_leader_serves_what_the_leader_made_ready(world: World) -> None:
+    """`endpoints create --wait` returns once the row says ready; the next request may reach a worker whose routes
+    are a cycle old (it said 503 deploying in CI). A route held as not servable is read again before refusing."""
+    w = world
+    w.create("lagging")
+    assert _ready(w, "lagging")["state"] == "ready"
+    key = next(k for k in w.hub.routes if k[1] == "lagging")
+    w.hub.routes[key] = replace(w.hub.routes[key], state="deploying", reason="Serve application deploying")
+    w.hub._reread_at.clear()
+    assert w.client.get("/v2/models/lagging/ready", headers=bearer(w.key)).status_code == 200
+    w.hub.routes[key] = replace(w.hub.routes[key], state="deploying")
+    w.hub._reread_at.clear()
+    r = w.infer("lagging", w.key)
+    assert r.status_code == 200, r.text
+    assert w.hub.routes[key].state == "ready"
 
 
 def test_gates_stop_requests_before_the_model(world: World) -> None:

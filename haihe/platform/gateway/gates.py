@@ -79,6 +79,8 @@ async def admit(request: Request, name: str) -> tuple[EndpointsHub, Principal, R
         await run_in_threadpool(hub.book.refresh, route.org_id)
     hub.book.admit(route.org_id)
     if not servable(route):
+        route = await run_in_threadpool(hub.reread, route)
+    if not servable(route):
         hub.book.finish(route.org_id, False)
         why = f": {route.reason}" if route.reason else ""
         raise ServiceUnavailable(f"endpoint {name!r} is not ready ({route.state}){why}", field="endpoint",

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SERVABLE = ("ready", "degraded")  # endpoint states the gateway sends requests to
 CONTRACT_RETRY_S = 30.0  # a model contract the zoo could not give is asked for again after this long
+REREAD_S = 0.5  # a route held as not servable is read again from the database at most this often
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class EndpointsHub:
             SharedTokenBuckets(Path(self.config.shared_buckets)) if self.config.shared_buckets else TokenBuckets())
         self.keys = KeyCache(ctx.db, self.config.auth_cache_s)
         self.routes: dict[tuple[int, str], Route] = {}
+        self._reread_at: dict[int, float] = {}
         self._inflight: Counter[str] = Counter()
         self._contracts: dict[tuple[str, str], tuple[float, bool, ModelContract]] = {}
         self._lock = threading.Lock()
@@ -206,6 +208,22 @@ class EndpointsHub:
         with self.ctx.db.session() as s:
             ep = s.scalar(select(Endpoint).where(Endpoint.org_id == org_id, Endpoint.name == name))
             return Route.of(ep) if ep is not None else None
+
+    def reread(self, route: Route) -> Route:
+        """A route held as not servable, read again from the database (at most every ``REREAD_S`` per endpoint):
+        the leader may have made it ready since this process's last cycle, and a client that waited for ``ready``
+        must not be told ``deploying`` by another worker."""
+        now = time.monotonic()
+        if now - self._reread_at.get(route.endpoint_id, 0.0) < REREAD_S:
+            return route
+        self._reread_at[route.endpoint_id] = now
+        with self.ctx.db.session() as s:
+            ep = s.get(Endpoint, route.endpoint_id)
+            if ep is None:
+                return route
+            fresh = Route.of(ep)
+        self.routes[(fresh.org_id, fresh.name)] = fresh
+        return fresh
 
     # -- supervisor ---------------------------------------------------------------------------------------------
     def supervise_once(self) -> None:

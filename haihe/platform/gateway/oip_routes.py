@@ -128,8 +128,10 @@ async def model_version_metadata(endpoint: str, version: str, request: Request) 
 
 
 async def _ready(request: Request, endpoint: str, version: str | None) -> dict[str, Any] | JSONResponse:
-    _, route = await authorized_route(request, endpoint)
+    hub, route = await authorized_route(request, endpoint)
     _check_version(route, version)
+    if not servable(route):
+        route = await run_in_threadpool(hub.reread, route)
     if not servable(route):
         why = f": {route.reason}" if route.reason else ""
         return oip_error(400, f"endpoint {endpoint!r} is not ready ({route.state}){why}", "not_ready", "endpoint")
