@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, TypeVar, cast
 
 from haihe.errors import InvalidInput
 from haihe.platform.db import Database
@@ -14,9 +15,7 @@ from haihe.platform.settings import Settings
 from haihe.schedulers.base import Scheduler
 from haihe.schedulers.registry import SchedulerRegistry
 
-if TYPE_CHECKING:
-    from haihe.platform.dispatcher import Dispatcher
-    from haihe.platform.zoo import ZooServices
+T = TypeVar("T")
 
 
 @dataclass
@@ -25,9 +24,8 @@ class PlatformContext:
     db: Database
     registry: SchedulerRegistry = field(default_factory=SchedulerRegistry)
     quota: QuotaGate = field(default_factory=LedgerQuotaGate)
-    zoo_services: ZooServices | None = None  # built on first use; tests set fakes here
     _schedulers: dict[str, Scheduler] = field(default_factory=dict)
-    _dispatcher: Dispatcher | None = None
+    _services: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -45,25 +43,24 @@ class PlatformContext:
                 self._schedulers[name] = self.registry.create(url)
             return self._schedulers[name]
 
-    def zoo(self) -> ZooServices:
-        """The zoo's registry, MLflow and artifact clients, built on first use (Unsupported without MLflow)."""
+    def service(self, key: str, build: Callable[[], T]) -> T:
+        """The process's one ``key`` client, built by ``build`` on first use. The module that owns a client names
+        it (``zoo_catalog.services``, ``jobs.dispatcher``), so this context imports nothing above it."""
         with self._lock:
-            if self.zoo_services is None:
-                from haihe.platform.zoo import ZooServices  # the zoo service imports the jobs service, which needs us
+            if key not in self._services:
+                self._services[key] = build()
+            return cast(T, self._services[key])
 
-                self.zoo_services = ZooServices.from_settings(self.settings)
-            return self.zoo_services
-
-    def dispatcher(self) -> Dispatcher:
-        """Submits stored jobs after the response, for clients that do not wait (``Prefer: respond-async``)."""
+    def provide(self, key: str, value: object) -> None:
+        """Put a ready ``key`` client in place (tests: a fake zoo) before anything builds one."""
         with self._lock:
-            if self._dispatcher is None:
-                from haihe.platform.dispatcher import Dispatcher
-
-                self._dispatcher = Dispatcher(self)
-            return self._dispatcher
+            self._services[key] = value
 
     def close(self) -> None:
-        if self._dispatcher is not None:
-            self._dispatcher.stop()
+        """Stop what runs in the background (the dispatcher: what it has not submitted stays PENDING), then the
+        database pool."""
+        for svc in list(self._services.values()):
+            stop = getattr(svc, "stop", None)
+            if callable(stop):
+                stop()
         self.db.dispose()

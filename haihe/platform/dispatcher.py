@@ -3,7 +3,8 @@
 A submit normally waits for the scheduler's answer (201 with the native id). A client sending a sweep or a CI
 pipeline may prefer the answer as soon as the job is stored: the request commits the row and its quota reservation
 (PENDING, exactly as before the scheduler call), answers 202, and puts the job's id here. A few threads per API
-process take ids in batches and run the same :func:`haihe.platform.jobs.dispatch` the request would have run.
+process take ids in batches and run the function they are given: the same :func:`haihe.platform.jobs.dispatch` the
+request would have run (``jobs.dispatcher`` builds the process's one dispatcher with it).
 
 Nothing is lost when a process dies with ids still queued: they are PENDING rows, and the reconciler submits
 PENDING jobs older than its submit grace, after asking the scheduler whether it knows their tags already.
@@ -14,8 +15,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from sqlalchemy.orm import Session
+
+from haihe.platform.models import Job
 from haihe.schedulers.base import JobState
 
 if TYPE_CHECKING:
@@ -27,8 +32,10 @@ log = logging.getLogger(__name__)
 class Dispatcher:
     """A queue of stored job ids and ``workers`` threads that submit them, ``batch`` per database session."""
 
-    def __init__(self, ctx: PlatformContext, workers: int = 2, batch: int = 32) -> None:
+    def __init__(self, ctx: PlatformContext, submit: Callable[[Session, Job], None], workers: int = 2,
+                 batch: int = 32) -> None:
         self.ctx = ctx
+        self._submit = submit
         self.workers = workers
         self.batch = batch
         self._ids: queue.Queue[str] = queue.Queue()
@@ -77,13 +84,10 @@ class Dispatcher:
                     log.exception("dispatching %d stored jobs failed; the reconciler will submit them", len(ids))
 
     def _dispatch(self, ids: list[str]) -> None:
-        from haihe.platform.jobs import dispatch
-        from haihe.platform.models import Job
-
         with self.ctx.db.sessions() as session:
             for job_id in ids:
                 job = session.get(Job, job_id)
                 # only what no one has tried yet: a reconciler may have taken a job that waited past its grace
                 if job is None or job.state != JobState.PENDING.value or job.native_id or job.submit_attempts:
                     continue
-                dispatch(self.ctx, session, job)
+                self._submit(session, job)

@@ -33,9 +33,10 @@ from haihe.errors import (
 )
 from haihe.jobs.render import RenderContext, render_launch
 from haihe.jobs.spec import JobSpec, validate_spec
-from haihe.platform import access, audit, code, ray_policy, unix_accounts
+from haihe.platform import access, audit, code, ray_policy, unix_accounts, zoo_catalog
 from haihe.platform.access import Principal
 from haihe.platform.context import PlatformContext
+from haihe.platform.dispatcher import Dispatcher
 from haihe.platform.mlflow_proxy import JobScope, issue_token, job_tracking
 from haihe.platform.models import Job, JobEvent, Org, Project, Role, User, utcnow
 from haihe.platform.storage_credentials import credentials_url
@@ -222,7 +223,7 @@ def submit(
     if wait:
         dispatch(ctx, session, job, launch)
     else:
-        ctx.dispatcher().put(job.id)
+        dispatcher(ctx).put(job.id)
     return job
 
 
@@ -247,11 +248,9 @@ def _check_base_model(ctx: PlatformContext, session: Session, principal: Princip
     """``model.from_zoo`` names a model (and alias or version) the submitter may read, or nothing is stored."""
     if spec.model is None or not ctx.settings.mlflow_url:
         return
-    from haihe.platform import zoo
-
     ref = spec.model.from_zoo
     try:
-        zoo.get_model(ctx.zoo(), session, principal, ref)
+        zoo_catalog.get_model(zoo_catalog.services(ctx), session, principal, ref)
     except InvalidInput as exc:
         raise InvalidInput(f"model {ref}: {exc.message}", field="model.from_zoo") from None
     except NotFound:
@@ -299,6 +298,11 @@ def dispatch(ctx: PlatformContext, session: Session, job: Job, launch: Launch | 
     job.updated_at = utcnow()
     add_event(session, job, "submitted", f"submitted to {job.scheduler} as {ref}", native_id=ref)
     session.commit()
+
+
+def dispatcher(ctx: PlatformContext) -> Dispatcher:
+    """The process's dispatcher of stored jobs (``Prefer: respond-async``): it runs :func:`dispatch`."""
+    return ctx.service("dispatcher", lambda: Dispatcher(ctx, lambda session, job: dispatch(ctx, session, job)))
 
 
 def _finish(session: Session, job: Job, state: JobState, reason: str, exit_code: int | None = None) -> None:

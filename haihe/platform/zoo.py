@@ -21,11 +21,9 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from haihe.datasets.store import ObjectStore
-from haihe.errors import HaiheError, InvalidInput, NotFound, PermissionDenied, TrackingUnavailable, Unsupported
+from haihe.errors import HaiheError, InvalidInput, NotFound, PermissionDenied, TrackingUnavailable
 from haihe.jobs.render import job_experiment
 from haihe.model_zoo import Lineage, ModelZoo, ZooModel, ZooModelDetail, ZooRef, ZooVersion
 from haihe.model_zoo.names import DatasetRef
@@ -33,76 +31,24 @@ from haihe.model_zoo.registry import check_visibility
 from haihe.model_zoo.tracking import MetricPoint, RunInfo, TrackingClient
 from haihe.platform import access, audit, jobs
 from haihe.platform.access import Principal
-from haihe.platform.models import Org, Project
-from haihe.platform.settings import Settings
+from haihe.platform.models import Project
+from haihe.platform.zoo_catalog import (
+    ZooServices,
+    org_ids,
+    visible,
+)
 
 log = logging.getLogger(__name__)
 
 DOWNLOAD_TTL = dt.timedelta(hours=1)
 MAX_METRIC_KEYS = 50  # loss curves the portal draws per run; more are listed by name only
 MAX_RUNS = 100  # a sweep's runs per job
-MLFLOW_ARTIFACTS_BUCKET = "mlflow"  # where the embedded MLflow server proxies artifacts (haihe.cluster.stack)
-MLFLOW_ARTIFACTS_PREFIX = "artifacts"
-
-
-@dataclass
-class ZooServices:
-    """The zoo's outside world: the registry (library), MLflow's REST API, and S3 for presigned downloads."""
-
-    zoo: ModelZoo
-    tracking: TrackingClient
-    artifacts: ObjectStore | None = None  # the bucket MLflow proxies artifacts into; None: stream through the API
-    artifacts_prefix: str = MLFLOW_ARTIFACTS_PREFIX
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ZooServices:
-        if not settings.mlflow_url:  # a setting, not an outage: 422 (an outage of a configured MLflow is a 503)
-            raise Unsupported("this platform has no MLflow server configured (HAIHE_MLFLOW_URL): no zoo or tracking",
-                              field="mlflow_url")
-        store: ObjectStore | None = None
-        if settings.s3_endpoint:
-            from haihe.datasets.store import MinioStore
-
-            store = MinioStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
-                               MLFLOW_ARTIFACTS_BUCKET, region=settings.s3_region)
-        cache = settings.home / "cache" / "models"
-        return cls(zoo=ModelZoo.connect(settings.mlflow_url, cache_dir=cache),
-                   tracking=TrackingClient(settings.mlflow_url), artifacts=store)
-
-
-# -- who may see what: the ONE rule ----------------------------------------------------------------------------------
-def _org_ids(session: Session, names: set[str]) -> dict[str, int]:
-    if not names:
-        return {}
-    return {name: org_id for name, org_id in session.execute(select(Org.name, Org.id).where(Org.name.in_(names)))}
-
-
-def can_see(principal: Principal, model: ZooModel, org_id: int | None) -> bool:
-    """The zoo's visibility rule (``org_id`` is the owner org's row id, None when the org is not on this platform)."""
-    if model.visibility == "public":
-        return True
-    if principal.is_platform_admin and principal.bound_org_id is None:
-        return True
-    return org_id is not None and principal.can_see_org(org_id)
-
-
-def _visible(services: ZooServices, session: Session, principal: Principal, ref: ZooRef | str) -> ZooModelDetail:
-    """The model (and the version a pinned ref selects) if the caller may see it; NotFound otherwise."""
-    ref = ref if isinstance(ref, ZooRef) else ZooRef.parse(ref)
-    zoo_model = services.zoo
-    try:
-        detail = zoo_model.get(ref)
-    except NotFound:
-        raise NotFound(f"model {ref} not found", field="model") from None
-    if not can_see(principal, detail.model, _org_ids(session, {ref.org}).get(ref.org)):
-        raise NotFound(f"model {ref} not found", field="model")
-    return detail
 
 
 def _writable(services: ZooServices, session: Session, principal: Principal, ref: ZooRef, *,
               admin: bool) -> ZooModelDetail:
     """Visible (else 404) and changeable by the caller (else 403): a writing role, or the org admin role."""
-    detail = _visible(services, session, principal, ref)
+    detail = visible(services, session, principal, ref)
     try:
         if admin:
             access.org_for_admin(session, principal, ref.org)
@@ -124,29 +70,6 @@ def permissions(session: Session, principal: Principal, org: str) -> tuple[bool,
         except (NotFound, PermissionDenied):
             allowed.append(False)
     return allowed[0], allowed[1]
-
-
-# -- reading -------------------------------------------------------------------------------------------------------
-def list_models(
-    services: ZooServices, session: Session,
-    principal: Principal,
-    *,
-    task: str | None = None,
-    text: str | None = None,
-    org: str | None = None,
-    visibility: str | None = None,
-) -> list[ZooModel]:
-    """Models the caller may see, filtered by task, text (ref, task, description, intended use, owner), org."""
-    if text is not None and len(text) > 200:
-        raise InvalidInput("search text is longer than 200 characters", field="q")
-    vis = check_visibility(visibility) if visibility is not None else None
-    models = services.zoo.list(org=org, task=task, text=text or None, visibility=vis)
-    ids = _org_ids(session, {m.org for m in models})
-    return [m for m in models if can_see(principal, m, ids.get(m.org))]
-
-
-def get_model(services: ZooServices, session: Session, principal: Principal, ref: str) -> ZooModelDetail:
-    return _visible(services, session, principal, ref)
 
 
 @dataclass(frozen=True)
@@ -200,7 +123,7 @@ def models_for_dataset(services: ZooServices, session: Session, principal: Princ
         key = str(v.ref.model)
         if key not in seen:
             try:
-                _visible(services, session, principal, v.ref.model)
+                visible(services, session, principal, v.ref.model)
                 seen[key] = True
             except NotFound:
                 seen[key] = False
@@ -224,7 +147,7 @@ def set_alias(services: ZooServices, session: Session, principal: Principal, ref
     _writable(services, session, principal, model, admin=False)
     result = services.zoo.set_alias(model, alias, version)
     audit.record(session, principal, "model.alias", target_type="model", target=str(model),
-                 org_id=_org_ids(session, {model.org}).get(model.org), details={"alias": alias, "version": version})
+                 org_id=org_ids(session, {model.org}).get(model.org), details={"alias": alias, "version": version})
     session.commit()
     return result
 
@@ -237,7 +160,7 @@ def set_visibility(services: ZooServices, session: Session, principal: Principal
     _writable(services, session, principal, model, admin=True)
     result = services.zoo.set_visibility(model, vis)
     audit.record(session, principal, "model.visibility", target_type="model", target=str(model),
-                 org_id=_org_ids(session, {model.org}).get(model.org), details={"visibility": vis})
+                 org_id=org_ids(session, {model.org}).get(model.org), details={"visibility": vis})
     session.commit()
     return result
 
@@ -249,7 +172,7 @@ def delete(services: ZooServices, session: Session, principal: Principal, ref: s
     target = ZooRef(model.org, model.name, version=version) if version is not None else model
     services.zoo.delete(target)
     audit.record(session, principal, "model.delete", target_type="model", target=str(target),
-                 org_id=_org_ids(session, {model.org}).get(model.org))
+                 org_id=org_ids(session, {model.org}).get(model.org))
     session.commit()
 
 
@@ -336,7 +259,7 @@ def download(services: ZooServices, session: Session, principal: Principal, ref:
 
     When the artifacts sit in the platform's S3 server the URLs are presigned GETs: the bytes never pass through
     the API. Otherwise each URL is the API's streaming route ``api_path?path=…``."""
-    detail = _visible(services, session, principal, ref)
+    detail = visible(services, session, principal, ref)
     version = _selected(detail)
     root = _artifact_root(services.zoo, version)
     if not root.startswith("mlflow-artifacts:/"):
@@ -401,7 +324,7 @@ def open_file(services: ZooServices, session: Session, principal: Principal, ref
     parts = path.split("/")
     if not path or any(p in ("", ".", "..") for p in parts) or "\\" in path:
         raise InvalidInput("path must be a relative file path inside the model", field="path")
-    detail = _visible(services, session, principal, ref)
+    detail = visible(services, session, principal, ref)
     version = _selected(detail)
     rel = _artifact_root(services.zoo, version).removeprefix("mlflow-artifacts:").strip("/")
     client = httpx.Client(timeout=httpx.Timeout(30.0, connect=3.0))

@@ -25,7 +25,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from haihe.client import raise_for_error
-from haihe.client_datasets import DatasetsClientMixin
+from haihe.client.datasets import DatasetsClientMixin
 from haihe.cluster.ports import PortPlan
 from haihe.cluster.procs import ManagedProcess, free_port, wait_until
 from haihe.cluster.s3 import S3Server

@@ -108,7 +108,7 @@ def _build_org(t: Tenancy, store: MemoryStore, tmp: Path) -> OrgWorld:
     src.mkdir()
     (src / "data.bin").write_bytes(os.urandom(1000))
 
-    from haihe.client_datasets import DatasetsClientMixin
+    from haihe.client.datasets import DatasetsClientMixin
 
     class Api(DatasetsClientMixin):
         def request(self, method: str, path: str, **kw: Any) -> Any:
@@ -118,7 +118,7 @@ def _build_org(t: Tenancy, store: MemoryStore, tmp: Path) -> OrgWorld:
             raise_for_error(r)
             return r.json() if r.content else None
 
-    from haihe.client_datasets import HttpUploadBackend
+    from haihe.client.datasets import HttpUploadBackend
 
     push(src, HttpUploadBackend(Api(), org, ds), MemoryTransport(store), workers=1)
     up = c.post(f"/api/v1/orgs/{org}/datasets/{ds}/versions",

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from haihe.client import raise_for_error
-from haihe.client_datasets import DatasetsClientMixin, HttpUploadBackend
+from haihe.client.datasets import DatasetsClientMixin, HttpUploadBackend
 from haihe.datasets.memory import MemoryStore, MemoryTransport
 from haihe.datasets.push import pull, push
 from haihe.errors import StorageUnavailable

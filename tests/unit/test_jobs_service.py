@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from haihe.platform import jobs
 from haihe.platform.context import PlatformContext
 from haihe.platform.models import Job
 from haihe.platform.reconciler import MISSES_BEFORE_LOST, Reconciler
@@ -341,7 +342,7 @@ def test_respond_async_during_an_outage_defers_and_the_reconciler_submits(env: E
 
 
 def test_ids_still_queued_at_shutdown_stay_pending_for_the_reconciler(env: Env) -> None:
-    dispatcher = env.ctx.dispatcher()
+    dispatcher = jobs.dispatcher(env.ctx)
     dispatcher.stop()  # as when the process stops: what is queued is not submitted by it
     h = {**env.user, "Prefer": "respond-async"}
     ids = [env.client.post(f"/api/v1/orgs/{env.org}/projects/{env.project}/jobs", json={"spec": SPEC},

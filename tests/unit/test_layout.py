@@ -57,6 +57,100 @@ def test_imports_point_downward() -> None:
     assert not bad, "\n".join(bad)
 
 
+def _module_graph() -> dict[str, set[str]]:
+    """haihe's modules and the haihe modules each imports, wherever the import stands (a function body, a
+    ``TYPE_CHECKING`` block: a cycle hidden inside a function is still a cycle). A module importing its own parent
+    package is not counted (Python loads the parent first anyway)."""
+    files = {}
+    for path in (ROOT / "haihe").rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        files[".".join(parts)] = path
+
+    def owner(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        edges = graph.setdefault(mod, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                names = [base, *(f"{base}.{a.name}" for a in node.names)]
+            for name in names:
+                target = owner(name) if name.startswith("haihe") else None
+                if target and target != mod and not mod.startswith(target + "."):
+                    edges.add(target)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_no_import_cycles_between_modules() -> None:
+    """No two modules import each other, directly or round a loop, not even from inside a function: a module can
+    be read (and loaded) after the ones it uses. (Was: cli.py <-> cli_*.py, client.py <-> client_zoo.py, and
+    context -> dispatcher -> jobs -> context, jobs <-> zoo.)"""
+    assert _cycles(_module_graph()) == []
+
+
+def test_the_cycle_check_sees_a_loop_through_a_function_body() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+    graph = _module_graph()
+    assert "haihe.cli.common" in graph["haihe.cli.jobs"]  # a real edge is seen
+    assert "haihe.platform.dispatcher" in graph["haihe.platform.jobs"]
+
+
 def test_jobs_runtime_and_cli_do_not_import_fastapi() -> None:
     code = "import sys, haihe.cli, haihe.client; print('fastapi' in sys.modules, 'ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from haihe.model_zoo import Lineage, ModelZoo
 from haihe.model_zoo.tracking import TrackingClient
 from haihe.platform import zoo as zoo_svc
+from haihe.platform import zoo_catalog
 from haihe.platform.context import PlatformContext
 from haihe.platform.endpoint_rows import Endpoint, EndpointUsage
 from haihe.platform.gateway.config import GatewayConfig
@@ -82,7 +83,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     tracking = TrackingClient("http://mlflow.test",
                               http=httpx.Client(transport=httpx.MockTransport(FakeMlflow().handler)))
     app = create_app(settings, ctx=ctx)
-    ctx.zoo_services = zoo_svc.ZooServices(zoo=zoo, tracking=tracking)
+    ctx.provide("zoo", zoo_catalog.ZooServices(zoo=zoo, tracking=tracking))
     with TestClient(app) as api:
         hub = EndpointsHub(ctx, GatewayConfig(auth_cache_s=0, drain_s=0), runtimes={"ray": FakeRuntime()}, zoo=zoo)
         app.state.endpoints = hub

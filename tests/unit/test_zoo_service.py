@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from haihe.model_zoo import Lineage, ModelZoo
 from haihe.model_zoo.tracking import TrackingClient
-from haihe.platform import zoo as svc
+from haihe.platform import zoo_catalog as svc
 from haihe.platform.context import PlatformContext
 from haihe.platform.models import Job
 from haihe.platform.settings import Settings
@@ -68,7 +68,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     zoo = ModelZoo(registry, cache_dir=tmp_path / "cache")
     tracking = TrackingClient("http://mlflow.test", http=httpx.Client(transport=httpx.MockTransport(mlflow.handler)))
     app = create_app(settings, ctx=ctx)
-    ctx.zoo_services = svc.ZooServices(zoo=zoo, tracking=tracking)
+    ctx.provide("zoo", svc.ZooServices(zoo=zoo, tracking=tracking))
     with TestClient(app) as client:
         yield Env(client, ctx, registry, mlflow, zoo)
 

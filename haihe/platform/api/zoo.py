@@ -18,6 +18,7 @@ from starlette.background import BackgroundTask
 from haihe.model_zoo import ZooModel, ZooVersion
 from haihe.model_zoo.tracking import RunInfo
 from haihe.platform import zoo as svc
+from haihe.platform import zoo_catalog
 from haihe.platform.api.deps import CtxDep, CurrentPrincipal, SessionDep
 from haihe.platform.api.schemas import Body
 
@@ -28,20 +29,20 @@ ModelName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 VisibilityName = Literal["private", "org", "public"]
 
 
-def get_services(request: Request, ctx: CtxDep) -> svc.ZooServices:
-    """The platform's zoo services, built on first use (tests put a ``ZooServices`` in ``ctx.zoo_services`` first)."""
-    return ctx.zoo()
+def get_services(request: Request, ctx: CtxDep) -> zoo_catalog.ZooServices:
+    """The platform's zoo services, built on first use (tests ``ctx.provide("zoo", …)`` first)."""
+    return zoo_catalog.services(ctx)
 
 
-ServicesDep = Annotated[svc.ZooServices, Depends(get_services)]
+ServicesDep = Annotated[zoo_catalog.ZooServices, Depends(get_services)]
 
 
-def optional_services(request: Request, ctx: CtxDep) -> svc.ZooServices | None:
+def optional_services(request: Request, ctx: CtxDep) -> zoo_catalog.ZooServices | None:
     """None when the platform tracks nothing (no MLflow configured): a job then simply has no runs."""
     return get_services(request, ctx) if ctx.settings.mlflow_url else None
 
 
-OptionalServicesDep = Annotated[svc.ZooServices | None, Depends(optional_services)]
+OptionalServicesDep = Annotated[zoo_catalog.ZooServices | None, Depends(optional_services)]
 
 
 # -- schemas ---------------------------------------------------------------------------------------------------------
@@ -192,14 +193,14 @@ def list_models(
     org: Annotated[str | None, Query(max_length=64)] = None,
     visibility: VisibilityName | None = None,
 ) -> list[ModelPublic]:
-    models = svc.list_models(services, session, principal, task=task, text=q, org=org, visibility=visibility)
+    models = zoo_catalog.list_models(services, session, principal, task=task, text=q, org=org, visibility=visibility)
     return [ModelPublic.of(m) for m in models]
 
 
 @router.get("/models/{org}/{name}", operation_id="models_get", response_model=ModelDetail)
 def get_model(org: OrgName, name: ModelName, principal: CurrentPrincipal, session: SessionDep,
               services: ServicesDep) -> ModelDetail:
-    detail = svc.get_model(services, session, principal, _ref(org, name))
+    detail = zoo_catalog.get_model(services, session, principal, _ref(org, name))
     lineage = {lin.version: lin for lin in svc.lineage(session, principal, detail.versions)}
     can_write, can_admin = svc.permissions(session, principal, org)
     base = ModelPublic.of(detail.model)

@@ -116,13 +116,12 @@ def example_tensor(ep: Endpoint, input_shape: list[int] | None = None) -> dict[s
 def _row_shape(page: Page, ep: Endpoint) -> list[int] | None:
     """The shape of one input row of the served version: from its card's first tensor input, else from the
     built-in recipe that trained it (recipes register no card). None when neither says."""
-    from haihe.platform import jobs
-    from haihe.platform import zoo as zoo_svc
+    from haihe.platform import jobs, zoo_catalog
     from haihe.platform.api.zoo import get_services
 
     try:
         ref = f"{ep.model_ref.split('@')[0].split(':')[0]}:{ep.model_version}"
-        detail = zoo_svc.get_model(get_services(page.request, page.ctx), page.session, page.principal, ref)
+        detail = zoo_catalog.get_model(get_services(page.request, page.ctx), page.session, page.principal, ref)
         version = detail.selected or detail.latest
         if version is None:
             return None

@@ -80,12 +80,12 @@ def produced_versions(page: Page, job: Job) -> list[dict[str, Any]]:
     target = (job.spec.get("register") or {}).get("name") if isinstance(job.spec.get("register"), dict) else None
     if not target or job.state != JobState.SUCCEEDED.value or not page.ctx.settings.mlflow_url:
         return []
-    from haihe.platform import zoo
+    from haihe.platform import zoo_catalog
     from haihe.platform.api.zoo import get_services
 
     ref = f"{job.org.name}/{target}"
     try:
-        detail = zoo.get_model(get_services(page.request, page.ctx), page.session, page.principal, ref)
+        detail = zoo_catalog.get_model(get_services(page.request, page.ctx), page.session, page.principal, ref)
     except (HaiheError, OSError) as exc:
         log.info("zoo versions of job %s unavailable: %s", job.id, exc)
         return []

@@ -18,6 +18,7 @@ from haihe.errors import HaiheError, InvalidInput
 from haihe.model_zoo import ZooModelDetail
 from haihe.platform import endpoints as endpoint_svc
 from haihe.platform import zoo as svc
+from haihe.platform import zoo_catalog
 from haihe.platform.api.zoo import get_services
 from haihe.portal.forms import FormErrors
 from haihe.portal.web import Page, PortalRoute, SignedIn, redirect
@@ -30,15 +31,15 @@ COLUMNS = ("dataset", "job", "model", "endpoint")
 COL_W, NODE_W, NODE_H, ROW_H, PAD = 190, 160, 34, 48, 12
 
 
-def services(page: Page) -> svc.ZooServices:
+def services(page: Page) -> zoo_catalog.ZooServices:
     return get_services(page.request, page.ctx)
 
 
 @router.get("/models", response_class=HTMLResponse)
 def models_list(page: SignedIn, q: Annotated[str, Query(max_length=200)] = "",
                 task: Annotated[str, Query(max_length=64)] = "") -> HTMLResponse:
-    models = svc.list_models(services(page), page.session, page.principal, task=task or None, text=q or None)
-    tasks = sorted({m.task for m in svc.list_models(services(page), page.session, page.principal)} | (
+    models = zoo_catalog.list_models(services(page), page.session, page.principal, task=task or None, text=q or None)
+    tasks = sorted({m.task for m in zoo_catalog.list_models(services(page), page.session, page.principal)} | (
         {task} if task else set()))
     return page.render("models.html", nav="models", models=models, q=q, task=task, tasks=tasks)
 
@@ -109,7 +110,7 @@ def _endpoints_of(page: Page, org: str, name: str) -> list[Any]:
 def _model_page(page: Page, org: str, name: str, errors: FormErrors, status: int = 200, done: str = "",
                 values: dict[str, str] | None = None) -> HTMLResponse:
     zs = services(page)
-    detail = svc.get_model(zs, page.session, page.principal, f"{org}/{name}")  # 404 for other tenants' models
+    detail = zoo_catalog.get_model(zs, page.session, page.principal, f"{org}/{name}")  # 404 for other tenants' models
     lineages = svc.lineage(page.session, page.principal, detail.versions)
     can_write, can_admin = svc.permissions(page.session, page.principal, org)
     endpoints = _endpoints_of(page, org, name)

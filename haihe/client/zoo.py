@@ -9,15 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
 from haihe import errors
-
-
-def _seg(value: str) -> str:
-    return quote(value, safe="")
+from haihe.client.http import raise_for_error, seg
 
 
 def split_ref(ref: str) -> tuple[str, str, int | None, str | None]:
@@ -33,7 +29,7 @@ def split_ref(ref: str) -> tuple[str, str, int | None, str | None]:
 
 
 def _model(org: str, name: str) -> str:
-    return f"/api/v1/models/{_seg(org)}/{_seg(name)}"
+    return f"/api/v1/models/{seg(org)}/{seg(name)}"
 
 
 class ZooClientMixin:
@@ -55,7 +51,7 @@ class ZooClientMixin:
 
     def set_model_alias(self, ref: str, alias: str, version: int | None) -> dict[str, Any] | None:
         org, name, _, _ = split_ref(ref)
-        result = self.request("PUT", f"{_model(org, name)}/aliases/{_seg(alias)}", json={"version": version})
+        result = self.request("PUT", f"{_model(org, name)}/aliases/{seg(alias)}", json={"version": version})
         return dict(result) if result else None
 
     def set_model_visibility(self, ref: str, visibility: str) -> dict[str, Any]:
@@ -103,8 +99,6 @@ class ZooClientMixin:
                 if response.status_code >= 300:
                     response.read()
                     if not presigned:
-                        from haihe.client import raise_for_error
-
                         raise_for_error(response)
                     raise errors.StorageUnavailable(f"storage refused {name}: HTTP {response.status_code}")
                 done = 0
@@ -121,8 +115,8 @@ class ZooClientMixin:
         return list(self.request("GET", "/api/v1/dataset-models", params={"dataset": dataset}))
 
     def job_runs(self, job_id: str) -> list[dict[str, Any]]:
-        return list(self.request("GET", f"/api/v1/jobs/{_seg(job_id)}/run"))
+        return list(self.request("GET", f"/api/v1/jobs/{seg(job_id)}/run"))
 
     def job_metrics(self, job_id: str, keys: list[str] | None = None) -> list[dict[str, Any]]:
         params = {"key": keys} if keys else None
-        return list(self.request("GET", f"/api/v1/jobs/{_seg(job_id)}/metrics", params=params))
+        return list(self.request("GET", f"/api/v1/jobs/{seg(job_id)}/metrics", params=params))

@@ -8,9 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
+from haihe.cli.common import JsonOpt, console, open_client, print_rows
+
 models_app = typer.Typer(help="The model zoo: search, inspect, alias, publish, pull and remove models.",
                          no_args_is_help=True)
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 RefArg = Annotated[str, typer.Argument(help="ORG/NAME (show, alias, publish), ORG/NAME[@ALIAS|:VERSION] (pull, rm).")]
 _LIST_COLS = ["ref", "task", "visibility", "aliases", "description"]
 
@@ -24,35 +25,33 @@ def ls(
     as_json: JsonOpt = False,
 ) -> None:
     """List the models you may see: your orgs' models and the public zoo."""
-    from haihe.cli import _client, _print
 
-    with _client() as c:
+    with open_client() as c:
         rows = c.list_models(task=task, q=query, org=org, visibility=visibility)
     for row in rows:
         row["description"] = (row.get("description") or "")[:60]
-    _print(rows, _LIST_COLS, as_json, title="models")
+    print_rows(rows, _LIST_COLS, as_json, title="models")
 
 
 @models_app.command("show")
 def show(ref: RefArg, as_json: JsonOpt = False) -> None:
     """A model's card, versions, aliases and lineage (job → run → dataset)."""
-    from haihe.cli import _client, _console, _print
 
-    with _client() as c:
+    with open_client() as c:
         model = c.get_model(ref)
     if as_json:
         typer.echo(json.dumps(model, indent=2, default=str))
         return
-    console = _console()
-    console.print(f"[bold]{model['ref']}[/]  {model['task']}  ({model['visibility']})", highlight=False)
-    console.print(model["description"], highlight=False)
+    out = console()
+    out.print(f"[bold]{model['ref']}[/]  {model['task']}  ({model['visibility']})", highlight=False)
+    out.print(model["description"], highlight=False)
     card = model.get("card") or {}
     for key in ("intended_use", "limitations", "license", "owner"):
         if card.get(key):
-            console.print(f"[dim]{key}:[/] {card[key]}", highlight=False)
+            out.print(f"[dim]{key}:[/] {card[key]}", highlight=False)
     if card.get("metrics"):
-        console.print(f"[dim]metrics:[/] {card['metrics']}", highlight=False)
-    _print([_version_row(v) for v in model["versions"]],
+        out.print(f"[dim]metrics:[/] {card['metrics']}", highlight=False)
+    print_rows([_version_row(v) for v in model["versions"]],
            ["version", "aliases", "status", "job", "run", "dataset", "created_at"], False, title="versions")
 
 
@@ -72,11 +71,10 @@ def alias(
     remove: Annotated[bool, typer.Option("--rm", help="Remove the alias instead.")] = False,
 ) -> None:
     """Point an alias at a version (members of the owner org), or remove it with --rm."""
-    from haihe.cli import _client
 
     if version is None and not remove:
         raise typer.BadParameter("give the VERSION, or --rm to remove the alias")
-    with _client() as c:
+    with open_client() as c:
         c.set_model_alias(ref, name, None if remove else version)
     typer.echo(f"{ref}@{name} removed" if remove else f"{ref}@{name} -> version {version}")
 
@@ -87,9 +85,8 @@ def publish(
     visibility: Annotated[str, typer.Option(help="public (the public zoo), org or private.")] = "public",
 ) -> None:
     """Publish a model to the public zoo, or take it back (org admins of the owner org)."""
-    from haihe.cli import _client
 
-    with _client() as c:
+    with open_client() as c:
         model = c.set_model_visibility(ref, visibility)
     typer.echo(f"{model['ref']} is now {model['visibility']}")
 
@@ -103,10 +100,9 @@ def pull(
     from rich.console import Console
     from rich.progress import Progress
 
-    from haihe.cli import _client
-    from haihe.client_zoo import split_ref
+    from haihe.client.zoo import split_ref
 
-    with _client() as c:
+    with open_client() as c:
         manifest = c.model_download(ref)
         target = dest or Path(f"{split_ref(ref)[1]}-v{manifest['version']}")
         total = sum(f.get("size") or 0 for f in manifest["files"])
@@ -129,10 +125,9 @@ def rm(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
 ) -> None:
     """Delete a model (ORG/NAME: every version) or one version (ORG/NAME:N): org admins of the owner org."""
-    from haihe.cli import _client
 
     if not yes:
         typer.confirm(f"delete {ref}?", abort=True)
-    with _client() as c:
+    with open_client() as c:
         c.delete_model(ref)
     typer.echo(f"{ref} deleted")

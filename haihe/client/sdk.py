@@ -11,149 +11,29 @@ server's message and the field it names. Credentials from ``haihe login`` live i
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, TypedDict
-from urllib.parse import quote
+from typing import Any
 
 import httpx
 
 from haihe import errors
-from haihe.client_datasets import DatasetsClientMixin
-from haihe.client_endpoints import EndpointsClientMixin
-from haihe.client_zoo import ZooClientMixin
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-
-
-class Membership(TypedDict):
-    org: str
-    role: str
-
-
-class User(TypedDict):
-    username: str
-    display_name: str
-    email: str
-    is_platform_admin: bool
-    is_service_account: bool
-    status: str
-    created_at: str
-    memberships: list[Membership]
-
-
-class Org(TypedDict):
-    name: str
-    display_name: str
-    status: str
-    created_at: str
-
-
-class Project(TypedDict):
-    org: str
-    name: str
-    description: str
-    status: str
-    created_at: str
-
-
-class Key(TypedDict):
-    prefix: str
-    name: str
-    owner: str
-    org: str | None
-    scopes: list[str]
-    created_at: str
-    expires_at: str | None
-    revoked_at: str | None
-    last_used_at: str | None
-
-
-class IssuedKey(Key):
-    key: str
-
-
-class Token(TypedDict):
-    token: str
-    prefix: str
-    expires_at: str | None
-
-
-class AuditEvent(TypedDict):
-    id: int
-    at: str
-    actor: str
-    action: str
-    target_type: str
-    target: str
-    source_ip: str
-    outcome: str
-    details: dict[str, Any]
-
-
-_BY_CODE: dict[str, type[errors.HaiheError]] = {
-    cls.code: cls
-    for cls in (
-        errors.InvalidInput, errors.PayloadTooLarge, errors.AuthenticationRequired, errors.PermissionDenied,
-        errors.NotFound, errors.Conflict, errors.QuotaExceeded, errors.Unsupported, errors.ServiceUnavailable,
-        errors.SchedulerUnavailable, errors.StorageUnavailable, errors.TrackingUnavailable,
-    )
-}
-_BY_STATUS: dict[int, type[errors.HaiheError]] = {400: errors.InvalidInput, 401: errors.AuthenticationRequired,
-                                                  403: errors.PermissionDenied, 404: errors.NotFound,
-                                                  409: errors.Conflict, 413: errors.PayloadTooLarge,
-                                                  422: errors.InvalidInput, 503: errors.ServiceUnavailable}
-
-
-def _seg(value: str) -> str:
-    """One URL path segment: a name holding '/' or '..' can never address another route."""
-    return quote(value, safe="")
-
-
-def credentials_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "haihe" / "credentials.json"
-
-
-def load_credentials() -> dict[str, str]:
-    try:
-        data = json.loads(credentials_path().read_text())
-        return {k: str(v) for k, v in data.items()}
-    except (OSError, ValueError):
-        return {}
-
-
-def save_credentials(url: str, token: str, username: str) -> Path:
-    path = credentials_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.parent.chmod(0o700)  # the login token is a bearer secret: no other account may read it
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # a stale tmp file keeps its old mode through O_CREAT
-    with os.fdopen(fd, "w") as f:
-        json.dump({"url": url, "token": token, "username": username}, f)
-    tmp.replace(path)
-    return path
-
-
-def raise_for_error(response: httpx.Response) -> None:
-    if response.is_success:
-        return
-    try:
-        body = response.json().get("error", {})
-    except ValueError:
-        body = {}
-    message = body.get("message") or f"HTTP {response.status_code}: {response.text[:200]}"
-    code = body.get("code", "")
-    if response.status_code == 429:
-        retry = float(response.headers.get("retry-after", "1"))
-        raise errors.RateLimited(message, retry_after=retry)
-    cls = _BY_CODE.get(code) or _BY_STATUS.get(response.status_code, errors.HaiheError)
-    exc = cls(message, field=body.get("field"), **(body.get("details") or {}))
-    exc.status_code = response.status_code  # type: ignore[attr-defined]
-    raise exc
+from haihe.client.datasets import DatasetsClientMixin
+from haihe.client.endpoints import EndpointsClientMixin
+from haihe.client.http import (
+    DEFAULT_URL,
+    AuditEvent,
+    IssuedKey,
+    Key,
+    Org,
+    Project,
+    Token,
+    User,
+    load_credentials,
+    raise_for_error,
+    seg,
+)
+from haihe.client.zoo import ZooClientMixin
 
 
 class HaiheClient(DatasetsClientMixin, ZooClientMixin, EndpointsClientMixin):
@@ -229,27 +109,27 @@ class HaiheClient(DatasetsClientMixin, ZooClientMixin, EndpointsClientMixin):
         return list(self.request("GET", "/api/v1/orgs"))
 
     def get_org(self, name: str) -> Org:
-        result: Org = self.request("GET", f"/api/v1/orgs/{_seg(name)}")
+        result: Org = self.request("GET", f"/api/v1/orgs/{seg(name)}")
         return result
 
     def set_org_status(self, name: str, status: str) -> Org:
-        result: Org = self.request("PUT", f"/api/v1/orgs/{_seg(name)}/status", json={"status": status})
+        result: Org = self.request("PUT", f"/api/v1/orgs/{seg(name)}/status", json={"status": status})
         return result
 
     def create_project(self, org: str, name: str, description: str = "") -> Project:
-        result: Project = self.request("POST", f"/api/v1/orgs/{_seg(org)}/projects",
+        result: Project = self.request("POST", f"/api/v1/orgs/{seg(org)}/projects",
                                        json={"name": name, "description": description})
         return result
 
     def list_projects(self, org: str) -> list[Project]:
-        return list(self.request("GET", f"/api/v1/orgs/{_seg(org)}/projects"))
+        return list(self.request("GET", f"/api/v1/orgs/{seg(org)}/projects"))
 
     def get_project(self, org: str, name: str) -> Project:
-        result: Project = self.request("GET", f"/api/v1/orgs/{_seg(org)}/projects/{_seg(name)}")
+        result: Project = self.request("GET", f"/api/v1/orgs/{seg(org)}/projects/{seg(name)}")
         return result
 
     def set_project_status(self, org: str, name: str, status: str) -> Project:
-        result: Project = self.request("PUT", f"/api/v1/orgs/{_seg(org)}/projects/{_seg(name)}/status",
+        result: Project = self.request("PUT", f"/api/v1/orgs/{seg(org)}/projects/{seg(name)}/status",
                                        json={"status": status})
         return result
 
@@ -257,29 +137,29 @@ class HaiheClient(DatasetsClientMixin, ZooClientMixin, EndpointsClientMixin):
                     display_name: str = "", email: str = "") -> User:
         body = {"username": username, "role": role, "password": password, "display_name": display_name,
                 "email": email}
-        result: User = self.request("POST", f"/api/v1/orgs/{_seg(org)}/users", json=body)
+        result: User = self.request("POST", f"/api/v1/orgs/{seg(org)}/users", json=body)
         return result
 
     def add_member(self, org: str, username: str, role: str = "researcher") -> User:
-        result: User = self.request("POST", f"/api/v1/orgs/{_seg(org)}/members",
+        result: User = self.request("POST", f"/api/v1/orgs/{seg(org)}/members",
                                     json={"username": username, "role": role})
         return result
 
     def map_unix_account(self, org: str, username: str, unix_name: str) -> dict[str, Any]:
         """Platform admins: map a member of ``org`` to an existing Unix account on the cluster."""
-        result: dict[str, Any] = self.request("PUT", f"/api/v1/orgs/{_seg(org)}/users/{_seg(username)}/unix-account",
+        result: dict[str, Any] = self.request("PUT", f"/api/v1/orgs/{seg(org)}/users/{seg(username)}/unix-account",
                                               json={"unix_name": unix_name})
         return result
 
     def list_users(self, org: str | None = None) -> list[User]:
-        return list(self.request("GET", f"/api/v1/orgs/{_seg(org)}/users" if org else "/api/v1/users"))
+        return list(self.request("GET", f"/api/v1/orgs/{seg(org)}/users" if org else "/api/v1/users"))
 
     def get_user(self, username: str) -> User:
-        result: User = self.request("GET", f"/api/v1/users/{_seg(username)}")
+        result: User = self.request("GET", f"/api/v1/users/{seg(username)}")
         return result
 
     def set_user_status(self, username: str, status: str) -> User:
-        result: User = self.request("PUT", f"/api/v1/users/{_seg(username)}/status", json={"status": status})
+        result: User = self.request("PUT", f"/api/v1/users/{seg(username)}/status", json={"status": status})
         return result
 
     # -- keys and audit ---------------------------------------------------------------------------------------
@@ -295,7 +175,7 @@ class HaiheClient(DatasetsClientMixin, ZooClientMixin, EndpointsClientMixin):
         return list(self.request("GET", "/api/v1/keys", params={"org": org} if org else None))
 
     def revoke_key(self, prefix: str) -> Key:
-        result: Key = self.request("DELETE", f"/api/v1/keys/{_seg(prefix)}")
+        result: Key = self.request("DELETE", f"/api/v1/keys/{seg(prefix)}")
         return result
 
     # -- jobs -------------------------------------------------------------------------------------------------
@@ -306,11 +186,11 @@ class HaiheClient(DatasetsClientMixin, ZooClientMixin, EndpointsClientMixin):
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         if not wait:
             headers["Prefer"] = "respond-async"
-        return dict(self.request("POST", f"/api/v1/orgs/{_seg(org)}/projects/{_seg(project)}/jobs",
+        return dict(self.request("POST", f"/api/v1/orgs/{seg(org)}/projects/{seg(project)}/jobs",
                                  json={"spec": spec, "code_uri": code_uri}, headers=headers or None))
 
     def create_code_upload(self, org: str, project: str, size: int, sha256: str) -> dict[str, Any]:
-        return dict(self.request("POST", f"/api/v1/orgs/{_seg(org)}/projects/{_seg(project)}/code",
+        return dict(self.request("POST", f"/api/v1/orgs/{seg(org)}/projects/{seg(project)}/code",
                                  json={"size": size, "sha256": sha256}))
 
     def upload_bytes(self, url: str, data: bytes, progress: Callable[[int], None] | None = None) -> None:
@@ -339,27 +219,27 @@ class HaiheClient(DatasetsClientMixin, ZooClientMixin, EndpointsClientMixin):
         return dict(self.request("GET", "/api/v1/jobs", params=params))
 
     def get_job(self, job_id: str) -> dict[str, Any]:
-        return dict(self.request("GET", f"/api/v1/jobs/{_seg(job_id)}"))
+        return dict(self.request("GET", f"/api/v1/jobs/{seg(job_id)}"))
 
     def job_events(self, job_id: str) -> list[dict[str, Any]]:
-        return list(self.request("GET", f"/api/v1/jobs/{_seg(job_id)}/events"))
+        return list(self.request("GET", f"/api/v1/jobs/{seg(job_id)}/events"))
 
     def job_logs(self, job_id: str, offset: int = 0) -> dict[str, Any]:
-        return dict(self.request("GET", f"/api/v1/jobs/{_seg(job_id)}/logs", params={"offset": offset}))
+        return dict(self.request("GET", f"/api/v1/jobs/{seg(job_id)}/logs", params={"offset": offset}))
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
-        return dict(self.request("POST", f"/api/v1/jobs/{_seg(job_id)}/cancel"))
+        return dict(self.request("POST", f"/api/v1/jobs/{seg(job_id)}/cancel"))
 
     def resubmit_job(self, job_id: str) -> dict[str, Any]:
-        return dict(self.request("POST", f"/api/v1/jobs/{_seg(job_id)}/resubmit"))
+        return dict(self.request("POST", f"/api/v1/jobs/{seg(job_id)}/resubmit"))
 
     # -- quotas and usage -------------------------------------------------------------------------------------
     def set_quota(self, org: str, project: str | None = None, **limits: Any) -> dict[str, Any]:
-        path = f"/api/v1/orgs/{_seg(org)}" + (f"/projects/{_seg(project)}" if project else "") + "/quota"
+        path = f"/api/v1/orgs/{seg(org)}" + (f"/projects/{seg(project)}" if project else "") + "/quota"
         return dict(self.request("PUT", path, json=limits))
 
     def get_quota(self, org: str, project: str | None = None, month: str | None = None) -> dict[str, Any]:
-        path = f"/api/v1/orgs/{_seg(org)}" + (f"/projects/{_seg(project)}" if project else "") + "/quota"
+        path = f"/api/v1/orgs/{seg(org)}" + (f"/projects/{seg(project)}" if project else "") + "/quota"
         return dict(self.request("GET", path, params={"month": month} if month else None))
 
     def usage_report(self, month: str, org: str | None = None, fmt: str = "json") -> Any:
@@ -376,11 +256,11 @@ class HaiheClient(DatasetsClientMixin, ZooClientMixin, EndpointsClientMixin):
         return dict(self.request("GET", "/api/v1/admin/quota/check", params={"scheduler": scheduler}))
 
     def suspend_org(self, org: str) -> Org:
-        result: Org = self.request("POST", f"/api/v1/orgs/{_seg(org)}/suspend")
+        result: Org = self.request("POST", f"/api/v1/orgs/{seg(org)}/suspend")
         return result
 
     def resume_org(self, org: str) -> Org:
-        result: Org = self.request("POST", f"/api/v1/orgs/{_seg(org)}/resume")
+        result: Org = self.request("POST", f"/api/v1/orgs/{seg(org)}/resume")
         return result
 
     def audit(self, org: str | None = None, action: str | None = None, actor: str | None = None,

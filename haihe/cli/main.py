@@ -10,19 +10,19 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from haihe.cli_datasets import datasets_app
-from haihe.cli_endpoints import endpoints_app
-from haihe.cli_jobs import jobs_app
-from haihe.cli_jobs import submit as submit_job
-from haihe.cli_quota import my_quota, quota_app, usage_app
-from haihe.cli_zoo import models_app
+from haihe.cli.common import JsonOpt, console, open_client, print_rows
+from haihe.cli.datasets import datasets_app
+from haihe.cli.endpoints import endpoints_app
+from haihe.cli.jobs import jobs_app
+from haihe.cli.jobs import submit as submit_job
+from haihe.cli.quota import my_quota, quota_app, usage_app
+from haihe.cli.zoo import models_app
 
 if TYPE_CHECKING:
     from haihe.client import HaiheClient
@@ -50,63 +50,6 @@ admin.add_typer(keys, name="keys")
 admin.add_typer(quota_app, name="quota")
 admin.add_typer(usage_app, name="usage")
 app.command("quota")(my_quota)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-T = TypeVar("T")
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console()
-
-
-def _err(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
-
-
-@contextmanager
-def _client(url: str | None = None) -> Iterator[HaiheClient]:
-    """A client from saved credentials; API errors become one clear line and exit code 1 (2 for bad input)."""
-    from haihe import errors
-    from haihe.client import HaiheClient
-
-    try:
-        with HaiheClient(url) as client:
-            yield client
-    except errors.HaiheError as exc:
-        where = f" [{exc.field}]" if exc.field else ""
-        _err(f"{exc.message}{where}")
-        raise typer.Exit(2 if isinstance(exc, errors.InvalidInput) else 1) from None
-
-
-def _print(rows: Sequence[dict[str, Any]] | dict[str, Any], columns: Sequence[str], as_json: bool,
-           title: str | None = None) -> None:
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2, default=str))
-        return
-    from rich.table import Table
-
-    items = [rows] if isinstance(rows, dict) else list(rows)
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col)
-    for item in items:
-        table.add_row(*[_cell(item.get(col)) for col in columns])
-    _console().print(table)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, list):
-        return ", ".join(_cell(v) for v in value)
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items())
-    return str(value)
-
 
 def _memberships(user: dict[str, Any]) -> dict[str, Any]:
     return {**user, "orgs": [f"{m['org']}:{m['role']}" for m in user.get("memberships", [])]}
@@ -140,7 +83,7 @@ def up(
 
     options = EmbeddedOptions(home=home, api_port=port, port_base=port_base, with_ray=ray, with_slurm=slurm,
                               detach=detach, supervise_only=supervise_only, api_workers=api_workers)
-    sys.exit(run_embedded(options, echo=_console().print))
+    sys.exit(run_embedded(options, echo=console().print))
 
 
 @app.command()
@@ -150,7 +93,7 @@ def down(
     """Stop an embedded stack started with `haihe up --detach`."""
     from haihe.embedded import stop_embedded
 
-    stop_embedded(home, echo=_console().print)
+    stop_embedded(home, echo=console().print)
 
 
 @app.command()
@@ -159,16 +102,16 @@ def status(url: Annotated[str | None, typer.Option(help="API URL.")] = None, as_
     from haihe.cluster.supervisor import read_state
     from haihe.platform.settings import default_home
 
-    with _client(url) as c:
+    with open_client(url) as c:
         ready = c.readiness()
     children = read_state(default_home() / "supervisor.json")  # `haihe up` on this machine: its children
     if as_json:
         typer.echo(json.dumps({**ready, **({"children": children} if children else {})}, indent=2))
     else:
         rows = [{"component": k, **v} for k, v in ready.get("components", {}).items()]
-        _print(rows, ["component", "ok", "detail", "latency_ms"], False, title=f"status: {ready.get('status')}")
+        print_rows(rows, ["component", "ok", "detail", "latency_ms"], False, title=f"status: {ready.get('status')}")
         if children:
-            _print([{"child": k, **v} for k, v in children.items()], ["child", "state", "restarts", "last_error"],
+            print_rows([{"child": k, **v} for k, v in children.items()], ["child", "state", "restarts", "last_error"],
                    False, title="haihe up: supervised children")
     if ready.get("status") != "ok":
         raise typer.Exit(1)
@@ -185,7 +128,7 @@ def login(
 
     username = username or typer.prompt("Username")
     password = sys.stdin.readline().rstrip("\n") if password_stdin else typer.prompt("Password", hide_input=True)
-    with _client(url) as c:
+    with open_client(url) as c:
         token = c.login(username, password)
         path = save_credentials(c.url, token["token"], username)
     typer.echo(f"signed in to {c.url} as {username}; token saved in {path}")
@@ -196,7 +139,7 @@ def logout() -> None:
     """Revoke the stored token and forget it."""
     from haihe.client import credentials_path
 
-    with _client() as c:
+    with open_client() as c:
         if c.token:
             c.logout()
     credentials_path().unlink(missing_ok=True)
@@ -206,11 +149,11 @@ def logout() -> None:
 @app.command()
 def whoami(as_json: JsonOpt = False) -> None:
     """Who the stored credentials belong to."""
-    with _client() as c:
+    with open_client() as c:
         me = c.whoami()
     user = _memberships(me["user"])
     row = {**user, "credential": me["credential_kind"], "scopes": me["scopes"], "bound_org": me["bound_org"]}
-    _print(row, ["username", "is_platform_admin", "orgs", "credential", "bound_org"], as_json)
+    print_rows(row, ["username", "is_platform_admin", "orgs", "credential", "bound_org"], as_json)
 
 
 # -- admin ---------------------------------------------------------------------------------------------------
@@ -227,7 +170,7 @@ def admin_init(
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    with _client(url) as c:
+    with open_client(url) as c:
         c.setup(username, password)
         token = c.login(username, password)
         save_credentials(c.url, token["token"], username)
@@ -243,9 +186,9 @@ def admin_audit(
     as_json: JsonOpt = False,
 ) -> None:
     """Search the audit log, newest first."""
-    with _client() as c:
+    with open_client() as c:
         rows = c.audit(org=org, action=action, actor=actor, limit=limit)
-    _print(rows, ["id", "at", "actor", "action", "target", "outcome", "source_ip"], as_json)  # type: ignore[arg-type]
+    print_rows(rows, ["id", "at", "actor", "action", "target", "outcome", "source_ip"], as_json)  # type: ignore[arg-type]
 
 
 _ORG_COLS = ["name", "display_name", "status", "created_at"]
@@ -254,30 +197,30 @@ _ORG_COLS = ["name", "display_name", "status", "created_at"]
 @orgs.command("create")
 def orgs_create(name: str, display_name: Annotated[str, typer.Option()] = "", as_json: JsonOpt = False) -> None:
     """Create an organisation."""
-    with _client() as c:
-        _print(dict(c.create_org(name, display_name)), _ORG_COLS, as_json)
+    with open_client() as c:
+        print_rows(dict(c.create_org(name, display_name)), _ORG_COLS, as_json)
 
 
 @orgs.command("ls")
 def orgs_ls(as_json: JsonOpt = False) -> None:
     """List the organisations you can see."""
-    with _client() as c:
-        _print([dict(o) for o in c.list_orgs()], _ORG_COLS, as_json)
+    with open_client() as c:
+        print_rows([dict(o) for o in c.list_orgs()], _ORG_COLS, as_json)
 
 
 @orgs.command("show")
 def orgs_show(name: str, as_json: JsonOpt = False) -> None:
     """Show one organisation."""
-    with _client() as c:
-        _print(dict(c.get_org(name)), _ORG_COLS, as_json)
+    with open_client() as c:
+        print_rows(dict(c.get_org(name)), _ORG_COLS, as_json)
 
 
 def _status_command(group: typer.Typer, verb: str, status: str, fn: Callable[[HaiheClient, str, str], Any],
                     cols: list[str], help_text: str) -> None:
     @group.command(verb, help=help_text)
     def _cmd(name: str, as_json: JsonOpt = False) -> None:
-        with _client() as c:
-            _print(dict(fn(c, name, status)), cols, as_json)
+        with open_client() as c:
+            print_rows(dict(fn(c, name, status)), cols, as_json)
 
 
 _status_command(orgs, "disable", "disabled", lambda c, n, s: c.set_org_status(n, s), _ORG_COLS,
@@ -294,29 +237,29 @@ _PROJECT_COLS = ["org", "name", "description", "status", "created_at"]
 def projects_create(org: str, name: str, description: Annotated[str, typer.Option()] = "",
                     as_json: JsonOpt = False) -> None:
     """Create a project in ORG."""
-    with _client() as c:
-        _print(dict(c.create_project(org, name, description)), _PROJECT_COLS, as_json)
+    with open_client() as c:
+        print_rows(dict(c.create_project(org, name, description)), _PROJECT_COLS, as_json)
 
 
 @projects.command("ls")
 def projects_ls(org: str, as_json: JsonOpt = False) -> None:
     """List ORG's projects."""
-    with _client() as c:
-        _print([dict(p) for p in c.list_projects(org)], _PROJECT_COLS, as_json)
+    with open_client() as c:
+        print_rows([dict(p) for p in c.list_projects(org)], _PROJECT_COLS, as_json)
 
 
 @projects.command("show")
 def projects_show(org: str, name: str, as_json: JsonOpt = False) -> None:
     """Show one project."""
-    with _client() as c:
-        _print(dict(c.get_project(org, name)), _PROJECT_COLS, as_json)
+    with open_client() as c:
+        print_rows(dict(c.get_project(org, name)), _PROJECT_COLS, as_json)
 
 
 @projects.command("disable")
 def projects_disable(org: str, name: str, as_json: JsonOpt = False) -> None:
     """Disable a project (read-only)."""
-    with _client() as c:
-        _print(dict(c.set_project_status(org, name, "disabled")), _PROJECT_COLS, as_json)
+    with open_client() as c:
+        print_rows(dict(c.set_project_status(org, name, "disabled")), _PROJECT_COLS, as_json)
 
 
 _USER_COLS = ["username", "orgs", "is_platform_admin", "is_service_account", "status", "created_at"]
@@ -339,16 +282,16 @@ def users_create(
             password = sys.stdin.readline().rstrip("\n")
         else:
             password = typer.prompt("Password for the new user", hide_input=True, confirmation_prompt=True)
-    with _client() as c:
+    with open_client() as c:
         user = c.create_user(org, username, role, password, display_name, email)
-    _print(_memberships(dict(user)), _USER_COLS, as_json)
+    print_rows(_memberships(dict(user)), _USER_COLS, as_json)
 
 
 @users.command("map")
 def users_map(org: str, username: str, unix_name: str, as_json: JsonOpt = False) -> None:
     """Map USERNAME of ORG to the existing Unix account UNIX_NAME: their Slurm jobs run as it."""
-    with _client() as c:
-        _print(dict(c.map_unix_account(org, username, unix_name)), ["org", "username", "unix_name", "origin"],
+    with open_client() as c:
+        print_rows(dict(c.map_unix_account(org, username, unix_name)), ["org", "username", "unix_name", "origin"],
                as_json)
 
 
@@ -356,15 +299,15 @@ def users_map(org: str, username: str, unix_name: str, as_json: JsonOpt = False)
 def users_ls(org: Annotated[str | None, typer.Option(help="Only members of this org.")] = None,
              as_json: JsonOpt = False) -> None:
     """List users you can see."""
-    with _client() as c:
-        _print([_memberships(dict(u)) for u in c.list_users(org)], _USER_COLS, as_json)
+    with open_client() as c:
+        print_rows([_memberships(dict(u)) for u in c.list_users(org)], _USER_COLS, as_json)
 
 
 @users.command("show")
 def users_show(username: str, as_json: JsonOpt = False) -> None:
     """Show one user."""
-    with _client() as c:
-        _print(_memberships(dict(c.get_user(username))), _USER_COLS, as_json)
+    with open_client() as c:
+        print_rows(_memberships(dict(c.get_user(username))), _USER_COLS, as_json)
 
 
 _status_command(users, "disable", "disabled", lambda c, n, s: c.set_user_status(n, s), _USER_COLS,
@@ -384,12 +327,12 @@ def keys_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create an API key bound to ORG. The key is printed once: store it now."""
-    with _client() as c:
+    with open_client() as c:
         issued = c.create_key(org, name, user, scope, expires_in_days)
     if as_json:
         typer.echo(json.dumps(issued, indent=2))
         return
-    _print(dict(issued), _KEY_COLS, False)
+    print_rows(dict(issued), _KEY_COLS, False)
     typer.echo(f"\nAPI key (shown once): {issued['key']}")
 
 
@@ -397,15 +340,15 @@ def keys_create(
 def keys_ls(org: Annotated[str | None, typer.Option(help="All of this org's keys (org admins).")] = None,
             as_json: JsonOpt = False) -> None:
     """List API keys (never their secrets)."""
-    with _client() as c:
-        _print([dict(k) for k in c.list_keys(org)], _KEY_COLS, as_json)
+    with open_client() as c:
+        print_rows([dict(k) for k in c.list_keys(org)], _KEY_COLS, as_json)
 
 
 @keys.command("revoke")
 def keys_revoke(prefix: str, as_json: JsonOpt = False) -> None:
     """Revoke an API key by its prefix; it stops working at once."""
-    with _client() as c:
-        _print(dict(c.revoke_key(prefix)), _KEY_COLS, as_json)
+    with open_client() as c:
+        print_rows(dict(c.revoke_key(prefix)), _KEY_COLS, as_json)
 
 
 # -- local cluster -------------------------------------------------------------------------------------------
@@ -418,25 +361,25 @@ def _cluster_dir(state_dir: Path | None) -> Path:
 @cluster.command("status")
 def cluster_status(url: Annotated[str | None, typer.Option(help="API URL.")] = None, as_json: JsonOpt = False) -> None:
     """What the compute side looks like now: partitions with free CPUs and GPUs, the queue, why your jobs wait."""
-    with _client(url) as c:
+    with open_client(url) as c:
         status = c.cluster_status()
     if as_json:
         typer.echo(json.dumps(status, indent=2))
         return
     for sched in status["schedulers"]:
         if not sched["ok"]:
-            _console().print(f"[red]{sched['name']}: unreachable[/] {sched['error']}")
+            console().print(f"[red]{sched['name']}: unreachable[/] {sched['error']}")
             continue
         rows = [{"partition": p["name"] + (" (default)" if p["default"] else ""), "state": p["state"],
                  "nodes": p["nodes"], "cpus free": f"{p['cpus_free']}/{p['cpus_total']}",
                  "gpus free": f"{p['gpus_free']}/{p['gpus_total']}" if p["gpus_total"] else "-",
                  "max time": f"{p['max_time_min']} min" if p["max_time_min"] else "unlimited"}
                 for p in sched["partitions"]]
-        _print(rows, ["partition", "state", "nodes", "cpus free", "gpus free", "max time"], False,
+        print_rows(rows, ["partition", "state", "nodes", "cpus free", "gpus free", "max time"], False,
                title=f"{sched['name']}: {sched['waiting']} waiting, {sched['running']} running")
     waiting = status["my_waiting_jobs"]
     if waiting:
-        _print([{**j, "id": j["id"][:8], "why": j["why"] or j["reason"]} for j in waiting],
+        print_rows([{**j, "id": j["id"][:8], "why": j["why"] or j["reason"]} for j in waiting],
                ["id", "name", "scheduler", "state", "queue_position", "why"], False, title="your waiting jobs")
     else:
         typer.echo("none of your jobs is waiting")
@@ -454,10 +397,10 @@ def cluster_up(
     from haihe.cluster.ports import PortPlan
     from haihe.cluster.slurm import cluster_up as up_fn
 
-    console = _console()
+    out = console()
     result = up_fn(_cluster_dir(state_dir), PortPlan(port_base), accounting=accounting,
-                   description_path=description, progress=lambda m: console.print(f"  {m}"))
-    console.print(f"[green]Slurm cluster up[/]: SLURM_CONF={result.slurm_conf}  REST {result.rest_url}")
+                   description_path=description, progress=lambda m: out.print(f"  {m}"))
+    out.print(f"[green]Slurm cluster up[/]: SLURM_CONF={result.slurm_conf}  REST {result.rest_url}")
 
 
 @cluster.command("down")
@@ -480,7 +423,7 @@ def cluster_daemons(state_dir: Annotated[Path | None, typer.Option(help="State d
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
     else:
-        _print([{"component": k, "state": v} for k, v in result.items()], ["component", "state"], False)
+        print_rows([{"component": k, "state": v} for k, v in result.items()], ["component", "state"], False)
 
 
 def main() -> None:

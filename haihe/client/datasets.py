@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+
+from haihe.client.http import seg
 
 if TYPE_CHECKING:
     from haihe.datasets.manifest import Manifest
@@ -22,12 +23,9 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int], None]
 
 
-def _seg(value: str) -> str:
-    return quote(value, safe="")
-
 
 def _ds(org: str, name: str) -> str:
-    return f"/api/v1/orgs/{_seg(org)}/datasets/{_seg(name)}"
+    return f"/api/v1/orgs/{seg(org)}/datasets/{seg(name)}"
 
 
 class DatasetsClientMixin:
@@ -40,7 +38,7 @@ class DatasetsClientMixin:
     def create_dataset(self, org: str, name: str, *, description: str = "", licence: str = "",
                        visibility: str = "private") -> dict[str, Any]:
         body = {"name": name, "description": description, "licence": licence, "visibility": visibility}
-        return dict(self.request("POST", f"/api/v1/orgs/{_seg(org)}/datasets", json=body))
+        return dict(self.request("POST", f"/api/v1/orgs/{seg(org)}/datasets", json=body))
 
     def list_datasets(self, org: str | None = None, *, cursor: int | None = None, limit: int = 50) -> dict[str, Any]:
         params: dict[str, Any] = {"limit": limit}
@@ -55,10 +53,10 @@ class DatasetsClientMixin:
         return dict(self.request("GET", _ds(org, name), params=params))
 
     def share_dataset(self, org: str, name: str, target_org: str) -> dict[str, Any]:
-        return dict(self.request("PUT", f"{_ds(org, name)}/shares/{_seg(target_org)}"))
+        return dict(self.request("PUT", f"{_ds(org, name)}/shares/{seg(target_org)}"))
 
     def unshare_dataset(self, org: str, name: str, target_org: str) -> dict[str, Any]:
-        return dict(self.request("DELETE", f"{_ds(org, name)}/shares/{_seg(target_org)}"))
+        return dict(self.request("DELETE", f"{_ds(org, name)}/shares/{seg(target_org)}"))
 
     def set_dataset_visibility(self, org: str, name: str, visibility: str) -> dict[str, Any]:
         return dict(self.request("PUT", f"{_ds(org, name)}/visibility", json={"visibility": visibility}))
@@ -76,18 +74,18 @@ class DatasetsClientMixin:
         return dict(self.request("POST", f"{_ds(org, name)}/versions", json=body))
 
     def resume_dataset_upload(self, org: str, name: str, upload_id: str) -> dict[str, Any]:
-        return dict(self.request("GET", f"{_ds(org, name)}/uploads/{_seg(upload_id)}"))
+        return dict(self.request("GET", f"{_ds(org, name)}/uploads/{seg(upload_id)}"))
 
     def complete_dataset_upload(self, org: str, name: str, upload_id: str,
                                 hashes: dict[str, str]) -> dict[str, Any]:
-        return dict(self.request("POST", f"{_ds(org, name)}/uploads/{_seg(upload_id)}/complete",
+        return dict(self.request("POST", f"{_ds(org, name)}/uploads/{seg(upload_id)}/complete",
                                  json={"hashes": hashes}))
 
     def abort_dataset_upload(self, org: str, name: str, upload_id: str) -> dict[str, Any]:
-        return dict(self.request("DELETE", f"{_ds(org, name)}/uploads/{_seg(upload_id)}"))
+        return dict(self.request("DELETE", f"{_ds(org, name)}/uploads/{seg(upload_id)}"))
 
     def dataset_download(self, org: str, name: str, version: int | str = "latest") -> dict[str, Any]:
-        return dict(self.request("GET", f"{_ds(org, name)}/versions/{_seg(str(version))}/download"))
+        return dict(self.request("GET", f"{_ds(org, name)}/versions/{seg(str(version))}/download"))
 
     # -- bytes ------------------------------------------------------------------------------------------------
     def push_dataset(self, org: str, name: str, root: Path, *, upload_id: str | None = None, note: str = "",

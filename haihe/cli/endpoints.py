@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from haihe.cli.common import JsonOpt, OrgOpt, only_org, open_client, print_rows
+
 if TYPE_CHECKING:
     from haihe.client import HaiheClient
 
 endpoints_app = typer.Typer(help="Hosted inference endpoints: deploy zoo models behind the gateway.",
                             no_args_is_help=True)
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-OrgOpt = Annotated[str | None, typer.Option("--org", help="Owner org (default: your only org, or NAME as ORG/NAME).")]
 _COLS = ["org", "name", "state", "model", "model_version", "backend", "min_replicas", "max_replicas", "reason"]
 
 
@@ -27,12 +27,7 @@ def _split(client: HaiheClient, text: str, org: str | None) -> tuple[str, str]:
         raise typer.BadParameter(f"{text!r} names org {owner!r} but --org is {org!r}")
     if slash:
         return owner, name
-    if org:
-        return org, name
-    orgs = [m["org"] for m in client.whoami()["user"]["memberships"]]
-    if len(orgs) != 1:
-        raise typer.BadParameter(f"you belong to {len(orgs)} orgs; pass --org or write the endpoint as ORG/NAME")
-    return str(orgs[0]), name
+    return org or only_org(client, "endpoint"), name
 
 
 def _wait(client: HaiheClient, org: str, name: str, timeout: float) -> dict[str, Any]:
@@ -66,9 +61,8 @@ def create(
     as_json: JsonOpt = False,
 ) -> None:
     """Deploy a zoo model as an endpoint."""
-    from haihe.cli import _client, _print
 
-    with _client() as c:
+    with open_client() as c:
         owner, short = _split(c, name, org)
         ep = c.create_endpoint(owner, short, model, scheduler=scheduler, min_replicas=min_replicas,
                                max_replicas=max_replicas, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
@@ -76,29 +70,27 @@ def create(
                                partition=partition, gpus=gpus or None)
         if wait:
             ep = _wait(c, owner, short, timeout)
-    _print(ep, [*_COLS, "infer_path"], as_json)
+    print_rows(ep, [*_COLS, "infer_path"], as_json)
 
 
 @endpoints_app.command("ls")
 def ls(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
     """List the endpoints you can see."""
-    from haihe.cli import _client, _print
 
-    with _client() as c:
+    with open_client() as c:
         rows = c.list_endpoints(org)
-    _print(rows, _COLS, as_json, title="endpoints")
+    print_rows(rows, _COLS, as_json, title="endpoints")
 
 
 @endpoints_app.command()
 def show(name: str, org: OrgOpt = None, as_json: JsonOpt = False) -> None:
     """Show one endpoint: state (and why), model version, scaling, batching, rate limit."""
-    from haihe.cli import _client, _print
 
-    with _client() as c:
+    with open_client() as c:
         ep = c.get_endpoint(*_split(c, name, org))
     extra = ["max_batch_size", "batch_wait_ms", "rate_limit_per_s", "rate_limit_burst", "generation",
              "target_generation", "infer_path"]
-    _print(ep, [*_COLS, *extra], as_json)
+    print_rows(ep, [*_COLS, *extra], as_json)
 
 
 @endpoints_app.command()
@@ -113,12 +105,11 @@ def update(
     as_json: JsonOpt = False,
 ) -> None:
     """Roll to a new model version or batching (no failed requests), or change the per-key rate limit."""
-    from haihe.cli import _client, _print
 
-    with _client() as c:
+    with open_client() as c:
         ep = c.update_endpoint(*_split(c, name, org), model=model, max_batch_size=max_batch_size,
                                batch_wait_ms=batch_wait_ms, rate_limit_per_s=rate, rate_limit_burst=burst)
-    _print(ep, [*_COLS, "generation", "target_generation"], as_json)
+    print_rows(ep, [*_COLS, "generation", "target_generation"], as_json)
 
 
 @endpoints_app.command()
@@ -130,19 +121,17 @@ def scale(
     as_json: JsonOpt = False,
 ) -> None:
     """Set the replica bounds (Ray autoscales between them); 0/0 stops the endpoint."""
-    from haihe.cli import _client, _print
 
-    with _client() as c:
+    with open_client() as c:
         ep = c.scale_endpoint(*_split(c, name, org), min_replicas, max_replicas)
-    _print(ep, _COLS, as_json)
+    print_rows(ep, _COLS, as_json)
 
 
 @endpoints_app.command()
 def rm(name: str, org: OrgOpt = None) -> None:
     """Stop and remove an endpoint (its usage stays in the ledger)."""
-    from haihe.cli import _client
 
-    with _client() as c:
+    with open_client() as c:
         owner, short = _split(c, name, org)
         c.delete_endpoint(owner, short)
     typer.echo(f"removed endpoint {owner}/{short}")
@@ -151,12 +140,12 @@ def rm(name: str, org: OrgOpt = None) -> None:
 @endpoints_app.command()
 def usage(name: str, org: OrgOpt = None, as_json: JsonOpt = False) -> None:
     """Requests, errors and latency per key (flushed every few seconds)."""
-    from haihe.cli import _client, _print
 
-    with _client() as c:
+    with open_client() as c:
         data = c.endpoint_usage(*_split(c, name, org))
     if as_json:
-        _print(data, [], True)
+        print_rows(data, [], True)
         return
     typer.echo(f"{data['endpoint']}: {data['requests']} requests, {data['errors']} errors since {data['since']}")
-    _print(data["by_key"], ["key", "requests", "errors", "mean_latency_ms", "max_latency_ms"], False, title="by key")
+    print_rows(data["by_key"], ["key", "requests", "errors", "mean_latency_ms", "max_latency_ms"], False,
+               title="by key")

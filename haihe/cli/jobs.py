@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from haihe.cli.common import JsonOpt, open_client, print_error, print_rows
+
 if TYPE_CHECKING:
     from haihe.client import HaiheClient
 
 jobs_app = typer.Typer(help="List, inspect, follow, cancel and resubmit jobs.", no_args_is_help=True)
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"}
 _JOB_COLS = ["id", "name", "org", "project", "user", "scheduler", "state", "reason", "created_at"]
 
@@ -57,18 +58,17 @@ def submit(
     as_json: JsonOpt = False,
 ) -> None:
     """Submit a job: validate the spec, pack and upload its workdir, submit, optionally follow it."""
-    from haihe.cli import _client, _err, _print
     from haihe.errors import HaiheError
     from haihe.jobs.spec import load_spec
 
     try:
         spec = load_spec(spec_file)
     except HaiheError as exc:
-        _err(exc.message)
+        print_error(exc.message)
         raise typer.Exit(2) from None
     raw = spec.model_dump(mode="json", exclude_none=True, by_alias=True)
     raw.pop("workdir", None)
-    with _client() as c:
+    with open_client() as c:
         org, proj = _resolve_project(c, project or spec.project)
         raw.pop("project", None)
         code_uri = None
@@ -79,7 +79,7 @@ def submit(
         if as_json and not follow:
             typer.echo(json.dumps(job, indent=2))
             return
-        _print(job, ["id", "name", "scheduler", "native_id", "state", "reason"], False)
+        print_rows(job, ["id", "name", "scheduler", "native_id", "state", "reason"], False)
         if follow:
             raise typer.Exit(_follow(c, job["id"]))
 
@@ -134,14 +134,13 @@ def jobs_ls(
     as_json: JsonOpt = False,
 ) -> None:
     """List jobs, newest first (keyset pages: pass --cursor to continue)."""
-    from haihe.cli import _client, _print
 
-    with _client() as c:
+    with open_client() as c:
         page = c.list_jobs(org, project, state, mine, cursor, limit)
     if as_json:
         typer.echo(json.dumps(page, indent=2))
         return
-    _print(page["items"], _JOB_COLS, False)
+    print_rows(page["items"], _JOB_COLS, False)
     if page.get("next_cursor"):
         typer.echo(f"more: --cursor {page['next_cursor']}")
 
@@ -149,24 +148,22 @@ def jobs_ls(
 @jobs_app.command("show")
 def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
     """A job and its timeline."""
-    from haihe.cli import _client, _print
 
-    with _client() as c:
+    with open_client() as c:
         job = c.get_job(job_id)
         events = c.job_events(job_id)
     if as_json:
         typer.echo(json.dumps({**job, "events": events}, indent=2))
         return
-    _print(job, [*_JOB_COLS, "native_id", "nodes", "exit_code", "elapsed_s"], False)
-    _print(events, ["at", "kind", "state", "message"], False, title="timeline")
+    print_rows(job, [*_JOB_COLS, "native_id", "nodes", "exit_code", "elapsed_s"], False)
+    print_rows(events, ["at", "kind", "state", "message"], False, title="timeline")
 
 
 @jobs_app.command("logs")
 def jobs_logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = False) -> None:
     """Print a job's output; with -f keep following until it ends."""
-    from haihe.cli import _client
 
-    with _client() as c:
+    with open_client() as c:
         if follow:
             state = _stream_logs(c, job_id)
             raise typer.Exit(0 if state == "SUCCEEDED" else 1)
@@ -182,9 +179,8 @@ def jobs_logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f"
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str) -> None:
     """Cancel a job."""
-    from haihe.cli import _client
 
-    with _client() as c:
+    with open_client() as c:
         job: dict[str, Any] = c.cancel_job(job_id)
     typer.echo(f"cancel requested for {job['id']} ({job['state']})")
 
@@ -192,8 +188,7 @@ def jobs_cancel(job_id: str) -> None:
 @jobs_app.command("resubmit")
 def jobs_resubmit(job_id: str) -> None:
     """Submit a job again with the same spec and code."""
-    from haihe.cli import _client
 
-    with _client() as c:
+    with open_client() as c:
         job = c.resubmit_job(job_id)
     typer.echo(f"resubmitted as {job['id']} ({job['state']})")

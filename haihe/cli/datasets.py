@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from haihe.cli.common import JsonOpt, OrgOpt, console, only_org, open_client, print_error, print_rows
+
 if TYPE_CHECKING:
     from haihe.client import HaiheClient
     from haihe.datasets.store import ReadStream
 
 datasets_app = typer.Typer(help="Versioned datasets on S3: push, list, show, pull, share, remove.",
                            no_args_is_help=True)
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-OrgOpt = Annotated[str | None, typer.Option("--org", help="Owner org (default: your only org, or NAME as ORG/NAME).")]
 _LIST_COLS = ["org", "name", "visibility", "latest_version", "stored_bytes", "licence", "created_by"]
 
 
@@ -37,12 +37,7 @@ def parse_name(text: str, org: str | None) -> tuple[str | None, str, str | None]
 
 
 def _owner(client: HaiheClient, org: str | None) -> str:
-    if org:
-        return org
-    orgs = [m["org"] for m in client.whoami()["user"]["memberships"]]
-    if len(orgs) != 1:
-        raise typer.BadParameter(f"you belong to {len(orgs)} orgs; pass --org or write the dataset as ORG/NAME")
-    return str(orgs[0])
+    return org or only_org(client, "dataset")
 
 
 def _cache_dir() -> Path:
@@ -111,14 +106,13 @@ def push(
 ) -> None:
     """Upload a directory as the next version of a dataset (created if needed); resumes an interrupted push."""
     from haihe import errors
-    from haihe.cli import _client, _err
 
     if not source.is_dir():
-        _err(f"{source} is not a directory")
+        print_error(f"{source} is not a directory")
         raise typer.Exit(2)
     if project and not org and "/" in project:
         org = project.split("/", 1)[0]
-    with _client() as c:
+    with open_client() as c:
         owner, ds_name, pinned = parse_name(name, org)
         if pinned:
             raise typer.BadParameter("push makes the next version; leave out @version", param_hint="--name")
@@ -162,7 +156,7 @@ def push(
                 raise errors.StorageUnavailable(
                     f"storage unavailable: {exc.message}. Run the same command again to resume.") from None
             except KeyboardInterrupt:
-                _err("interrupted; run the same command again to resume")
+                print_error("interrupted; run the same command again to resume")
                 raise typer.Exit(130) from None
         state_path.unlink(missing_ok=True)
         result = {"org": owner, "name": ds_name, "version": manifest.version, "files": len(manifest.files),
@@ -178,40 +172,38 @@ def push(
 def ls(org: Annotated[str | None, typer.Option(help="Only datasets of this org.")] = None,
        limit: Annotated[int, typer.Option(min=1, max=200)] = 50, as_json: JsonOpt = False) -> None:
     """List the datasets you can read: your org's, shared with your org, and public ones."""
-    from haihe.cli import _client, _print
 
-    with _client() as c:
+    with open_client() as c:
         page = c.list_datasets(org, limit=limit)
-    _print(page["items"], _LIST_COLS, as_json, title="datasets")
+    print_rows(page["items"], _LIST_COLS, as_json, title="datasets")
 
 
 @datasets_app.command("show")
 def show(name: Annotated[str, typer.Argument(help="[ORG/]NAME[@vN]")], org: OrgOpt = None,
          as_json: JsonOpt = False) -> None:
     """Show a dataset: versions, the manifest of one version, shares and lineage."""
-    from haihe.cli import _client, _console, _print
 
-    with _client() as c:
+    with open_client() as c:
         owner, ds_name, version = parse_name(name, org)
         detail = c.get_dataset(_owner(c, owner), ds_name, version)
     if as_json:
         typer.echo(json.dumps(detail, indent=2))
         return
-    _print(detail, ["org", "name", "visibility", "licence", "latest_version", "stored_bytes", "shares",
+    print_rows(detail, ["org", "name", "visibility", "licence", "latest_version", "stored_bytes", "shares",
                     "description"], False)
-    _print(detail["versions"], ["number", "state", "total_bytes", "files", "created_by", "committed_at", "note"],
+    print_rows(detail["versions"], ["number", "state", "total_bytes", "files", "created_by", "committed_at", "note"],
            False, title="versions")
     manifest = detail.get("manifest")
     if manifest:
-        _print(manifest["files"][:50], ["path", "size", "sha256"], False,
+        print_rows(manifest["files"][:50], ["path", "size", "sha256"], False,
                title=f"v{detail['shown_version']}: {len(manifest['files'])} files")
     lineage = detail["lineage"]
     if lineage["jobs"]:
-        _print(lineage["jobs"], ["id", "name", "org", "dataset", "state"], False, title="jobs that read it")
+        print_rows(lineage["jobs"], ["id", "name", "org", "dataset", "state"], False, title="jobs that read it")
     if lineage["models"]:
-        _print(lineage["models"], ["model", "version"], False, title="models trained on it")
+        print_rows(lineage["models"], ["model", "version"], False, title="models trained on it")
     if lineage.get("models_note"):
-        _console().print(f"[dim]{lineage['models_note']}[/]")
+        console().print(f"[dim]{lineage['models_note']}[/]")
 
 
 @datasets_app.command("pull")
@@ -219,9 +211,8 @@ def pull(name: Annotated[str, typer.Argument(help="[ORG/]NAME[@vN]")],
          dest: Annotated[Path, typer.Argument(help="Directory to download into.")], org: OrgOpt = None,
          workers: Annotated[int, typer.Option(min=1, max=64)] = 8, as_json: JsonOpt = False) -> None:
     """Download a version (default the latest), checking every file's size and sha256."""
-    from haihe.cli import _client
 
-    with _client() as c:
+    with open_client() as c:
         owner, ds_name, version = parse_name(name, org)
         owner = _owner(c, owner)
         with _bar() as bar:
@@ -241,13 +232,12 @@ def share(name: Annotated[str, typer.Argument(help="[OWNER/]NAME")],
           target: Annotated[str, typer.Option("--org", help="The org that may read it.")],
           revoke: Annotated[bool, typer.Option(help="Take the share back.")] = False, as_json: JsonOpt = False) -> None:
     """Let every member of another org read a dataset (owner org admins)."""
-    from haihe.cli import _client, _print
 
-    with _client() as c:
+    with open_client() as c:
         owner, ds_name, _ = parse_name(name, None)
         owner = _owner(c, owner)
         detail = (c.unshare_dataset if revoke else c.share_dataset)(owner, ds_name, target)
-    _print(detail, ["org", "name", "visibility", "shares"], as_json)
+    print_rows(detail, ["org", "name", "visibility", "shares"], as_json)
 
 
 @datasets_app.command("visibility")
@@ -255,22 +245,20 @@ def visibility(name: Annotated[str, typer.Argument(help="[ORG/]NAME")],
                value: Annotated[str, typer.Argument(help="private | org | public")], org: OrgOpt = None,
                as_json: JsonOpt = False) -> None:
     """Set who may read a dataset (owner org admins)."""
-    from haihe.cli import _client, _print
 
-    with _client() as c:
+    with open_client() as c:
         owner, ds_name, _ = parse_name(name, org)
-        _print(c.set_dataset_visibility(_owner(c, owner), ds_name, value), ["org", "name", "visibility"], as_json)
+        print_rows(c.set_dataset_visibility(_owner(c, owner), ds_name, value), ["org", "name", "visibility"], as_json)
 
 
 @datasets_app.command("rm")
 def rm(name: Annotated[str, typer.Argument(help="[ORG/]NAME")], org: OrgOpt = None,
        yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False, as_json: JsonOpt = False) -> None:
     """Delete a dataset: it disappears at once; its data is removed after the retention window."""
-    from haihe.cli import _client, _print
 
-    with _client() as c:
+    with open_client() as c:
         owner, ds_name, _ = parse_name(name, org)
         owner = _owner(c, owner)
         if not yes:
             typer.confirm(f"delete dataset {owner}/{ds_name}?", abort=True)
-        _print(c.delete_dataset(owner, ds_name), ["org", "name", "deleted_at", "purge_after"], as_json)
+        print_rows(c.delete_dataset(owner, ds_name), ["org", "name", "deleted_at", "purge_after"], as_json)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
-
-def _seg(value: str) -> str:
-    return quote(value, safe="")
+from haihe.client.http import seg
 
 
 def _ep(org: str, name: str) -> str:
-    return f"/api/v1/orgs/{_seg(org)}/endpoints/{_seg(name)}"
+    return f"/api/v1/orgs/{seg(org)}/endpoints/{seg(name)}"
 
 
 class EndpointsClientMixin:
@@ -24,7 +21,7 @@ class EndpointsClientMixin:
         """Deploy ``model`` (``org/name@alias`` or ``org/name:N``); options: scheduler, min_replicas, max_replicas,
         max_batch_size, batch_wait_ms, cpus_per_replica, rate_limit_per_s, rate_limit_burst, partition, gpus."""
         body = {"name": name, "model": model, **{k: v for k, v in options.items() if v is not None}}
-        return dict(self.request("POST", f"/api/v1/orgs/{_seg(org)}/endpoints", json=body))
+        return dict(self.request("POST", f"/api/v1/orgs/{seg(org)}/endpoints", json=body))
 
     def list_endpoints(self, org: str | None = None) -> list[dict[str, Any]]:
         params = {"org": org} if org else None

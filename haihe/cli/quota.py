@@ -8,9 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
+from haihe.cli.common import JsonOpt, open_client, print_rows
+
 quota_app = typer.Typer(help="Quotas: GPU/CPU-hours, storage, requests, concurrency.", no_args_is_help=True)
 usage_app = typer.Typer(help="Usage reports from the ledger.", no_args_is_help=True)
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?\s*$", re.IGNORECASE)
 _BAL_COLS = ["resource", "limit", "used", "reserved", "left", "fraction", "warning"]
 
@@ -29,14 +30,13 @@ def _scope(target: str) -> tuple[str, str | None]:
 
 
 def _show(q: dict[str, Any], as_json: bool) -> None:
-    from haihe.cli import _print
 
     if as_json:
         typer.echo(json.dumps(q, indent=2))
         return
-    _print(q["balances"], _BAL_COLS, False, title=f"{q['scope']} — {q['period']} (org {q['org_status']})")
+    print_rows(q["balances"], _BAL_COLS, False, title=f"{q['scope']} — {q['period']} (org {q['org_status']})")
     if q["events"]:
-        _print(q["events"], ["at", "resource", "level", "message"], False, title="quota events")
+        print_rows(q["events"], ["at", "resource", "level", "message"], False, title="quota events")
 
 
 @quota_app.command("set")
@@ -53,7 +53,6 @@ def quota_set(
     as_json: JsonOpt = False,
 ) -> None:
     """Set limits of an org (platform admins) or of a project inside it (org admins)."""
-    from haihe.cli import _client
 
     limits: dict[str, Any] = {"gpu_hours": gpu_hours, "cpu_hours": cpu_hours, "requests_per_month": requests,
                               "max_jobs": max_jobs, "max_gpus": max_gpus, "period": period, "warn_fraction": warn}
@@ -63,7 +62,7 @@ def quota_set(
     if not limits:
         raise typer.BadParameter("give at least one limit (see --help)")
     org, project = _scope(target)
-    with _client() as c:
+    with open_client() as c:
         _show(c.set_quota(org, project, **limits), as_json)
 
 
@@ -72,23 +71,21 @@ def quota_show(target: Annotated[str, typer.Argument(help="ORG or ORG/PROJECT")]
                month: Annotated[str | None, typer.Option(help="YYYY-MM (default: this month)")] = None,
                as_json: JsonOpt = False) -> None:
     """Limits, use, reservations and what is left."""
-    from haihe.cli import _client
 
     org, project = _scope(target)
-    with _client() as c:
+    with open_client() as c:
         _show(c.get_quota(org, project, month), as_json)
 
 
 def _sync(apply: bool, scheduler: str, as_json: bool) -> None:
-    from haihe.cli import _client, _print
 
-    with _client() as c:
+    with open_client() as c:
         report = c.quota_sync(scheduler, apply)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     if report["drift"]:
-        _print(report["drift"], ["account", "slurm", "platform"], False,
+        print_rows(report["drift"], ["account", "slurm", "platform"], False,
                title="changed" if apply else "drift (run `haihe admin quota sync` to fix)")
     typer.echo(f"in sync: {len(report['in_sync'])}; created: {len(report['created'])}; "
                f"updated: {len(report['updated'])}")
@@ -117,26 +114,24 @@ def usage_report(
     fmt: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
 ) -> None:
     """Usage per org, project, user and resource; training and inference side by side."""
-    from haihe.cli import _client, _print
 
     if fmt not in ("table", "csv", "json"):
         raise typer.BadParameter("--format must be table, csv or json")
-    with _client() as c:
+    with open_client() as c:
         data = c.usage_report(month, org, "csv" if fmt == "csv" else "json")
     if fmt == "csv":
         typer.echo(data, nl=False)
     elif fmt == "json":
         typer.echo(json.dumps(data, indent=2))
     else:
-        _print(data, ["org", "project", "user", "source", "resource", "amount", "unit"], False, title=month)
+        print_rows(data, ["org", "project", "user", "source", "resource", "amount", "unit"], False, title=month)
 
 
 def my_quota(project: Annotated[str | None, typer.Option(help="ORG/PROJECT; default: each of your orgs.")] = None,
              as_json: JsonOpt = False) -> None:
     """Your balances: what you may still use."""
-    from haihe.cli import _client
 
-    with _client() as c:
+    with open_client() as c:
         if project:
             org, proj = _scope(project)
             _show(c.get_quota(org, proj), as_json)
