@@ -6,10 +6,10 @@ The job's code runs under the node runtime (``python -m haihe.jobs.runtime``), w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from haihe.jobs.runtime.contract import DEFAULT_CHECKPOINT_KEEP, RuntimeEnv
 from haihe.jobs.spec import JobSpec
 from haihe.schedulers.base import Launch, Launcher, Resources
 
@@ -53,47 +53,35 @@ def job_experiment(org: str, project: str, custom: str | None) -> str:
 
 
 def runtime_env(spec: JobSpec, ctx: RenderContext) -> dict[str, str]:
-    env: dict[str, str] = {
-        "HAIHE_JOB_ID": ctx.job_id,
-        "HAIHE_JOB_ATTEMPT": str(ctx.attempt),
-        "HAIHE_ORG": ctx.org,
-        "HAIHE_PROJECT": ctx.project,
-        "HAIHE_USER": ctx.user,
-        "HAIHE_EXPERIMENT": job_experiment(ctx.org, ctx.project, spec.tracking.experiment),
-        "PYTHONUNBUFFERED": "1",
-    }
-    if ctx.mlflow_url:
-        env["MLFLOW_TRACKING_URI"] = ctx.mlflow_url
-    if ctx.mlflow_token:
-        env["MLFLOW_TRACKING_TOKEN"] = ctx.mlflow_token
-    if ctx.s3_endpoint:
-        env.update({
-            "HAIHE_S3_ENDPOINT": ctx.s3_endpoint,
-            "AWS_ENDPOINT_URL": ctx.s3_endpoint,
-            "AWS_DEFAULT_REGION": "us-east-1",
-        })
-        if ctx.storage_credentials_url and ctx.job_token:
-            env["HAIHE_STORAGE_CREDENTIALS_URL"] = ctx.storage_credentials_url
-            env["HAIHE_JOB_TOKEN"] = ctx.job_token
-    if ctx.code_uri:
-        env["HAIHE_CODE_URI"] = ctx.code_uri
-    if ctx.output_uri:
-        env["HAIHE_OUTPUT_URI"] = ctx.output_uri
-    env["HAIHE_DATASETS_BUCKET"] = ctx.datasets_bucket
-    if ctx.dataset and spec.dataset:
-        env["HAIHE_DATASET"] = ctx.dataset
-        env["HAIHE_DATASET_MOUNT"] = spec.dataset.mount
-    if spec.model:
-        env["HAIHE_FROM_ZOO"] = spec.model.from_zoo
-    if spec.registration:
-        env["HAIHE_REGISTER_AS"] = f"{ctx.org}/{spec.registration.name}"
-    if spec.checkpoint:
-        env["HAIHE_CHECKPOINT_EVERY"] = str(spec.checkpoint.every)
-        env["HAIHE_CHECKPOINT_KEEP"] = str(spec.checkpoint.keep)
-        if ctx.checkpoint_uri:
-            env["HAIHE_CHECKPOINT_URI"] = ctx.checkpoint_uri
-    if spec.sweep:
-        env["HAIHE_SWEEP"] = json.dumps(spec.sweep_points(), separators=(",", ":"))
+    """The job's environment: the runtime contract (:class:`RuntimeEnv`, written only here and read back on the node
+    with ``RuntimeEnv.from_environ``), then the platform's extras, then the user's own variables."""
+    brokered = bool(ctx.s3_endpoint and ctx.storage_credentials_url and ctx.job_token)
+    checkpoint = spec.checkpoint
+    contract = RuntimeEnv(
+        job_id=ctx.job_id,
+        attempt=ctx.attempt,
+        org=ctx.org,
+        project=ctx.project,
+        user=ctx.user,
+        experiment=job_experiment(ctx.org, ctx.project, spec.tracking.experiment),
+        tracking_uri=ctx.mlflow_url,
+        tracking_token=ctx.mlflow_token,
+        s3_endpoint=ctx.s3_endpoint,
+        credentials_url=ctx.storage_credentials_url if brokered else "",
+        job_token=ctx.job_token if brokered else "",
+        code_uri=ctx.code_uri or "",
+        output_uri=ctx.output_uri or "",
+        datasets_bucket=ctx.datasets_bucket,
+        dataset=ctx.dataset if ctx.dataset and spec.dataset else "",
+        dataset_mount=spec.dataset.mount if ctx.dataset and spec.dataset else "",
+        from_zoo=spec.model.from_zoo if spec.model else "",
+        register_as=f"{ctx.org}/{spec.registration.name}" if spec.registration else "",
+        checkpoint_every=checkpoint.every if checkpoint else 0,
+        checkpoint_keep=checkpoint.keep if checkpoint else DEFAULT_CHECKPOINT_KEEP,
+        checkpoint_uri=(ctx.checkpoint_uri or "") if checkpoint else "",
+        sweep=tuple(spec.sweep_points()) if spec.sweep else (),
+    )
+    env = contract.to_environ()
     env.update(ctx.extra_env)
     env.update(spec.env)  # user values last; reserved prefixes are refused by the spec
     return env

@@ -90,3 +90,39 @@ def test_exit_codes_are_distinct_and_described() -> None:
     assert describe_exit(137) == "killed by SIGKILL (out of memory, walltime or cancelled)"
     assert describe_exit(143) == "killed by SIGTERM"
     assert describe_exit(42) == "the program exited with code 42"
+
+
+def test_the_rendered_job_environment_is_the_contract_read_back_on_the_node() -> None:
+    """One writer, one reader: ``jobs.render`` writes a job's environment only through ``RuntimeEnv.to_environ``,
+    and the node's ``RuntimeEnv.from_environ`` reads back every fact the platform meant (was: a hand-written
+    dict beside the contract, which only tests used)."""
+    import ast
+    from pathlib import Path
+
+    from haihe.jobs import render
+    from haihe.jobs.spec import validate_spec
+
+    spec = validate_spec({"name": "t", "recipe": "finetune", "dataset": {"name": "acme/digits", "version": 3},
+                          "model": {"from_zoo": "public/base@production"}, "register": {"name": "tuned"},
+                          "checkpoint": {"every": 25, "keep": 4}, "sweep": {"lr": [0.1, 0.2]},
+                          "tracking": {"experiment": "ablation"}, "env": {"MY_FLAG": "1"}})
+    ctx = render.RenderContext(job_id="J1", org="acme", project="vision", user="ada", node_python="/usr/bin/python3",
+                               mlflow_url="http://api/mlflow", mlflow_token="tok-m", s3_endpoint="http://s3:9000",
+                               job_token="tok-j", storage_credentials_url="http://api/creds",
+                               code_uri="s3://code/b.tar.gz", checkpoint_uri="s3://ckpt/J1", dataset="acme/digits@v3",
+                               attempt=2, extra_env={"HAIHE_CACHE_DIR": "/scratch"})
+    environ = render.render_launch(spec, ctx).env
+    back = RuntimeEnv.from_environ(environ)
+    assert (back.job_id, back.attempt, back.org, back.project, back.user) == ("J1", 2, "acme", "vision", "ada")
+    assert back.experiment == "acme/vision/ablation" and back.tracking_uri == "http://api/mlflow"
+    assert back.tracking_token == "tok-m" and back.job_token == "tok-j" and back.credentials_url == "http://api/creds"
+    assert back.dataset == "acme/digits@v3" and back.from_zoo == "public/base@production"
+    assert back.register_as == "acme/tuned" and back.code_uri == "s3://code/b.tar.gz"
+    assert (back.checkpoint_uri, back.checkpoint_every, back.checkpoint_keep) == ("s3://ckpt/J1", 25, 4)
+    assert [dict(p) for p in back.sweep] == [{"lr": 0.1}, {"lr": 0.2}] and back.cache_dir == "/scratch"
+    assert environ["MY_FLAG"] == "1" and environ["AWS_ENDPOINT_URL"] == "http://s3:9000"
+    assert "tok-m" not in repr(back) and "tok-j" not in repr(back)
+    source = ast.parse(Path(render.__file__).read_text())
+    written = [n.value for n in ast.walk(source) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+               and n.value.startswith(("HAIHE_", "MLFLOW_", "AWS_"))]
+    assert written == [], f"jobs/render.py writes contract variables itself: {written}"

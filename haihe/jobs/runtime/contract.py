@@ -1,10 +1,10 @@
 """The contract between the platform and the job runtime: environment variables in, exit codes out.
 
-The platform (the jobs service, when it renders a spec into a Launch) builds a :class:`RuntimeEnv` and passes
-``to_environ()`` as the job's environment; the runtime on the compute node reads it back with
-``RuntimeEnv.from_environ()``. When the job ends, the reconciler turns its exit code into a reason with
-:func:`describe_exit`. This module is a leaf (standard library and ``haihe.errors`` only), so the platform may
-import it without pulling in torch or MLflow.
+The platform (``haihe.jobs.render``, when it renders a spec into a Launch) builds a :class:`RuntimeEnv` and passes
+``to_environ()`` as the job's environment (the one writer of these variables); the runtime on the compute node
+reads it back with ``RuntimeEnv.from_environ()``. When the job ends, the reconciler turns its exit code into a
+reason with :func:`describe_exit`. This module is a leaf (standard library and ``haihe.errors`` only), so the
+platform may import it without pulling in torch or MLflow.
 
 =========================  ==============================================================================
 variable                   meaning
@@ -15,6 +15,7 @@ HAIHE_PROJECT              project name (tag ``haihe.project``)
 HAIHE_USER                 submitting user (tag ``haihe.user``)
 HAIHE_EXPERIMENT           MLflow experiment, ``<org>/<project>`` by default
 MLFLOW_TRACKING_URI        MLflow server (unset: no tracking, a warning)
+MLFLOW_TRACKING_TOKEN      the job's credential at the platform's MLflow proxy (read by the MLflow client itself)
 HAIHE_DATASET              dataset version ``org/name@vN`` (optional; ``@latest`` or no ``@``: the newest)
 HAIHE_DATASET_MOUNT        path where the staged version appears (a symlink into the cache; optional)
 HAIHE_DATASETS_BUCKET      bucket holding datasets (default ``haihe-datasets``)
@@ -256,6 +257,7 @@ class RuntimeEnv:
     user: str = ""  # HAIHE_USER
     experiment: str = ""  # HAIHE_EXPERIMENT (default "<org>/<project>", else "haihe")
     tracking_uri: str = ""  # MLFLOW_TRACKING_URI
+    tracking_token: str = field(default="", repr=False)  # MLFLOW_TRACKING_TOKEN
     dataset: str = ""  # HAIHE_DATASET  org/name@vN
     dataset_mount: str = ""  # HAIHE_DATASET_MOUNT
     datasets_bucket: str = DEFAULT_DATASETS_BUCKET  # HAIHE_DATASETS_BUCKET
@@ -287,6 +289,7 @@ class RuntimeEnv:
         "user": "HAIHE_USER",
         "experiment": "HAIHE_EXPERIMENT",
         "tracking_uri": "MLFLOW_TRACKING_URI",
+        "tracking_token": "MLFLOW_TRACKING_TOKEN",
         "dataset": "HAIHE_DATASET",
         "dataset_mount": "HAIHE_DATASET_MOUNT",
         "datasets_bucket": "HAIHE_DATASETS_BUCKET",
@@ -353,8 +356,11 @@ class RuntimeEnv:
         )
 
     def to_environ(self) -> dict[str, str]:
-        """The variables to put in a job's environment (empty values are left out)."""
-        out: dict[str, str] = {}
+        """The variables to put in a job's environment (empty values are left out), with what third-party clients
+        in the job read for the same facts: boto3's endpoint and region, and unbuffered output for the log."""
+        out: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
+        if self.s3_endpoint:
+            out.update({"AWS_ENDPOINT_URL": self.s3_endpoint, "AWS_DEFAULT_REGION": "us-east-1"})
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None or value == "" or (f.name in ("params", "sweep", "stop_check_every") and not value):
