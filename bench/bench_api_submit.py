@@ -133,7 +133,7 @@ def under_logging(http: httpx.Client, url: str, mlflow_url: str, secret: str, lo
     import asyncio
     import threading
 
-    from haihe.platform.mlflow_proxy import JobScope, issue_token
+    from haihe.platform.tracking.proxy import JobScope, issue_token
 
     ids: list[str] = []
     cursor = None

@@ -62,9 +62,9 @@ def _submit_many(url: str, headers: dict[str, str], n: int) -> tuple[list[float]
 def _mint(url: str, job_id: str, n: int) -> list[float]:
     """The storage-credentials call a starting job makes (STS AssumeRole behind the platform), with the job's token
     as the platform renders it (the bench's API runs with the development secret)."""
-    from haihe.platform.mlflow_proxy import JobScope, issue_token
+    from haihe.platform.datasets.credentials import credentials_url
     from haihe.platform.settings import DEV_SECRET
-    from haihe.platform.storage_credentials import credentials_url
+    from haihe.platform.tracking.proxy import JobScope, issue_token
 
     token = issue_token(DEV_SECRET, JobScope(job_id, "acme", "vision"))
     out = []

@@ -25,8 +25,8 @@ from sqlalchemy import insert
 from haihe.cluster.ports import PortPlan
 from haihe.cluster.slurm import SlurmCluster, cluster_down, cluster_up
 from haihe.platform.context import PlatformContext
+from haihe.platform.jobs.reconciler import CycleReport, Reconciler
 from haihe.platform.models import Job, Membership, Org, Project, User, utcnow
-from haihe.platform.reconciler import CycleReport, Reconciler
 from haihe.platform.settings import Settings
 from haihe.schedulers.base import JobState
 from haihe.schedulers.slurm.scheduler import SlurmScheduler

@@ -187,7 +187,7 @@ def _first_admin(options: EmbeddedOptions, url: str, echo: Echo) -> None:
 
 def _seed_zoo(stack: Any, home: Path, echo: Echo) -> None:
     """First run: register public/minilm-l6 in the background (~13 s; a separate process, so Ctrl-C stays quick)."""
-    from haihe.platform.zoo_seed import start_in_background
+    from haihe.platform.zoo.seed import start_in_background
 
     if start_in_background(stack.endpoints().get("mlflow", ""), home) is not None:
         echo(f"  zoo: seeding public/minilm-l6 in the background (log: {home / 'zoo-seed.log'})")

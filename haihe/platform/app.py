@@ -12,29 +12,26 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from haihe import __version__
-from haihe.platform.api import (
-    auth,
-    cluster,
-    datasets,
-    endpoints,
-    errors,
-    jobs,
-    keys,
-    mlflow_proxy,
-    quotas,
-    storage_credentials,
-    system,
-    tenancy,
-    zoo,
-)
+from haihe.platform.api import errors, system
 from haihe.platform.api.limits import BodyLimit
 from haihe.platform.context import PlatformContext
+from haihe.platform.datasets import credentials_router as storage_credentials
+from haihe.platform.datasets import router as datasets
+from haihe.platform.endpoints import router as endpoints
 from haihe.platform.gateway import routes as gateway_routes
 from haihe.platform.gateway.hub import EndpointsHub
+from haihe.platform.identity import auth_router as auth
+from haihe.platform.identity import keys_router as keys
+from haihe.platform.identity import tenancy_router as tenancy
+from haihe.platform.jobs import cluster_router as cluster
+from haihe.platform.jobs import router as jobs
+from haihe.platform.jobs.reconciler import PeriodicThread, ReconcilerThread
 from haihe.platform.lease import LeaderLease
 from haihe.platform.metrics import Metrics, MetricsMiddleware
-from haihe.platform.reconciler import PeriodicThread, ReconcilerThread
+from haihe.platform.quotas import router as quotas
 from haihe.platform.settings import Settings
+from haihe.platform.tracking import router as mlflow_proxy
+from haihe.platform.zoo import router as zoo
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +96,7 @@ def create_platform_app(settings: Settings | None = None, *, migrate: bool = Tru
 
 def _maintenance(app: FastAPI) -> None:
     """Dataset GC past the retention window and expiry of abandoned uploads."""
-    from haihe.platform.datasets_service import DatasetStorage, collect_garbage
+    from haihe.platform.datasets.service import DatasetStorage, collect_garbage
 
     ctx: PlatformContext = app.state.ctx
     storage = getattr(app.state, "dataset_storage", None)

@@ -9,8 +9,8 @@ from typing import Any, TypeVar, cast
 
 from haihe.errors import InvalidInput
 from haihe.platform.db import Database
-from haihe.platform.quota_gate import QuotaGate
-from haihe.platform.quotas import LedgerQuotaGate
+from haihe.platform.quotas.gate import QuotaGate
+from haihe.platform.quotas.ledger import LedgerQuotaGate
 from haihe.platform.settings import Settings
 from haihe.schedulers.base import Scheduler
 from haihe.schedulers.registry import SchedulerRegistry

@@ -45,7 +45,7 @@ def _zoo_services(page: Page) -> Any:
     """The app's zoo services (MLflow + registry), or None when this platform has no tracking configured."""
     if service("zoo") is None or not page.ctx.settings.mlflow_url:
         return None
-    from haihe.platform.api.zoo import get_services
+    from haihe.platform.zoo.router import get_services
 
     try:
         return get_services(page.request, page.ctx)
@@ -59,7 +59,7 @@ def headline_metrics(page: Page, job_ids: list[str]) -> dict[str, dict[str, Any]
     services = _zoo_services(page)
     if services is None or not job_ids:
         return {}
-    from haihe.platform import zoo
+    from haihe.platform.zoo import service as zoo
 
     out: dict[str, dict[str, Any]] = {}
     for job_id in job_ids[:MAX_HEADLINE_JOBS]:
@@ -82,7 +82,7 @@ def job_metrics(page: Page, job_id: str, session: Session | None = None) -> dict
     services = _zoo_services(page)
     if services is None:
         return {}
-    from haihe.platform import zoo
+    from haihe.platform.zoo import service as zoo
 
     try:
         runs = zoo.job_metrics(services, session or page.session, page.principal, job_id)
@@ -108,7 +108,7 @@ def run_links(page: Page, job_id: str) -> dict[str, Any]:
     import json
     from urllib.parse import quote
 
-    from haihe.platform import zoo
+    from haihe.platform.zoo import service as zoo
 
     try:
         runs = zoo.job_runs(services, page.session, page.principal, job_id)

@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from haihe.platform.cluster_status import scheduler_infos
 from haihe.platform.context import PlatformContext
+from haihe.platform.jobs.cluster_status import scheduler_infos
 from haihe.platform.models import Job, LedgerEntry
 from haihe.schedulers.base import ClusterInfo, JobState
 

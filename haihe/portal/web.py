@@ -24,10 +24,12 @@ from sqlalchemy.orm import Session
 
 from haihe import __version__
 from haihe.errors import HaiheError, ServiceUnavailable
-from haihe.platform import audit, identity, security
+from haihe.platform import audit
 from haihe.platform.access import Principal
 from haihe.platform.api.deps import CSRF_HEADER, SESSION_COOKIE, client_ip
 from haihe.platform.context import PlatformContext
+from haihe.platform.identity import security
+from haihe.platform.identity import service as identity
 from haihe.platform.models import Role
 from haihe.portal.i18n import LANG_COOKIE, LANGUAGES, Translator, negotiate
 

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from haihe.platform.context import PlatformContext
-from haihe.platform.reconciler import Reconciler
+from haihe.platform.jobs.reconciler import Reconciler
 from haihe.platform.settings import Settings
 from tests.browser.demo_scheduler import DemoScheduler
 from tests.fixtures.platform import PASSWORD, Tenancy

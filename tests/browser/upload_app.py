@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from haihe.datasets.store import MinioStore
 from haihe.datasets.upload import MIN_PART_SIZE
-from haihe.platform.datasets_service import DatasetStorage
+from haihe.platform.datasets.service import DatasetStorage
 from tests.browser import app_factory
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from haihe.cluster.mlflow_server import MlflowServer
 from haihe.model_zoo import ModelZoo
-from haihe.platform.endpoint_rows import Endpoint
+from haihe.platform.endpoints.rows import Endpoint
 from tests.fixtures.platform import bearer
 from tests.integration.endpoint_stack import Platform, platform_process
 from tests.integration.test_endpoints_ray import register_digits

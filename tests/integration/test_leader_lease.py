@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 
 from haihe.platform.context import PlatformContext
 from haihe.platform.db import Database
+from haihe.platform.jobs.reconciler import PeriodicThread, Reconciler
 from haihe.platform.lease import LeaderLease
 from haihe.platform.models import Job, utcnow
-from haihe.platform.reconciler import PeriodicThread, Reconciler
 from haihe.platform.settings import Settings
 from haihe.schedulers.base import JobState
 from tests.fixtures.fake_scheduler import FakeFactory, FakeScheduler

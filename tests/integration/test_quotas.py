@@ -15,11 +15,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from haihe.errors import QuotaExceeded
-from haihe.platform import identity, jobs, quotas
 from haihe.platform.access import Principal
 from haihe.platform.context import PlatformContext
+from haihe.platform.identity import service as identity
+from haihe.platform.jobs import service as jobs
+from haihe.platform.jobs.reconciler import Reconciler
 from haihe.platform.models import AuditEvent, Job, LedgerEntry, QuotaEvent
-from haihe.platform.reconciler import Reconciler
+from haihe.platform.quotas import ledger as quotas
 from haihe.platform.settings import Settings
 from haihe.schedulers.base import JobState
 from tests.fixtures.fake_scheduler import FakeFactory, FakeScheduler

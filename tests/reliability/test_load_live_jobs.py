@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from haihe.platform.context import PlatformContext
+from haihe.platform.jobs.reconciler import Reconciler
 from haihe.platform.models import Job, JobEvent, Membership, Org, Project, User, utcnow
-from haihe.platform.reconciler import Reconciler
 from haihe.platform.settings import Settings
 from haihe.schedulers.base import JobState
 from haihe.schedulers.slurm.scheduler import SlurmScheduler

@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 
 from haihe.datasets.memory import MemoryStore, MemoryTransport
 from haihe.datasets.push import push
-from haihe.platform import datasets_service as svc
 from haihe.platform.context import PlatformContext
+from haihe.platform.datasets import service as svc
 from haihe.platform.settings import Settings
 from tests.fixtures.fake_scheduler import FakeFactory
 from tests.fixtures.figures import Figures

@@ -21,9 +21,9 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from haihe.platform import datasets_service as svc
 from haihe.platform.api.deps import CSRF_COOKIE
 from haihe.platform.context import PlatformContext
+from haihe.platform.datasets import service as svc
 from haihe.platform.settings import Settings
 from haihe.portal.web import CSRF_FIELD, PortalRoute
 from tests.fixtures.fake_scheduler import FakeFactory

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from haihe.platform import security
+from haihe.platform.identity import security
 from haihe.platform.models import AuditEvent, Credential
 from haihe.platform.settings import Settings
 from tests.fixtures.platform import PASSWORD, Tenancy, bearer

@@ -20,11 +20,11 @@ from haihe.client.datasets import DatasetsClientMixin, HttpUploadBackend
 from haihe.datasets.memory import MemoryStore, MemoryTransport
 from haihe.datasets.push import pull, push
 from haihe.errors import StorageUnavailable
-from haihe.platform import datasets_service as svc
-from haihe.platform import quotas
 from haihe.platform.context import PlatformContext
-from haihe.platform.dataset_rows import Dataset
+from haihe.platform.datasets import service as svc
+from haihe.platform.datasets.rows import Dataset
 from haihe.platform.models import AuditEvent, Job, Org, Project, User
+from haihe.platform.quotas import ledger as quotas
 from haihe.platform.settings import Settings
 from tests.fixtures.platform import Tenancy, unique
 

@@ -61,4 +61,4 @@ def test_every_file_and_module_a_doc_names_exists() -> None:
 def test_the_check_catches_a_stale_reference() -> None:
     assert unresolved("see haihe/schedulers/ray/watchdog.py and haihe.schedulers.walltime.stop_overdue") == [
         "haihe/schedulers/ray/watchdog.py", "haihe.schedulers.walltime.stop_overdue"]
-    assert unresolved("haihe.schedulers.walltime.overdue, tag haihe.org, haihe/platform/reconciler.py") == []
+    assert unresolved("haihe.schedulers.walltime.overdue, tag haihe.org, haihe/platform/jobs/reconciler.py") == []

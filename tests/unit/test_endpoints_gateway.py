@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from haihe.platform.endpoint_rows import EndpointUsage
+from haihe.platform.endpoints.rows import EndpointUsage
 from haihe.platform.gateway.config import GatewayConfig
 from haihe.platform.gateway.hub import EndpointsHub
 from haihe.platform.models import LedgerEntry

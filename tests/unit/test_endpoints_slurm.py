@@ -143,7 +143,7 @@ def test_renewed_before_the_walltime_with_overlap(env: Any) -> None:
     with hub.ctx.db.session() as s:  # the job has been running for 59 of its 60 minutes
         from sqlalchemy import select
 
-        from haihe.platform.endpoint_rows import Endpoint
+        from haihe.platform.endpoints.rows import Endpoint
 
         ep = s.scalar(select(Endpoint))
         assert ep is not None

@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from haihe.platform.context import PlatformContext
-from haihe.platform.jobs import launch_for
+from haihe.platform.jobs.reconciler import Reconciler
+from haihe.platform.jobs.service import launch_for
 from haihe.platform.models import Job
-from haihe.platform.reconciler import Reconciler
 from haihe.platform.settings import Settings
 from haihe.schedulers.base import JobState, JobStatus, Launch
 from tests.fixtures.fake_scheduler import FakeFactory, FakeJob, FakeScheduler

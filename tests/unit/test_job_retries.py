@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from haihe.platform.context import PlatformContext
+from haihe.platform.jobs.reconciler import Reconciler
 from haihe.platform.models import LedgerEntry
-from haihe.platform.reconciler import Reconciler
 from haihe.platform.settings import Settings
 from haihe.schedulers.base import JobState
 from tests.fixtures.fake_scheduler import FakeFactory, FakeScheduler

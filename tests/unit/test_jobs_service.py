@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from haihe.platform import jobs
 from haihe.platform.context import PlatformContext
+from haihe.platform.jobs import service as jobs
+from haihe.platform.jobs.reconciler import MISSES_BEFORE_LOST, Reconciler
 from haihe.platform.models import Job
-from haihe.platform.reconciler import MISSES_BEFORE_LOST, Reconciler
 from haihe.platform.settings import Settings
 from haihe.schedulers.base import JobState
 from tests.fixtures.fake_scheduler import FakeFactory, FakeScheduler

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from haihe.errors import AuthenticationRequired
-from haihe.platform.mlflow_proxy import (
+from haihe.platform.tracking.proxy import (
     Call,
     Decision,
     JobScope,

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import event
 
 from haihe.errors import AuthenticationRequired
-from haihe.platform.api.mlflow_proxy import SCOPE_TTL_S, ProxyCache, _job_scope_state
-from haihe.platform.mlflow_proxy import ENDED_GRACE_S, JobScope
 from haihe.platform.models import Job
+from haihe.platform.tracking.proxy import ENDED_GRACE_S, JobScope
+from haihe.platform.tracking.router import SCOPE_TTL_S, ProxyCache, _job_scope_state
 from tests.unit import test_jobs_service
 from tests.unit.test_jobs_service import Env
 

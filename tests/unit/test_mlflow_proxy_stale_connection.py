@@ -9,7 +9,7 @@ import asyncio
 import httpx
 import pytest
 
-from haihe.platform.api.mlflow_proxy import _send
+from haihe.platform.tracking.router import _send
 
 
 def _flaky(fail_first: int) -> tuple[httpx.AsyncClient, list[str]]:

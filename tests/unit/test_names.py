@@ -10,7 +10,7 @@ from haihe.datasets import layout
 from haihe.errors import InvalidInput
 from haihe.jobs.spec import validate_spec
 from haihe.model_zoo import names as zoo_names
-from haihe.platform import identity
+from haihe.platform.identity import service as identity
 
 RESOURCE_OK = ["cats_v1", "resnet.50", "a", "x-y_z.1", "0abc"]
 RESOURCE_BAD = ["Cats", "_x", "x_", "a..b", "", "a/b", "a" * 65, "ü", "a b"]

@@ -297,7 +297,7 @@ def test_admin_pages_are_for_admins_and_reports_work(portal: Portal) -> None:
 def test_sharing_with_a_mistyped_org_says_so_at_the_field_and_the_receiver_sees_it_shared(portal: Portal) -> None:
     """Issue 17: a mistyped org replaced the page with a 404; the receiving org saw "private"."""
     from haihe.datasets.memory import MemoryStore
-    from haihe.platform import datasets_service
+    from haihe.platform.datasets import service as datasets_service
 
     portal.app.state.dataset_storage = datasets_service.DatasetStorage.for_store(MemoryStore())
     org_a, _pa, _ua = _setup_org(portal)

@@ -12,7 +12,8 @@ from haihe.portal.i18n import Translator
 from haihe.portal.timeline import timeline
 
 AT = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
-# (kind, job state then, stored English message, data) as platform/jobs.py and platform/reconciler.py write them
+# (kind, job state then, stored English message, data) as platform/jobs/service.py and platform/jobs/reconciler.py
+# write them
 EVENTS = [
     ("created", "PENDING", "job digits created", {"scheduler": "slurm"}),
     ("submit_deferred", "PENDING", "slurm unavailable: connection refused", {}),

@@ -21,14 +21,14 @@ from fastapi.testclient import TestClient
 
 from haihe.model_zoo import Lineage, ModelZoo
 from haihe.model_zoo.tracking import TrackingClient
-from haihe.platform import zoo as zoo_svc
-from haihe.platform import zoo_catalog
 from haihe.platform.context import PlatformContext
-from haihe.platform.endpoint_rows import Endpoint, EndpointUsage
+from haihe.platform.endpoints.rows import Endpoint, EndpointUsage
 from haihe.platform.gateway.config import GatewayConfig
 from haihe.platform.gateway.hub import EndpointsHub
 from haihe.platform.models import Credential
 from haihe.platform.settings import Settings
+from haihe.platform.zoo import catalog as zoo_catalog
+from haihe.platform.zoo import service as zoo_svc
 from haihe.portal.routes.zoo import lineage_graph
 from tests.browser.demo_scheduler import DemoScheduler
 from tests.browser.portal_support import csrf_of

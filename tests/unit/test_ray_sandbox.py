@@ -8,7 +8,7 @@ import pytest
 
 from haihe.errors import InvalidInput, PermissionDenied
 from haihe.jobs.spec import JobSpec
-from haihe.platform import ray_policy
+from haihe.platform.jobs import ray_policy
 from haihe.platform.settings import Settings
 from haihe.schedulers.base import Launch, Launcher, Resources
 from haihe.schedulers.ray import translate

@@ -12,7 +12,7 @@ import pytest
 from haihe.errors import PermissionDenied
 from haihe.jobs.render import render_launch
 from haihe.jobs.spec import validate_spec
-from haihe.platform.storage_credentials import (
+from haihe.platform.datasets.credentials import (
     JobClock,
     JobGrant,
     deadline_for,
@@ -112,7 +112,7 @@ ROOT_KEY, ROOT_SECRET = "haiheROOTKEY", "root-secret-0123456789abcdef"
 def test_no_rendered_job_carries_the_platforms_keys(scheduler: str, launcher: str) -> None:
     """The platform's settings hold the keys; the job service's rendering, the sbatch script and Ray's job
     submission built from it carry neither value, only the job's token and the broker's URL."""
-    from haihe.platform.jobs import _render_context
+    from haihe.platform.jobs.service import _render_context
     from haihe.platform.settings import Settings
 
     settings = Settings(database_url="sqlite://", s3_endpoint="http://s3:9000", s3_access_key=ROOT_KEY,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from haihe.platform.quotas import REPORT_COLUMNS, report_csv
+from haihe.platform.quotas.ledger import REPORT_COLUMNS, report_csv
 
 
 def _rows(text: str) -> list[dict[str, str]]:

@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 
 from haihe.model_zoo import Lineage, ModelZoo
 from haihe.model_zoo.tracking import TrackingClient
-from haihe.platform import zoo_catalog as svc
 from haihe.platform.context import PlatformContext
 from haihe.platform.models import Job
 from haihe.platform.settings import Settings
+from haihe.platform.zoo import catalog as svc
 from tests.fixtures.fake_scheduler import FakeFactory
 from tests.fixtures.platform import Tenancy
 from tests.unit.test_model_zoo_names import card_dict
@@ -201,7 +201,7 @@ def test_a_job_naming_a_zoo_model_it_cannot_read_is_refused_before_anything_is_s
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy import func, select
 
-    from haihe.platform import jobs
+    from haihe.platform.jobs import service as jobs
     from haihe.platform.models import LedgerEntry
 
     monkeypatch.setattr(jobs, "_require_tracking", lambda ctx, spec: None)  # MLflow itself is the fake here

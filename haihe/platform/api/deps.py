@@ -13,9 +13,11 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from haihe.errors import AuthenticationRequired, PermissionDenied
-from haihe.platform import access, audit, identity, security
+from haihe.platform import access, audit
 from haihe.platform.access import Principal
 from haihe.platform.context import PlatformContext
+from haihe.platform.identity import security
+from haihe.platform.identity import service as identity
 
 SESSION_COOKIE = "haihe_session"
 CSRF_COOKIE = "haihe_csrf"

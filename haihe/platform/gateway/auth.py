@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 
 from haihe.errors import AuthenticationRequired, PermissionDenied
-from haihe.platform import identity
 from haihe.platform.access import Principal
 from haihe.platform.db import Database
+from haihe.platform.identity import service as identity
 
 _MAX_ENTRIES = 50_000
 

@@ -14,10 +14,10 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from haihe.errors import NotFound, PayloadTooLarge, ServiceUnavailable
-from haihe.platform import security
 from haihe.platform.access import Principal
 from haihe.platform.gateway.auth import bearer, check_principal, check_scope
 from haihe.platform.gateway.hub import SERVABLE, EndpointsHub, Route
+from haihe.platform.identity import security
 
 
 def hub_of(request: Request) -> EndpointsHub:

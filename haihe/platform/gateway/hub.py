@@ -18,9 +18,9 @@ from sqlalchemy.orm import selectinload
 
 from haihe.errors import InvalidInput
 from haihe.model_zoo.names import ZooRef
-from haihe.platform import endpoint_quota
 from haihe.platform.context import PlatformContext
-from haihe.platform.endpoint_rows import Endpoint
+from haihe.platform.endpoints import quota as endpoint_quota
+from haihe.platform.endpoints.rows import Endpoint
 from haihe.platform.gateway.auth import KeyCache
 from haihe.platform.gateway.config import GatewayConfig
 from haihe.platform.gateway.contract import ModelContract, from_task, load_contract
@@ -30,7 +30,7 @@ from haihe.platform.gateway.runtimes import ServingRuntime
 from haihe.platform.gateway.shared_buckets import SharedTokenBuckets
 from haihe.platform.gateway.supervisor import Step, serving_target
 from haihe.platform.lease import LeaderLease
-from haihe.platform.mlflow_proxy import serving_tracking
+from haihe.platform.tracking.proxy import serving_tracking
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from haihe.platform import quotas
 from haihe.platform.db import Database
-from haihe.platform.endpoint_rows import Endpoint, EndpointUsage
+from haihe.platform.endpoints.rows import Endpoint, EndpointUsage
 from haihe.platform.gateway.limits import QuotaBook
 from haihe.platform.models import Quota, utcnow
+from haihe.platform.quotas import ledger as quotas
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 from haihe.errors import HaiheError
 from haihe.jobs.serving.predictor import ServeConfig
 from haihe.model_zoo.names import ZooRef
-from haihe.platform.endpoint_rows import Endpoint
+from haihe.platform.endpoints.rows import Endpoint
 from haihe.platform.gateway.runtimes import DeployPlan, ServingRuntime
 from haihe.platform.models import utcnow
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-import haihe.platform.dataset_rows
-import haihe.platform.endpoint_rows  # noqa: F401 - the endpoint tables
+import haihe.platform.datasets.rows
+import haihe.platform.endpoints.rows  # noqa: F401 - the endpoint tables
 from haihe.platform import models  # noqa: F401 - registers every table on Base.metadata
 from haihe.platform.db import Base
 

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, Response
 
 from haihe.errors import HaiheError, PermissionDenied
-from haihe.platform import identity, quotas
+from haihe.platform.identity import service as identity
 from haihe.platform.models import Role, Status
+from haihe.platform.quotas import ledger as quotas
 from haihe.portal.forms import FormErrors, form_field
 from haihe.portal.summaries import quota_bars
 from haihe.portal.web import Page, PortalRoute, SignedIn, redirect

@@ -11,8 +11,10 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from haihe import names
 from haihe.errors import PermissionDenied
-from haihe.platform import audit, jobs, quotas
+from haihe.platform import audit
+from haihe.platform.jobs import service as jobs
 from haihe.platform.models import Role
+from haihe.platform.quotas import ledger as quotas
 from haihe.portal.routes.admin import require_admin_area
 from haihe.portal.summaries import describe_all, job_row
 from haihe.portal.web import Page, PortalRoute, SignedIn

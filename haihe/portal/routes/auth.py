@@ -11,10 +11,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 
 from haihe.errors import AuthenticationRequired, RateLimited
-from haihe.platform import identity
-from haihe.platform.api.auth import set_session_cookies
 from haihe.platform.api.deps import CSRF_COOKIE, SESSION_COOKIE, client_ip
 from haihe.platform.context import PlatformContext
+from haihe.platform.identity import service as identity
+from haihe.platform.identity.auth_router import set_session_cookies
 from haihe.platform.models import CredentialKind
 from haihe.portal.i18n import LANG_COOKIE, LANGUAGES
 from haihe.portal.web import DbSession, PortalRoute, SignedIn, redirect, render_template, safe_next, translator_for

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from haihe.platform import cluster_status
+from haihe.platform.jobs import cluster_status
 from haihe.portal.summaries import describe_all
 from haihe.portal.web import PortalRoute, SignedIn
 

@@ -6,7 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 from haihe.errors import HaiheError
-from haihe.platform import identity, jobs, quotas
+from haihe.platform.identity import service as identity
+from haihe.platform.jobs import service as jobs
+from haihe.platform.quotas import ledger as quotas
 from haihe.portal import extensions
 from haihe.portal.summaries import ACTIVE_STATES, job_row, quota_bars
 from haihe.portal.web import PortalRoute, SignedIn

@@ -13,9 +13,9 @@ from fastapi.responses import HTMLResponse, Response
 
 from haihe import names
 from haihe.errors import HaiheError
-from haihe.platform import datasets_service as svc
-from haihe.platform import identity
-from haihe.platform.api.datasets import get_storage
+from haihe.platform.datasets import service as svc
+from haihe.platform.datasets.router import get_storage
+from haihe.platform.identity import service as identity
 from haihe.portal.forms import FormErrors
 from haihe.portal.web import Page, PortalRoute, SignedIn, redirect
 

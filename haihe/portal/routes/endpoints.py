@@ -14,10 +14,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from haihe.errors import HaiheError, InvalidInput
-from haihe.platform import endpoints as svc
-from haihe.platform import identity
-from haihe.platform.endpoint_rows import Endpoint
+from haihe.platform.endpoints import service as svc
+from haihe.platform.endpoints.rows import Endpoint
 from haihe.platform.gateway.hub import EndpointsHub
+from haihe.platform.identity import service as identity
 from haihe.portal.forms import FormErrors
 from haihe.portal.web import Page, PortalRoute, SignedIn, redirect
 
@@ -116,8 +116,9 @@ def example_tensor(ep: Endpoint, input_shape: list[int] | None = None) -> dict[s
 def _row_shape(page: Page, ep: Endpoint) -> list[int] | None:
     """The shape of one input row of the served version: from its card's first tensor input, else from the
     built-in recipe that trained it (recipes register no card). None when neither says."""
-    from haihe.platform import jobs, zoo_catalog
-    from haihe.platform.api.zoo import get_services
+    from haihe.platform.jobs import service as jobs
+    from haihe.platform.zoo import catalog as zoo_catalog
+    from haihe.platform.zoo.router import get_services
 
     try:
         ref = f"{ep.model_ref.split('@')[0].split(':')[0]}:{ep.model_version}"

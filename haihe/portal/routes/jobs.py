@@ -14,9 +14,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
 
 from haihe.errors import HaiheError, ServiceUnavailable
-from haihe.platform import identity, jobs
 from haihe.platform.access import Principal
 from haihe.platform.context import PlatformContext
+from haihe.platform.identity import service as identity
+from haihe.platform.jobs import service as jobs
 from haihe.platform.models import Job
 from haihe.portal import extensions
 from haihe.portal.summaries import STATE_TONE, job_charges, job_row
@@ -80,8 +81,8 @@ def produced_versions(page: Page, job: Job) -> list[dict[str, Any]]:
     target = (job.spec.get("register") or {}).get("name") if isinstance(job.spec.get("register"), dict) else None
     if not target or job.state != JobState.SUCCEEDED.value or not page.ctx.settings.mlflow_url:
         return []
-    from haihe.platform import zoo_catalog
-    from haihe.platform.api.zoo import get_services
+    from haihe.platform.zoo import catalog as zoo_catalog
+    from haihe.platform.zoo.router import get_services
 
     ref = f"{job.org.name}/{target}"
     try:

@@ -11,9 +11,11 @@ from fastapi.responses import HTMLResponse, Response
 
 from haihe.errors import HaiheError, InvalidInput, QuotaExceeded
 from haihe.names import LAUNCHERS, RECIPES
-from haihe.platform import identity, jobs, quotas
-from haihe.platform.code import MAX_CODE_BYTES
-from haihe.platform.quotas import job_need
+from haihe.platform.identity import service as identity
+from haihe.platform.jobs import service as jobs
+from haihe.platform.jobs.code import MAX_CODE_BYTES
+from haihe.platform.quotas import ledger as quotas
+from haihe.platform.quotas.ledger import job_need
 from haihe.portal.forms import (
     DEFAULTS,
     SOURCES,

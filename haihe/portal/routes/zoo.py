@@ -16,10 +16,10 @@ from fastapi.responses import HTMLResponse, Response
 
 from haihe.errors import HaiheError, InvalidInput
 from haihe.model_zoo import ZooModelDetail
-from haihe.platform import endpoints as endpoint_svc
-from haihe.platform import zoo as svc
-from haihe.platform import zoo_catalog
-from haihe.platform.api.zoo import get_services
+from haihe.platform.endpoints import service as endpoint_svc
+from haihe.platform.zoo import catalog as zoo_catalog
+from haihe.platform.zoo import service as svc
+from haihe.platform.zoo.router import get_services
 from haihe.portal.forms import FormErrors
 from haihe.portal.web import Page, PortalRoute, SignedIn, redirect
 

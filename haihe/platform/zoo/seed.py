@@ -1,4 +1,4 @@
-"""Seed the zoo on the first ``haihe up``: ``python -m haihe.platform.zoo_seed <mlflow url> <marker file>``.
+"""Seed the zoo on the first ``haihe up``: ``python -m haihe.platform.zoo.seed <mlflow url> <marker file>``.
 
 Runs as its own process in the background (loading and uploading MiniLM takes ~13 s and ~1 GB of memory that the
 ``haihe up`` process should not keep). Idempotent twice over: the marker file skips the work on later starts, and
@@ -44,7 +44,7 @@ def start_in_background(mlflow_url: str, home: Path) -> subprocess.Popen[bytes] 
         return None
     log_file = (home / "zoo-seed.log").open("ab")
     try:
-        return subprocess.Popen([sys.executable, "-m", "haihe.platform.zoo_seed", mlflow_url, str(marker)],
+        return subprocess.Popen([sys.executable, "-m", "haihe.platform.zoo.seed", mlflow_url, str(marker)],
                                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     finally:
         log_file.close()  # the child holds its own descriptor
@@ -53,7 +53,7 @@ def start_in_background(mlflow_url: str, home: Path) -> subprocess.Popen[bytes] 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m haihe.platform.zoo_seed <mlflow url> <marker file>", file=sys.stderr)
+        print("usage: python -m haihe.platform.zoo.seed <mlflow url> <marker file>", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     return seed(args[0], Path(args[1]))

@@ -6,7 +6,6 @@ import datetime as dt
 
 from fastapi import APIRouter, Request, Response
 
-from haihe.platform import identity, security
 from haihe.platform.api.deps import (
     CSRF_COOKIE,
     SESSION_COOKIE,
@@ -16,6 +15,8 @@ from haihe.platform.api.deps import (
     client_ip,
 )
 from haihe.platform.api.schemas import LoginCreate, SetupCreate, TokenPublic, UserPublic, WhoAmI
+from haihe.platform.identity import security
+from haihe.platform.identity import service as identity
 from haihe.platform.models import CredentialKind, Org
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])

@@ -23,8 +23,9 @@ from haihe.errors import (
     PermissionDenied,
     RateLimited,
 )
-from haihe.platform import access, audit, security
+from haihe.platform import access, audit
 from haihe.platform.access import Principal
+from haihe.platform.identity import security
 from haihe.platform.models import (
     Credential,
     CredentialKind,

@@ -303,7 +303,7 @@ class Policy:
 
     async def _graphql(self, call: Call) -> Decision:
         """The UI's GraphQL reads, each root field checked as its REST twin would be (reads only)."""
-        from haihe.platform.mlflow_graphql import GraphqlRefused, root_fields
+        from haihe.platform.tracking.graphql import GraphqlRefused, root_fields
 
         try:
             fields = root_fields(call.body)

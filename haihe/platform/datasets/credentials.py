@@ -1,7 +1,7 @@
 """Storage credentials for jobs: the platform is a broker between a job's token and short-lived S3 credentials.
 
 A job never receives the platform's S3 keys. Its environment carries its signed job token (the one the MLflow
-proxy checks, :mod:`haihe.platform.mlflow_proxy`) and ``HAIHE_STORAGE_CREDENTIALS_URL``. The runtime posts the
+proxy checks, :mod:`haihe.platform.tracking.proxy`) and ``HAIHE_STORAGE_CREDENTIALS_URL``. The runtime posts the
 token there when it starts and before its credentials expire; :func:`issue_for_job` answers with temporary
 credentials from the store's STS (AssumeRole by the broker user) under a session policy that allows exactly:
 
@@ -35,9 +35,9 @@ from haihe.errors import (
     StorageUnavailable,
 )
 from haihe.jobs.runtime.contract import parse_dataset
-from haihe.platform.mlflow_proxy import verify_token
 from haihe.platform.models import Job, Status, utcnow
 from haihe.platform.settings import Settings
+from haihe.platform.tracking.proxy import verify_token
 from haihe.schedulers.base import JobState
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,9 @@ members of the owner org see its ``org`` and ``private`` ones. A model you canno
 Changing aliases needs a writing role in the owner org, publishing (visibility) and deleting need its org admin —
 a 403 when you can see the model but not change it. Every change is audited.
 
-Tracking reads (a job's runs, params and metric histories) go through :func:`haihe.platform.jobs.get_job`, so a job
-you cannot see has no runs for you either. MLflow errors arrive as ``TrackingUnavailable`` (503) from the library.
+Tracking reads (a job's runs, params and metric histories) go through
+:func:`haihe.platform.jobs.service.get_job`, so a job you cannot see has no runs for you either. MLflow errors
+arrive as ``TrackingUnavailable`` (503) from the library.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from haihe.model_zoo import Lineage, ModelZoo, ZooModel, ZooModelDetail, ZooRef,
 from haihe.model_zoo.names import DatasetRef
 from haihe.model_zoo.registry import check_visibility
 from haihe.model_zoo.tracking import MetricPoint, RunInfo, TrackingClient
-from haihe.platform import access, audit, jobs
+from haihe.platform import access, audit
 from haihe.platform.access import Principal
+from haihe.platform.jobs import service as jobs
 from haihe.platform.models import Project
-from haihe.platform.zoo_catalog import (
+from haihe.platform.zoo.catalog import (
     ZooServices,
     org_ids,
     visible,

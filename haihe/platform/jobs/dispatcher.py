@@ -3,8 +3,9 @@
 A submit normally waits for the scheduler's answer (201 with the native id). A client sending a sweep or a CI
 pipeline may prefer the answer as soon as the job is stored: the request commits the row and its quota reservation
 (PENDING, exactly as before the scheduler call), answers 202, and puts the job's id here. A few threads per API
-process take ids in batches and run the function they are given: the same :func:`haihe.platform.jobs.dispatch` the
-request would have run (``jobs.dispatcher`` builds the process's one dispatcher with it).
+process take ids in batches and run the function they are given: the same
+:func:`haihe.platform.jobs.service.dispatch` the request would have run (``service.dispatcher`` builds the process's
+one dispatcher with it).
 
 Nothing is lost when a process dies with ids still queued: they are PENDING rows, and the reconciler submits
 PENDING jobs older than its submit grace, after asking the scheduler whether it knows their tags already.

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from haihe.errors import HaiheError, ServiceUnavailable
 from haihe.platform.context import PlatformContext
-from haihe.platform.jobs import add_event, attempt_tag, dispatch, retry_lost
+from haihe.platform.jobs.service import add_event, attempt_tag, dispatch, retry_lost
 from haihe.platform.lease import LeaderLease
 from haihe.platform.models import Job, utcnow
 from haihe.schedulers import walltime

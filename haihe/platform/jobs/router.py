@@ -8,9 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel, Field
 
-from haihe.platform import code, jobs
 from haihe.platform.api.deps import CtxDep, CurrentPrincipal, SessionDep
 from haihe.platform.api.schemas import Body, Out
+from haihe.platform.jobs import code
+from haihe.platform.jobs import service as jobs
 from haihe.platform.models import Job, JobEvent
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])

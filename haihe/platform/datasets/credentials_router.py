@@ -12,9 +12,9 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
 from haihe.errors import AuthenticationRequired
-from haihe.platform import storage_credentials
 from haihe.platform.api.deps import CtxDep
 from haihe.platform.api.schemas import Body
+from haihe.platform.datasets import credentials as storage_credentials
 
 router = APIRouter(tags=["jobs"])
 

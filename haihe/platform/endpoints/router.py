@@ -11,10 +11,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from haihe.platform import endpoints as svc
 from haihe.platform.api.deps import CurrentPrincipal, SessionDep
 from haihe.platform.api.schemas import Body, Name, Out
-from haihe.platform.endpoint_rows import Endpoint
+from haihe.platform.endpoints import service as svc
+from haihe.platform.endpoints.rows import Endpoint
 from haihe.platform.gateway.hub import EndpointsHub
 
 router = APIRouter(prefix="/api/v1", tags=["endpoints"])

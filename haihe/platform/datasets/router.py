@@ -13,11 +13,11 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from haihe import names
 from haihe.datasets.upload import FileSpec, FileTargets
-from haihe.platform import datasets_service as svc
 from haihe.platform.access import require_platform_admin
 from haihe.platform.api.deps import CtxDep, CurrentPrincipal, SessionDep
 from haihe.platform.api.schemas import Body, Out
-from haihe.platform.dataset_rows import Dataset, DatasetVersion
+from haihe.platform.datasets import service as svc
+from haihe.platform.datasets.rows import Dataset, DatasetVersion
 from haihe.platform.settings import Settings
 
 router = APIRouter(prefix="/api/v1", tags=["datasets"])

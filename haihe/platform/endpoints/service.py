@@ -20,11 +20,13 @@ from sqlalchemy.orm import Session, selectinload
 
 from haihe.errors import Conflict, HaiheError, InvalidInput, NotFound, Unsupported
 from haihe.model_zoo.names import ZooRef
-from haihe.platform import access, audit, endpoint_quota, unix_accounts
+from haihe.platform import access, audit
 from haihe.platform.access import Principal
-from haihe.platform.endpoint_rows import Endpoint, EndpointUsage
+from haihe.platform.endpoints import quota as endpoint_quota
+from haihe.platform.endpoints.rows import Endpoint, EndpointUsage
 from haihe.platform.gateway.hub import EndpointsHub
-from haihe.platform.identity import check_name
+from haihe.platform.identity import unix_accounts
+from haihe.platform.identity.service import check_name
 from haihe.platform.models import User, utcnow
 
 log = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from haihe.errors import QuotaExceeded
-from haihe.platform.endpoint_rows import Endpoint
+from haihe.platform.endpoints.rows import Endpoint
 from haihe.platform.models import LedgerEntry
-from haihe.platform.quotas import check_hours, period_of, record_crossings
+from haihe.platform.quotas.ledger import check_hours, period_of, record_crossings
 
 RESOURCES = ("gpu_s", "cpu_s")
 SOURCE = "endpoint"

@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from haihe.platform import cluster_status
 from haihe.platform.api.deps import CtxDep, CurrentPrincipal, SessionDep
+from haihe.platform.jobs import cluster_status
 
 router = APIRouter(prefix="/api/v1", tags=["cluster"])
 

@@ -33,13 +33,16 @@ from haihe.errors import (
 )
 from haihe.jobs.render import RenderContext, render_launch
 from haihe.jobs.spec import JobSpec, validate_spec
-from haihe.platform import access, audit, code, ray_policy, unix_accounts, zoo_catalog
+from haihe.platform import access, audit
 from haihe.platform.access import Principal
 from haihe.platform.context import PlatformContext
-from haihe.platform.dispatcher import Dispatcher
-from haihe.platform.mlflow_proxy import JobScope, issue_token, job_tracking
+from haihe.platform.datasets.credentials import credentials_url
+from haihe.platform.identity import unix_accounts
+from haihe.platform.jobs import code, ray_policy
+from haihe.platform.jobs.dispatcher import Dispatcher
 from haihe.platform.models import Job, JobEvent, Org, Project, Role, User, utcnow
-from haihe.platform.storage_credentials import credentials_url
+from haihe.platform.tracking.proxy import JobScope, issue_token, job_tracking
+from haihe.platform.zoo import catalog as zoo_catalog
 from haihe.schedulers.base import Feature, JobState, JobStatus, Launch, LogChunk
 from haihe.schedulers.slurm.accounts import account_name
 
@@ -163,7 +166,8 @@ def submit(
     wait: bool = True,
 ) -> Job:
     """Admit, store (row, quota reservation, timeline, audit: one commit) and hand to the scheduler. ``wait``
-    False: return the stored PENDING job at once; the process's dispatcher submits it (``haihe.platform.dispatcher``).
+    False: return the stored PENDING job at once; the process's dispatcher submits it
+    (``haihe.platform.jobs.dispatcher``).
     """
     spec = validate_spec(raw_spec)
     project = access.project_for_write(session, principal, org_name, project_name)  # members with a write role
@@ -260,7 +264,7 @@ def _check_base_model(ctx: PlatformContext, session: Session, principal: Princip
 
 def _resolve_dataset(session: Session, principal: Principal, org_name: str, spec: JobSpec) -> str:
     """``org/name@vN`` of a committed version the submitter may read; "latest" is pinned now, at submit."""
-    from haihe.platform import datasets_service
+    from haihe.platform.datasets import service as datasets_service
 
     assert spec.dataset is not None
     name = spec.dataset.name if "/" in spec.dataset.name else f"{org_name}/{spec.dataset.name}"

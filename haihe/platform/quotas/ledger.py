@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from haihe.errors import InvalidInput, NotFound, QuotaExceeded
 from haihe.platform import access, audit
 from haihe.platform.access import Principal
-from haihe.platform.dataset_rows import Dataset, DatasetVersion, VersionState
+from haihe.platform.datasets.rows import Dataset, DatasetVersion, VersionState
 from haihe.platform.models import (
     Job,
     LedgerEntry,

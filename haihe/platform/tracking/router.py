@@ -3,7 +3,7 @@
 It checks the job token (``Authorization: Bearer hjt_…``, sent by MLflow's client from ``MLFLOW_TRACKING_TOKEN``)
 and the job's row — or a person's API key or token (the stock MLflow client with ``MLFLOW_TRACKING_TOKEN``), or
 their portal session (MLflow's own web UI at ``/mlflow/``, read-only) — asks
-:class:`haihe.platform.mlflow_proxy.Policy` whether the call is allowed, and forwards it to the real MLflow server.
+:class:`haihe.platform.tracking.proxy.Policy` whether the call is allowed, and forwards it to the real MLflow server.
 Artifact uploads and downloads are streamed in both directions and never buffered.
 Refusals use MLflow's error format, so MLflow's client raises its usual exceptions.
 """
@@ -26,11 +26,12 @@ from sqlalchemy import select
 from starlette.background import BackgroundTask
 
 from haihe.errors import AuthenticationRequired
-from haihe.platform import identity
 from haihe.platform.access import WRITE_ROLES
 from haihe.platform.api.deps import SESSION_COOKIE, CtxDep, client_ip
 from haihe.platform.context import PlatformContext
-from haihe.platform.mlflow_proxy import (
+from haihe.platform.identity import service as identity
+from haihe.platform.models import Job, Org, Project, Status, utcnow
+from haihe.platform.tracking.proxy import (
     ENDED_GRACE_S,
     ENDPOINT_SCOPE,
     TOKEN_PREFIX,
@@ -41,7 +42,6 @@ from haihe.platform.mlflow_proxy import (
     UserScope,
     verify_token,
 )
-from haihe.platform.models import Job, Org, Project, Status, utcnow
 from haihe.schedulers.base import JobState
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def _scope_state(ctx: PlatformContext, scope: JobScope) -> bool:
     """Whether the token's job may still write (raises when the job is gone or does not match its token)."""
     with ctx.db.session() as session:
         if scope.job_id.startswith(ENDPOINT_SCOPE):  # an endpoint's model servers: read-only, while it exists
-            from haihe.platform.endpoint_rows import Endpoint
+            from haihe.platform.endpoints.rows import Endpoint
 
             ep_id = scope.job_id[len(ENDPOINT_SCOPE):]
             ep = session.get(Endpoint, int(ep_id)) if ep_id.isdigit() else None

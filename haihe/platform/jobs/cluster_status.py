@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from haihe.errors import HaiheError
-from haihe.platform import jobs
 from haihe.platform.access import Principal
 from haihe.platform.context import PlatformContext
+from haihe.platform.jobs import service as jobs
 from haihe.schedulers.base import ClusterInfo, JobState
 from haihe.schedulers.slurm.reasons import explain
 

@@ -32,10 +32,11 @@ from haihe.datasets.store import ObjectStore
 from haihe.datasets.upload import FileSpec, FileTargets, Uploads, UploadSession
 from haihe.datasets.versions import delete_version, download_urls, read_manifest
 from haihe.errors import Conflict, HaiheError, InvalidInput, NotFound, PermissionDenied, StorageUnavailable
-from haihe.platform import access, audit, quotas
+from haihe.platform import access, audit
 from haihe.platform.access import Principal
-from haihe.platform.dataset_rows import Dataset, DatasetShare, DatasetVersion, VersionState, Visibility
+from haihe.platform.datasets.rows import Dataset, DatasetShare, DatasetVersion, VersionState, Visibility
 from haihe.platform.models import Job, Org, Role, utcnow
+from haihe.platform.quotas import ledger as quotas
 from haihe.platform.settings import Settings
 
 log = logging.getLogger(__name__)

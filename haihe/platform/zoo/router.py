@@ -1,5 +1,5 @@
 """Routes: the model zoo (list/search, show with versions and lineage, alias, publish, delete, register, download)
-and a job's MLflow runs and metric histories. Thin: body → ``haihe.platform.zoo`` → response schema.
+and a job's MLflow runs and metric histories. Thin: body → ``haihe.platform.zoo.service`` → response schema.
 
 Model downloads hand out presigned S3 URLs where the artifacts sit in the platform's S3 server, so the bytes do
 not pass through the API; otherwise ``?path=`` streams one file through it.
@@ -17,10 +17,10 @@ from starlette.background import BackgroundTask
 
 from haihe.model_zoo import ZooModel, ZooVersion
 from haihe.model_zoo.tracking import RunInfo
-from haihe.platform import zoo as svc
-from haihe.platform import zoo_catalog
 from haihe.platform.api.deps import CtxDep, CurrentPrincipal, SessionDep
 from haihe.platform.api.schemas import Body
+from haihe.platform.zoo import catalog as zoo_catalog
+from haihe.platform.zoo import service as svc
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
 

@@ -1,7 +1,7 @@
 """The zoo's catalogue as a caller may see it: the zoo's clients (``ZooServices``, one a process, built on first use
 through the context), the ONE visibility rule, and the reads that apply it. Everything that needs a job (lineage,
-registering a job's model, a job's runs) is in ``haihe.platform.zoo``, which builds on this; the jobs service uses
-this module to check a job's base model at admission, so the two never import each other.
+registering a job's model, a job's runs) is in ``haihe.platform.zoo.service``, which builds on this; the jobs
+service uses this module to check a job's base model at admission, so the two never import each other.
 """
 
 from __future__ import annotations

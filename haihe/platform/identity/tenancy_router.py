@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from haihe.platform import identity, unix_accounts
 from haihe.platform.api.deps import CtxDep, CurrentPrincipal, SessionDep
 from haihe.platform.api.schemas import (
     MemberCreate,
@@ -18,6 +17,8 @@ from haihe.platform.api.schemas import (
     UserCreate,
     UserPublic,
 )
+from haihe.platform.identity import service as identity
+from haihe.platform.identity import unix_accounts
 from haihe.platform.models import Role, Status
 
 router = APIRouter(prefix="/api/v1", tags=["tenancy"])

@@ -8,10 +8,12 @@ from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import Field
 
-from haihe.platform import identity, quotas, slurm_sync
 from haihe.platform.api.deps import CtxDep, CurrentPrincipal, SessionDep
 from haihe.platform.api.schemas import Body, OrgPublic
+from haihe.platform.identity import service as identity
 from haihe.platform.models import Status
+from haihe.platform.quotas import ledger as quotas
+from haihe.platform.quotas import slurm_sync
 
 router = APIRouter(prefix="/api/v1", tags=["quotas"])
 
