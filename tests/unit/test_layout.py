@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+AREAS = ("identity", "jobs", "quotas", "datasets", "zoo", "endpoints", "tracking", "gateway")
 SUBPACKAGES = ("platform", "jobs", "schedulers", "model_zoo", "datasets", "portal", "cluster", "cli", "client",
-               *(f"platform.{area}" for area in ("identity", "jobs", "quotas", "datasets", "zoo", "endpoints", "tracking",
-                                                 "gateway")))
+               *(f"platform.{area}" for area in AREAS))
 # package -> packages it must never import
 FORBIDDEN = {
     "schedulers": ("platform", "portal", "server", "jobs", "datasets", "model_zoo"),

@@ -14,9 +14,9 @@ from haihe.platform.api.deps import (
     SessionDep,
     client_ip,
 )
-from haihe.platform.api.schemas import LoginCreate, SetupCreate, TokenPublic, UserPublic, WhoAmI
 from haihe.platform.identity import security
 from haihe.platform.identity import service as identity
+from haihe.platform.identity.schemas import LoginCreate, SetupCreate, TokenPublic, UserPublic, WhoAmI
 from haihe.platform.models import CredentialKind, Org
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])

@@ -11,8 +11,8 @@ from haihe.errors import PermissionDenied
 from haihe.platform import audit
 from haihe.platform.access import org_for_admin
 from haihe.platform.api.deps import CurrentPrincipal, SessionDep
-from haihe.platform.api.schemas import AuditPublic, KeyCreate, KeyIssued, KeyPublic
 from haihe.platform.identity import service as identity
+from haihe.platform.identity.schemas import AuditPublic, KeyCreate, KeyIssued, KeyPublic
 
 router = APIRouter(prefix="/api/v1", tags=["keys"])
 

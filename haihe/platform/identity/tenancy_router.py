@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from haihe.platform.api.deps import CtxDep, CurrentPrincipal, SessionDep
-from haihe.platform.api.schemas import (
+from haihe.platform.identity import service as identity
+from haihe.platform.identity import unix_accounts
+from haihe.platform.identity.schemas import (
     MemberCreate,
     OrgCreate,
     OrgPublic,
@@ -17,8 +19,6 @@ from haihe.platform.api.schemas import (
     UserCreate,
     UserPublic,
 )
-from haihe.platform.identity import service as identity
-from haihe.platform.identity import unix_accounts
 from haihe.platform.models import Role, Status
 
 router = APIRouter(prefix="/api/v1", tags=["tenancy"])

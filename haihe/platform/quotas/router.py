@@ -6,27 +6,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse, Response
-from pydantic import Field
 
 from haihe.platform.api.deps import CtxDep, CurrentPrincipal, SessionDep
-from haihe.platform.api.schemas import Body, OrgPublic
 from haihe.platform.identity import service as identity
+from haihe.platform.identity.schemas import OrgPublic
 from haihe.platform.models import Status
 from haihe.platform.quotas import ledger as quotas
 from haihe.platform.quotas import slurm_sync
+from haihe.platform.quotas.schemas import QuotaSet
 
 router = APIRouter(prefix="/api/v1", tags=["quotas"])
-
-
-class QuotaSet(Body):
-    gpu_hours: Annotated[float | None, Field(ge=0, le=quotas.ABSURD["gpu_hours"], allow_inf_nan=False)] = None
-    cpu_hours: Annotated[float | None, Field(ge=0, le=quotas.ABSURD["cpu_hours"], allow_inf_nan=False)] = None
-    storage_bytes: Annotated[int | None, Field(ge=0, le=quotas.ABSURD["storage_bytes"])] = None
-    requests_per_month: Annotated[int | None, Field(ge=0, le=quotas.ABSURD["requests_per_month"])] = None
-    max_jobs: Annotated[int | None, Field(ge=0, le=quotas.ABSURD["max_jobs"])] = None
-    max_gpus: Annotated[int | None, Field(ge=0, le=quotas.ABSURD["max_gpus"])] = None
-    period: Literal["monthly", "none"] | None = None
-    warn_fraction: Annotated[float | None, Field(gt=0, le=1)] = None
 
 
 Month = Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]

@@ -7,26 +7,36 @@ not pass through the API; otherwise ``?path=`` streams one file through it.
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import StringConstraints
 from starlette.background import BackgroundTask
 
-from haihe.model_zoo import ZooModel, ZooVersion
-from haihe.model_zoo.tracking import RunInfo
 from haihe.platform.api.deps import CtxDep, CurrentPrincipal, SessionDep
-from haihe.platform.api.schemas import Body
 from haihe.platform.zoo import catalog as zoo_catalog
 from haihe.platform.zoo import service as svc
+from haihe.platform.zoo.schemas import (
+    AliasSet,
+    DatasetModelPublic,
+    DownloadPublic,
+    FilePublic,
+    MetricPointPublic,
+    ModelDetail,
+    ModelPublic,
+    ModelRegister,
+    RunMetricsPublic,
+    RunPublic,
+    VersionPublic,
+    VisibilityName,
+    VisibilitySet,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
 
 OrgName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-VisibilityName = Literal["private", "org", "public"]
 
 
 def get_services(request: Request, ctx: CtxDep) -> zoo_catalog.ZooServices:
@@ -43,139 +53,6 @@ def optional_services(request: Request, ctx: CtxDep) -> zoo_catalog.ZooServices 
 
 
 OptionalServicesDep = Annotated[zoo_catalog.ZooServices | None, Depends(optional_services)]
-
-
-# -- schemas ---------------------------------------------------------------------------------------------------------
-class ModelPublic(BaseModel):
-    ref: str
-    org: str
-    name: str
-    visibility: str
-    task: str
-    description: str
-    aliases: dict[str, int]
-    card: dict[str, Any] | None
-    created_at: dt.datetime
-    updated_at: dt.datetime
-
-    @classmethod
-    def of(cls, m: ZooModel) -> ModelPublic:
-        return cls(ref=str(m.ref), org=m.org, name=m.name, visibility=m.visibility, task=m.task,
-                   description=m.description, aliases=dict(m.aliases),
-                   card=m.card.model_dump(mode="json") if m.card else None, created_at=m.created_at,
-                   updated_at=m.updated_at)
-
-
-class JobLinkPublic(BaseModel):
-    id: str
-    name: str
-    org: str
-    project: str
-    state: str
-    dataset: str | None
-
-
-class LineagePublic(BaseModel):
-    job_id: str | None
-    job: JobLinkPublic | None = Field(None, description="The job, when the caller may see it.")
-    run_id: str | None
-    dataset: str | None
-    endpoints: list[str]
-
-
-class VersionPublic(BaseModel):
-    ref: str
-    version: int
-    status: str
-    source: str
-    created_at: dt.datetime
-    aliases: list[str]
-    card: dict[str, Any] | None
-    lineage: LineagePublic
-
-    @classmethod
-    def of(cls, v: ZooVersion, lineage: svc.VersionLineage | None = None) -> VersionPublic:
-        lin = LineagePublic(job_id=v.lineage.job_id, job=None, run_id=v.lineage.run_id, dataset=v.lineage.dataset,
-                            endpoints=[])
-        if lineage is not None:
-            job = lineage.job
-            lin = LineagePublic(job_id=lineage.job_id, run_id=lineage.run_id, dataset=lineage.dataset,
-                                endpoints=list(lineage.endpoints),
-                                job=JobLinkPublic(**job.__dict__) if job is not None else None)
-        return cls(ref=str(v.ref), version=v.version, status=v.status, source=v.source, created_at=v.created_at,
-                   aliases=list(v.aliases), card=v.card.model_dump(mode="json") if v.card else None, lineage=lin)
-
-
-class ModelDetail(ModelPublic):
-    versions: list[VersionPublic]
-    can_write: bool
-    can_admin: bool
-
-
-class AliasSet(Body):
-    version: int | None = Field(description="The version the alias points at; null removes the alias.")
-
-
-class VisibilitySet(Body):
-    visibility: VisibilityName
-
-
-class ModelRegister(Body):
-    job_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    card: dict[str, Any]
-    artifact_path: Annotated[str, StringConstraints(min_length=1, max_length=500)] = "model"
-    run_id: Annotated[str | None, StringConstraints(pattern=r"^[0-9a-f]{32}$")] = None
-    visibility: VisibilityName | None = None
-
-
-class FilePublic(BaseModel):
-    path: str
-    size: int | None
-    url: str
-
-
-class DownloadPublic(BaseModel):
-    ref: str
-    version: int
-    source: str
-    presigned: bool = Field(description="True: the URLs are presigned S3 GETs (the bytes bypass the API).")
-    files: list[FilePublic]
-
-
-class DatasetModelPublic(BaseModel):
-    model: str
-    version: int
-    ref: str
-    job_id: str | None
-    run_id: str | None
-
-
-class MetricPointPublic(BaseModel):
-    step: int
-    value: float
-    timestamp_ms: int
-
-
-class RunPublic(BaseModel):
-    run_id: str
-    experiment_id: str
-    name: str
-    status: str
-    start_ms: int | None
-    end_ms: int | None
-    params: dict[str, str]
-    metrics: dict[str, float]
-    tags: dict[str, str]
-
-    @classmethod
-    def of(cls, r: RunInfo) -> RunPublic:
-        return cls(run_id=r.run_id, experiment_id=r.experiment_id, name=r.name, status=r.status, start_ms=r.start_ms,
-                   end_ms=r.end_ms, params=dict(r.params), metrics=dict(r.metrics),
-                   tags={k: v for k, v in r.tags.items() if not k.startswith("mlflow.log-model")})
-
-
-class RunMetricsPublic(RunPublic):
-    histories: dict[str, list[MetricPointPublic]]
 
 
 # -- routes ----------------------------------------------------------------------------------------------------------
