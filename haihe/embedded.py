@@ -180,7 +180,7 @@ def _first_admin(options: EmbeddedOptions, url: str, echo: Echo) -> None:
             return
         token = c.login(options.admin_username, password)
     _write_private(path, {"url": url, "username": options.admin_username, "password": password})
-    save_credentials(url, token["token"], options.admin_username)
+    save_credentials(url, token.token, options.admin_username)
     echo(f"[bold]first run:[/] platform admin [cyan]{options.admin_username}[/], password [cyan]{password}[/]"
          f" (saved in {path}, mode 600; the CLI is signed in)")
 

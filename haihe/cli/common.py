@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from haihe.client import HaiheClient
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -44,14 +46,30 @@ def open_client(url: str | None = None) -> Iterator[HaiheClient]:
         raise typer.Exit(2 if isinstance(exc, errors.InvalidInput) else 1) from None
 
 
-def print_rows(rows: Sequence[dict[str, Any]] | dict[str, Any], columns: Sequence[str], as_json: bool,
-           title: str | None = None) -> None:
+def plain(value: Any) -> Any:
+    """An SDK answer as JSON-ready data: models (and lists of them) as the API wrote them, dicts as they are."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def print_json(value: Any) -> None:
+    typer.echo(json.dumps(plain(value), indent=2, default=str))
+
+
+def print_rows(rows: BaseModel | dict[str, Any] | Sequence[BaseModel | dict[str, Any]], columns: Sequence[str],
+               as_json: bool, title: str | None = None) -> None:
+    data = plain(rows)
     if as_json:
-        typer.echo(json.dumps(rows, indent=2, default=str))
+        print_json(data)
         return
     from rich.table import Table
 
-    items = [rows] if isinstance(rows, dict) else list(rows)
+    items = [data] if isinstance(data, dict) else list(data)
     table = Table(title=title)
     for col in columns:
         table.add_column(col)
@@ -77,7 +95,7 @@ OrgOpt = Annotated[str | None, typer.Option("--org", help="Owner org (default: y
 
 def only_org(client: HaiheClient, what: str) -> str:
     """The caller's one org, for a ``NAME`` given without ``ORG/``; more than one is a clear error."""
-    orgs = [m["org"] for m in client.whoami()["user"]["memberships"]]
+    orgs = [m.org for m in client.whoami().user.memberships]
     if len(orgs) != 1:
         raise typer.BadParameter(f"you belong to {len(orgs)} orgs; pass --org or write the {what} as ORG/NAME")
     return str(orgs[0])

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from haihe.cli.common import JsonOpt, open_client, print_error, print_rows
+from haihe.cli.common import JsonOpt, open_client, plain, print_error, print_json, print_rows
 
 if TYPE_CHECKING:
     from haihe.client import HaiheClient
@@ -26,7 +25,7 @@ def _resolve_project(client: HaiheClient, project: str | None) -> tuple[str, str
     if "/" in project:
         org, _, name = project.partition("/")
         return org, name
-    orgs = [m["org"] for m in client.whoami()["user"]["memberships"]]
+    orgs = [m.org for m in client.whoami().user.memberships]
     if len(orgs) != 1:
         raise typer.BadParameter(f"you belong to {len(orgs)} orgs; write the project as ORG/{project}")
     return orgs[0], project
@@ -47,8 +46,8 @@ def _upload_workdir(client: HaiheClient, org: str, project: str, workdir: Path) 
                    total=bundle.raw_bytes)
         upload = client.create_code_upload(org, project, len(bundle.data), bundle.sha256)
         up = bar.add_task("uploading code", total=len(bundle.data))
-        client.upload_bytes(upload["upload_url"], bundle.data, progress=lambda n: bar.update(up, completed=n))
-    return str(upload["code_uri"])
+        client.upload_bytes(upload.upload_url, bundle.data, progress=lambda n: bar.update(up, completed=n))
+    return upload.code_uri
 
 
 def submit(
@@ -77,11 +76,11 @@ def submit(
             code_uri = _upload_workdir(c, org, proj, workdir)
         job = c.submit_job(org, proj, raw, code_uri=code_uri, idempotency_key=str(uuid.uuid4()))
         if as_json and not follow:
-            typer.echo(json.dumps(job, indent=2))
+            print_json(job)
             return
         print_rows(job, ["id", "name", "scheduler", "native_id", "state", "reason"], False)
         if follow:
-            raise typer.Exit(_follow(c, job["id"]))
+            raise typer.Exit(_follow(c, job.id))
 
 
 def _follow(client: HaiheClient, job_id: str) -> int:
@@ -92,14 +91,14 @@ def _follow(client: HaiheClient, job_id: str) -> int:
     with console.status("waiting for the job to start…") as status:
         while True:
             job = client.get_job(job_id)
-            if job["state"] != last_state or job.get("reason"):
-                pos = f", position {job['queue_position']}" if job.get("queue_position") else ""
-                status.update(f"{job['state']} {job.get('reason') or ''}{pos}")
-                last_state = job["state"]
-            if job["state"] == "RUNNING" or job["state"] in TERMINAL:
+            if job.state != last_state or job.reason:
+                pos = f", position {job.queue_position}" if job.queue_position else ""
+                status.update(f"{job.state} {job.reason or ''}{pos}")
+                last_state = job.state
+            if job.state == "RUNNING" or job.state in TERMINAL:
                 break
             time.sleep(1.0)
-    console.print(f"[bold]{job['state']}[/] on {', '.join(job.get('nodes') or []) or job['scheduler']}")
+    console.print(f"[bold]{job.state}[/] on {', '.join(job.nodes or []) or job.scheduler}")
     state = _stream_logs(client, job_id)
     console.print(f"[bold]{state}[/]")
     return 0 if state == "SUCCEEDED" else 1
@@ -109,17 +108,17 @@ def _stream_logs(client: HaiheClient, job_id: str) -> str:
     offset = 0
     while True:
         chunk = client.job_logs(job_id, offset)
-        if chunk["data"]:
-            typer.echo(chunk["data"], nl=False)
-        offset = chunk["offset"]
+        if chunk.data:
+            typer.echo(chunk.data, nl=False)
+        offset = chunk.offset
         job = client.get_job(job_id)
-        if job["state"] in TERMINAL:
+        if job.state in TERMINAL:
             # one last read: the scheduler may have flushed more after the state changed
             tail = client.job_logs(job_id, offset)
-            if tail["data"]:
-                typer.echo(tail["data"], nl=False)
-            return str(job["state"])
-        if not chunk["data"]:
+            if tail.data:
+                typer.echo(tail.data, nl=False)
+            return job.state
+        if not chunk.data:
             time.sleep(1.0)
 
 
@@ -138,11 +137,11 @@ def jobs_ls(
     with open_client() as c:
         page = c.list_jobs(org, project, state, mine, cursor, limit)
     if as_json:
-        typer.echo(json.dumps(page, indent=2))
+        print_json(page)
         return
-    print_rows(page["items"], _JOB_COLS, False)
-    if page.get("next_cursor"):
-        typer.echo(f"more: --cursor {page['next_cursor']}")
+    print_rows(page.items, _JOB_COLS, False)
+    if page.next_cursor:
+        typer.echo(f"more: --cursor {page.next_cursor}")
 
 
 @jobs_app.command("show")
@@ -153,7 +152,7 @@ def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
         job = c.get_job(job_id)
         events = c.job_events(job_id)
     if as_json:
-        typer.echo(json.dumps({**job, "events": events}, indent=2))
+        print_json({**plain(job), "events": plain(events)})
         return
     print_rows(job, [*_JOB_COLS, "native_id", "nodes", "exit_code", "elapsed_s"], False)
     print_rows(events, ["at", "kind", "state", "message"], False, title="timeline")
@@ -170,10 +169,10 @@ def jobs_logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f"
         offset = 0
         while True:
             chunk = c.job_logs(job_id, offset)
-            typer.echo(chunk["data"], nl=False)
-            if not chunk["data"] or chunk["offset"] == offset:
+            typer.echo(chunk.data, nl=False)
+            if not chunk.data or chunk.offset == offset:
                 break
-            offset = chunk["offset"]
+            offset = chunk.offset
 
 
 @jobs_app.command("cancel")
@@ -181,8 +180,8 @@ def jobs_cancel(job_id: str) -> None:
     """Cancel a job."""
 
     with open_client() as c:
-        job: dict[str, Any] = c.cancel_job(job_id)
-    typer.echo(f"cancel requested for {job['id']} ({job['state']})")
+        job = c.cancel_job(job_id)
+    typer.echo(f"cancel requested for {job.id} ({job.state})")
 
 
 @jobs_app.command("resubmit")
@@ -191,4 +190,4 @@ def jobs_resubmit(job_id: str) -> None:
 
     with open_client() as c:
         job = c.resubmit_job(job_id)
-    typer.echo(f"resubmitted as {job['id']} ({job['state']})")
+    typer.echo(f"resubmitted as {job.id} ({job.state})")

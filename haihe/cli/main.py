@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from haihe.cli.common import JsonOpt, console, open_client, print_rows
+from haihe.cli.common import JsonOpt, console, open_client, plain, print_json, print_rows
 from haihe.cli.datasets import datasets_app
 from haihe.cli.endpoints import endpoints_app
 from haihe.cli.jobs import jobs_app
@@ -130,7 +130,7 @@ def login(
     password = sys.stdin.readline().rstrip("\n") if password_stdin else typer.prompt("Password", hide_input=True)
     with open_client(url) as c:
         token = c.login(username, password)
-        path = save_credentials(c.url, token["token"], username)
+        path = save_credentials(c.url, token.token, username)
     typer.echo(f"signed in to {c.url} as {username}; token saved in {path}")
 
 
@@ -151,8 +151,8 @@ def whoami(as_json: JsonOpt = False) -> None:
     """Who the stored credentials belong to."""
     with open_client() as c:
         me = c.whoami()
-    user = _memberships(me["user"])
-    row = {**user, "credential": me["credential_kind"], "scopes": me["scopes"], "bound_org": me["bound_org"]}
+    user = _memberships(plain(me.user))
+    row = {**user, "credential": me.credential_kind, "scopes": me.scopes, "bound_org": me.bound_org}
     print_rows(row, ["username", "is_platform_admin", "orgs", "credential", "bound_org"], as_json)
 
 
@@ -173,7 +173,7 @@ def admin_init(
     with open_client(url) as c:
         c.setup(username, password)
         token = c.login(username, password)
-        save_credentials(c.url, token["token"], username)
+        save_credentials(c.url, token.token, username)
     typer.echo(f"platform admin {username!r} created and signed in")
 
 
@@ -188,7 +188,7 @@ def admin_audit(
     """Search the audit log, newest first."""
     with open_client() as c:
         rows = c.audit(org=org, action=action, actor=actor, limit=limit)
-    print_rows(rows, ["id", "at", "actor", "action", "target", "outcome", "source_ip"], as_json)  # type: ignore[arg-type]
+    print_rows(rows, ["id", "at", "actor", "action", "target", "outcome", "source_ip"], as_json)
 
 
 _ORG_COLS = ["name", "display_name", "status", "created_at"]
@@ -198,21 +198,21 @@ _ORG_COLS = ["name", "display_name", "status", "created_at"]
 def orgs_create(name: str, display_name: Annotated[str, typer.Option()] = "", as_json: JsonOpt = False) -> None:
     """Create an organisation."""
     with open_client() as c:
-        print_rows(dict(c.create_org(name, display_name)), _ORG_COLS, as_json)
+        print_rows(plain(c.create_org(name, display_name)), _ORG_COLS, as_json)
 
 
 @orgs.command("ls")
 def orgs_ls(as_json: JsonOpt = False) -> None:
     """List the organisations you can see."""
     with open_client() as c:
-        print_rows([dict(o) for o in c.list_orgs()], _ORG_COLS, as_json)
+        print_rows(c.list_orgs(), _ORG_COLS, as_json)
 
 
 @orgs.command("show")
 def orgs_show(name: str, as_json: JsonOpt = False) -> None:
     """Show one organisation."""
     with open_client() as c:
-        print_rows(dict(c.get_org(name)), _ORG_COLS, as_json)
+        print_rows(plain(c.get_org(name)), _ORG_COLS, as_json)
 
 
 def _status_command(group: typer.Typer, verb: str, status: str, fn: Callable[[HaiheClient, str, str], Any],
@@ -220,7 +220,7 @@ def _status_command(group: typer.Typer, verb: str, status: str, fn: Callable[[Ha
     @group.command(verb, help=help_text)
     def _cmd(name: str, as_json: JsonOpt = False) -> None:
         with open_client() as c:
-            print_rows(dict(fn(c, name, status)), cols, as_json)
+            print_rows(plain(fn(c, name, status)), cols, as_json)
 
 
 _status_command(orgs, "disable", "disabled", lambda c, n, s: c.set_org_status(n, s), _ORG_COLS,
@@ -238,28 +238,28 @@ def projects_create(org: str, name: str, description: Annotated[str, typer.Optio
                     as_json: JsonOpt = False) -> None:
     """Create a project in ORG."""
     with open_client() as c:
-        print_rows(dict(c.create_project(org, name, description)), _PROJECT_COLS, as_json)
+        print_rows(plain(c.create_project(org, name, description)), _PROJECT_COLS, as_json)
 
 
 @projects.command("ls")
 def projects_ls(org: str, as_json: JsonOpt = False) -> None:
     """List ORG's projects."""
     with open_client() as c:
-        print_rows([dict(p) for p in c.list_projects(org)], _PROJECT_COLS, as_json)
+        print_rows(c.list_projects(org), _PROJECT_COLS, as_json)
 
 
 @projects.command("show")
 def projects_show(org: str, name: str, as_json: JsonOpt = False) -> None:
     """Show one project."""
     with open_client() as c:
-        print_rows(dict(c.get_project(org, name)), _PROJECT_COLS, as_json)
+        print_rows(plain(c.get_project(org, name)), _PROJECT_COLS, as_json)
 
 
 @projects.command("disable")
 def projects_disable(org: str, name: str, as_json: JsonOpt = False) -> None:
     """Disable a project (read-only)."""
     with open_client() as c:
-        print_rows(dict(c.set_project_status(org, name, "disabled")), _PROJECT_COLS, as_json)
+        print_rows(plain(c.set_project_status(org, name, "disabled")), _PROJECT_COLS, as_json)
 
 
 _USER_COLS = ["username", "orgs", "is_platform_admin", "is_service_account", "status", "created_at"]
@@ -284,14 +284,14 @@ def users_create(
             password = typer.prompt("Password for the new user", hide_input=True, confirmation_prompt=True)
     with open_client() as c:
         user = c.create_user(org, username, role, password, display_name, email)
-    print_rows(_memberships(dict(user)), _USER_COLS, as_json)
+    print_rows(_memberships(plain(user)), _USER_COLS, as_json)
 
 
 @users.command("map")
 def users_map(org: str, username: str, unix_name: str, as_json: JsonOpt = False) -> None:
     """Map USERNAME of ORG to the existing Unix account UNIX_NAME: their Slurm jobs run as it."""
     with open_client() as c:
-        print_rows(dict(c.map_unix_account(org, username, unix_name)), ["org", "username", "unix_name", "origin"],
+        print_rows(plain(c.map_unix_account(org, username, unix_name)), ["org", "username", "unix_name", "origin"],
                as_json)
 
 
@@ -300,14 +300,14 @@ def users_ls(org: Annotated[str | None, typer.Option(help="Only members of this 
              as_json: JsonOpt = False) -> None:
     """List users you can see."""
     with open_client() as c:
-        print_rows([_memberships(dict(u)) for u in c.list_users(org)], _USER_COLS, as_json)
+        print_rows([_memberships(plain(u)) for u in c.list_users(org)], _USER_COLS, as_json)
 
 
 @users.command("show")
 def users_show(username: str, as_json: JsonOpt = False) -> None:
     """Show one user."""
     with open_client() as c:
-        print_rows(_memberships(dict(c.get_user(username))), _USER_COLS, as_json)
+        print_rows(_memberships(plain(c.get_user(username))), _USER_COLS, as_json)
 
 
 _status_command(users, "disable", "disabled", lambda c, n, s: c.set_user_status(n, s), _USER_COLS,
@@ -330,10 +330,10 @@ def keys_create(
     with open_client() as c:
         issued = c.create_key(org, name, user, scope, expires_in_days)
     if as_json:
-        typer.echo(json.dumps(issued, indent=2))
+        print_json(issued)
         return
-    print_rows(dict(issued), _KEY_COLS, False)
-    typer.echo(f"\nAPI key (shown once): {issued['key']}")
+    print_rows(issued, _KEY_COLS, False)
+    typer.echo(f"\nAPI key (shown once): {issued.key}")
 
 
 @keys.command("ls")
@@ -341,14 +341,14 @@ def keys_ls(org: Annotated[str | None, typer.Option(help="All of this org's keys
             as_json: JsonOpt = False) -> None:
     """List API keys (never their secrets)."""
     with open_client() as c:
-        print_rows([dict(k) for k in c.list_keys(org)], _KEY_COLS, as_json)
+        print_rows(c.list_keys(org), _KEY_COLS, as_json)
 
 
 @keys.command("revoke")
 def keys_revoke(prefix: str, as_json: JsonOpt = False) -> None:
     """Revoke an API key by its prefix; it stops working at once."""
     with open_client() as c:
-        print_rows(dict(c.revoke_key(prefix)), _KEY_COLS, as_json)
+        print_rows(plain(c.revoke_key(prefix)), _KEY_COLS, as_json)
 
 
 # -- local cluster -------------------------------------------------------------------------------------------

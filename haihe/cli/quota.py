@@ -136,5 +136,5 @@ def my_quota(project: Annotated[str | None, typer.Option(help="ORG/PROJECT; defa
             org, proj = _scope(project)
             _show(c.get_quota(org, proj), as_json)
             return
-        for m in c.whoami()["user"]["memberships"]:
-            _show(c.get_quota(m["org"]), as_json)
+        for m in c.whoami().user.memberships:
+            _show(c.get_quota(m.org), as_json)

@@ -7,79 +7,25 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel
 
 from haihe import errors
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+M = TypeVar("M", bound=BaseModel)
 
 
-class Membership(TypedDict):
-    org: str
-    role: str
+def model(cls: type[M], data: Any) -> M:
+    """An answer as the model the API serves (extra fields a newer server adds are ignored)."""
+    return cls.model_validate(data)
 
 
-class User(TypedDict):
-    username: str
-    display_name: str
-    email: str
-    is_platform_admin: bool
-    is_service_account: bool
-    status: str
-    created_at: str
-    memberships: list[Membership]
-
-
-class Org(TypedDict):
-    name: str
-    display_name: str
-    status: str
-    created_at: str
-
-
-class Project(TypedDict):
-    org: str
-    name: str
-    description: str
-    status: str
-    created_at: str
-
-
-class Key(TypedDict):
-    prefix: str
-    name: str
-    owner: str
-    org: str | None
-    scopes: list[str]
-    created_at: str
-    expires_at: str | None
-    revoked_at: str | None
-    last_used_at: str | None
-
-
-class IssuedKey(Key):
-    key: str
-
-
-class Token(TypedDict):
-    token: str
-    prefix: str
-    expires_at: str | None
-
-
-class AuditEvent(TypedDict):
-    id: int
-    at: str
-    actor: str
-    action: str
-    target_type: str
-    target: str
-    source_ip: str
-    outcome: str
-    details: dict[str, Any]
+def models(cls: type[M], data: Any) -> list[M]:
+    return [cls.model_validate(item) for item in data]
 
 
 _BY_CODE: dict[str, type[errors.HaiheError]] = {

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from haihe.datasets.upload import FileTargets
 from haihe.platform.api.schemas import Body, Out
-from haihe.platform.datasets import service as svc
-from haihe.platform.datasets.rows import Dataset, DatasetVersion
+
+if TYPE_CHECKING:
+    from haihe.datasets.upload import FileTargets
+    from haihe.platform.datasets import service as svc
+    from haihe.platform.datasets.rows import Dataset, DatasetVersion
 
 MAX_FILES_PER_REQUEST = 10_000  # the JSON body limit applies too; bigger trees are split into more files by tar
 

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 from haihe.platform.api.schemas import Body, Name, Out
-from haihe.platform.endpoints.rows import Endpoint
+
+if TYPE_CHECKING:
+    from haihe.platform.endpoints.rows import Endpoint
 
 ModelRef = Annotated[str, Field(min_length=3, max_length=200, examples=["public/minilm-l6@production"])]
 

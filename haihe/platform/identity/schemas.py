@@ -5,12 +5,14 @@ converters from ORM rows; shared by the auth, tenancy and keys routers and the S
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
 from haihe.platform.api.schemas import Body, Name, Out, Password, RoleName
-from haihe.platform.models import Credential, Membership, Org, Project, User
+
+if TYPE_CHECKING:
+    from haihe.platform.models import Credential, Membership, Org, Project, User
 
 
 # -- auth -----------------------------------------------------------------------------------------------------

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, Field
 
 from haihe.platform.api.schemas import Body, Out
-from haihe.platform.models import Job, JobEvent
+
+if TYPE_CHECKING:
+    from haihe.platform.models import Job, JobEvent
 
 
 class JobSubmit(Body):

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from haihe.model_zoo import ZooModel, ZooVersion
-from haihe.model_zoo.tracking import RunInfo
 from haihe.platform.api.schemas import Body
-from haihe.platform.zoo import service as svc
+
+if TYPE_CHECKING:
+    from haihe.model_zoo import ZooModel, ZooVersion
+    from haihe.model_zoo.tracking import RunInfo
+    from haihe.platform.zoo import service as svc
 
 VisibilityName = Literal["private", "org", "public"]
 
