@@ -7,7 +7,7 @@ MiniLM embeddings at ``/v1/embeddings`` (model ``minilm``) and ``/v2/models/mini
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,6 +15,7 @@ from haihe.cli.common import JsonOpt, OrgOpt, only_org, open_client, print_rows
 
 if TYPE_CHECKING:
     from haihe.client import HaiheClient
+    from haihe.platform.endpoints.schemas import EndpointPublic
 
 endpoints_app = typer.Typer(help="Hosted inference endpoints: deploy zoo models behind the gateway.",
                             no_args_is_help=True)
@@ -30,10 +31,10 @@ def _split(client: HaiheClient, text: str, org: str | None) -> tuple[str, str]:
     return org or only_org(client, "endpoint"), name
 
 
-def _wait(client: HaiheClient, org: str, name: str, timeout: float) -> dict[str, Any]:
+def _wait(client: HaiheClient, org: str, name: str, timeout: float) -> EndpointPublic:
     deadline = time.monotonic() + timeout
     ep = client.get_endpoint(org, name)
-    while ep["state"] in ("deploying",) or ep["generation"] < ep["target_generation"]:
+    while ep.state in ("deploying",) or ep.generation < ep.target_generation:
         if time.monotonic() > deadline:
             break
         time.sleep(1.0)
