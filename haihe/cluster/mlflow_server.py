@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from haihe.cluster import firewall
-from haihe.cluster.procs import ManagedProcess, port_open, start_service
+from haihe.cluster.procs import LocalService, ManagedProcess, start_service
 from haihe.cluster.unix import own_tree, private_dir
 
 
 @dataclass
-class MlflowServer:
+class MlflowServer(LocalService):
     """One ``mlflow server`` process with its database, log and pid under ``home``."""
 
     home: Path
@@ -114,16 +114,8 @@ class MlflowServer:
         # no authentication of its own: jobs reach tracking only through the platform's proxy
         firewall.reject_from([self.port], gids=firewall.JOB_GROUPS)
 
-    def stop(self) -> bool:
-        return self._process().stop()
-
-    def is_running(self) -> bool:
-        return self._process().is_running()
-
-    def is_ready(self) -> bool:
+    def _answers(self) -> bool:
         """True when the server answers ``GET /health`` with 200."""
-        if not port_open(self.host, self.port):
-            return False
         import httpx
 
         try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from haihe.cluster import firewall
-from haihe.cluster.procs import ManagedProcess, StartupError, port_open, start_service
+from haihe.cluster.procs import LocalService, ManagedProcess, StartupError, start_service
 from haihe.errors import InvalidInput
 
 DEFAULT_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
@@ -25,7 +25,7 @@ _DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 @dataclass
-class PostgresServer:
+class PostgresServer(LocalService):
     """One PostgreSQL cluster (data dir, socket dir, log, pid) under ``home``, listening on host:port."""
 
     home: Path
@@ -148,13 +148,8 @@ class PostgresServer:
         proc.stop()
         return True
 
-    def is_running(self) -> bool:
-        return self._process().is_running()
-
-    def is_ready(self) -> bool:
+    def _answers(self) -> bool:
         """True when a connection over TCP runs ``SELECT 1``."""
-        if not port_open(self.host, self.port):
-            return False
         import psycopg
 
         try:

@@ -191,3 +191,26 @@ def start_service(
     except StartupError:
         (stop or proc.stop)()
         raise
+
+
+class LocalService:
+    """What the embedded stack's servers share: one managed process (``_process``), and readiness as an open port
+    plus a real call that must succeed (``_answers``: a health check, an authenticated S3 call, ``SELECT 1``)."""
+
+    host: str
+    port: int
+
+    def _process(self) -> ManagedProcess:
+        raise NotImplementedError
+
+    def _answers(self) -> bool:
+        raise NotImplementedError
+
+    def stop(self) -> bool:
+        return self._process().stop()
+
+    def is_running(self) -> bool:
+        return self._process().is_running()
+
+    def is_ready(self) -> bool:
+        return port_open(self.host, self.port) and self._answers()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from haihe.cluster.procs import ManagedProcess, StartupError, port_open, start_service
+from haihe.cluster.procs import LocalService, ManagedProcess, StartupError, start_service
 from haihe.cluster.unix import own_tree, private_dir
 from haihe.errors import InvalidInput, StorageUnavailable
 
@@ -40,7 +40,7 @@ def find_juicefs() -> str:
 
 
 @dataclass
-class S3Server:
+class S3Server(LocalService):
     """One JuiceFS S3 gateway with its state (metadata, chunks, cache, log, pid) under ``home``."""
 
     home: Path
@@ -170,16 +170,8 @@ class S3Server:
         start_service(self._process(), name="s3", host=self.host, port=self.port, ready=self.is_ready,
                       timeout=timeout, prepare=self.format)
 
-    def stop(self) -> bool:
-        return self._process().stop()
-
-    def is_running(self) -> bool:
-        return self._process().is_running()
-
-    def is_ready(self) -> bool:
+    def _answers(self) -> bool:
         """True when the gateway answers an authenticated ListBuckets."""
-        if not port_open(self.host, self.port):
-            return False
         try:
             self.client(timeout=3.0).list_buckets()
         except Exception:

@@ -28,7 +28,7 @@ from haihe.platform.gateway.hub import EndpointsHub
 from haihe.platform.models import Credential
 from haihe.platform.settings import Settings
 from haihe.platform.zoo import catalog as zoo_catalog
-from haihe.platform.zoo import service as zoo_svc
+from haihe.platform.zoo.schemas import JobLinkPublic, VersionLineage
 from haihe.portal.routes.zoo import lineage_graph
 from tests.browser.demo_scheduler import DemoScheduler
 from tests.browser.portal_support import csrf_of
@@ -244,9 +244,9 @@ def test_lineage_graph_links_dataset_job_version_and_endpoint() -> None:
 
     when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     model = ZooModel(ZooRef("acme", "digits"), "private", "image-classification", "d", {}, None, when, when)
-    job = zoo_svc.JobLink("j1", "train", "acme", "p", "SUCCEEDED", "acme/mnist@v1")
-    lins = [zoo_svc.VersionLineage(1, "j1", job, "r1", "acme/mnist@v1"),
-            zoo_svc.VersionLineage(2, None, None, None, "acme/mnist@v2")]
+    job = JobLinkPublic(id="j1", name="train", org="acme", project="p", state="SUCCEEDED", dataset="acme/mnist@v1")
+    lins = [VersionLineage(1, "j1", job, "r1", "acme/mnist@v1"),
+            VersionLineage(2, None, None, None, "acme/mnist@v2")]
 
     @dataclass
     class Org:

@@ -23,7 +23,6 @@ from haihe.platform.datasets.schemas import (
     DatasetPublic,
     DownloadPublic,
     GcPublic,
-    JobReadPublic,
     LineagePublic,
     ModelFromPublic,
     UploadTicketPublic,
@@ -57,8 +56,7 @@ def _detail(d: svc.Detail) -> DatasetDetail:
         **base.model_dump(), versions=[VersionPublic.of(v) for v in d.versions], shown_version=d.shown,
         manifest=d.manifest.model_dump(mode="json") if d.manifest else None, shares=d.shares, can_write=d.can_write,
         lineage=LineagePublic(
-            jobs=[JobReadPublic(id=j.id, name=j.name, org=j.org, dataset=j.dataset, state=j.state,
-                                created_at=j.created_at) for j in d.jobs],
+            jobs=d.jobs,
             models=[ModelFromPublic(model=m, version=v) for m, v in d.models], models_note=d.models_note))
 
 

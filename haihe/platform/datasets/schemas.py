@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
@@ -12,7 +13,6 @@ from haihe.platform.api.schemas import Body, Out
 
 if TYPE_CHECKING:
     from haihe.datasets.upload import FileTargets
-    from haihe.platform.datasets import service as svc
     from haihe.platform.datasets.rows import Dataset, DatasetVersion
 
 MAX_FILES_PER_REQUEST = 10_000  # the JSON body limit applies too; bigger trees are split into more files by tar
@@ -136,13 +136,20 @@ class FileTargetsPublic(BaseModel):
                    parts=[PartPublic(number=p.number, offset=p.offset, size=p.size, url=p.url) for p in t.parts])
 
 
+@dataclass(frozen=True)
+class Ticket:
+    version: DatasetVersion
+    session_id: str
+    files: list[FileTargets]
+
+
 class UploadTicketPublic(BaseModel):
     upload_id: str
     version: int
     files: list[FileTargetsPublic]
 
     @classmethod
-    def of(cls, t: svc.Ticket) -> UploadTicketPublic:
+    def of(cls, t: Ticket) -> UploadTicketPublic:
         return cls(upload_id=t.session_id, version=t.version.number, files=[FileTargetsPublic.of(f) for f in t.files])
 
 

@@ -29,12 +29,13 @@ from sqlalchemy.orm import Session
 from haihe.datasets import layout
 from haihe.datasets.manifest import Manifest
 from haihe.datasets.store import ObjectStore
-from haihe.datasets.upload import FileSpec, FileTargets, Uploads, UploadSession
+from haihe.datasets.upload import FileSpec, Uploads, UploadSession
 from haihe.datasets.versions import delete_version, download_urls, read_manifest
 from haihe.errors import Conflict, HaiheError, InvalidInput, NotFound, PermissionDenied, StorageUnavailable
 from haihe.platform import access, audit
 from haihe.platform.access import Principal
 from haihe.platform.datasets.rows import Dataset, DatasetShare, DatasetVersion, VersionState, Visibility
+from haihe.platform.datasets.schemas import JobReadPublic, Ticket
 from haihe.platform.models import Job, Org, Role, utcnow
 from haihe.platform.quotas import ledger as quotas
 from haihe.platform.settings import Settings
@@ -239,16 +240,6 @@ def committed_stats(session: Session, ids: Sequence[int]) -> dict[int, tuple[int
 
 
 @dataclass(frozen=True)
-class JobRead:
-    id: str
-    name: str
-    org: str
-    dataset: str
-    state: str
-    created_at: dt.datetime
-
-
-@dataclass(frozen=True)
 class Detail:
     dataset: Dataset
     versions: list[DatasetVersion]
@@ -256,7 +247,7 @@ class Detail:
     manifest: Manifest | None
     stored_bytes: int
     shares: list[str]
-    jobs: list[JobRead]
+    jobs: list[JobReadPublic]
     models: list[tuple[str, int]]
     models_note: str | None
     can_write: bool
@@ -307,7 +298,7 @@ def show(session: Session, principal: Principal, storage: DatasetStorage, org: s
         jobs=_jobs_reading(session, principal, ds), models=models, models_note=note, can_write=can_write)
 
 
-def _jobs_reading(session: Session, principal: Principal, ds: Dataset) -> list[JobRead]:
+def _jobs_reading(session: Session, principal: Principal, ds: Dataset) -> list[JobReadPublic]:
     """Jobs (in orgs the caller can see) whose resolved dataset is this one, newest first."""
     ref = Job.spec["_dataset"].as_string()
     q = (select(Job, Org.name).join(Org, Org.id == Job.org_id)
@@ -316,8 +307,8 @@ def _jobs_reading(session: Session, principal: Principal, ds: Dataset) -> list[J
     visible = principal.visible_org_ids()
     if visible is not None:
         q = q.where(Job.org_id.in_(visible))
-    return [JobRead(j.id, j.name, org_name, str(j.spec.get("_dataset")), j.state, j.created_at)
-            for j, org_name in session.execute(q)]
+    return [JobReadPublic(id=j.id, name=j.name, org=org_name, dataset=str(j.spec.get("_dataset")), state=j.state,
+                          created_at=j.created_at) for j, org_name in session.execute(q)]
 
 
 def _models(principal: Principal, storage: DatasetStorage, session: Session,
@@ -336,13 +327,6 @@ def _models(principal: Principal, storage: DatasetStorage, session: Session,
 
 
 # -- versions: start, resume, complete, abort -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Ticket:
-    version: DatasetVersion
-    session_id: str
-    files: list[FileTargets]
-
-
 @storage_errors
 def start_version(session: Session, principal: Principal, storage: DatasetStorage, org: str, name: str,
                   files: Sequence[FileSpec | Mapping[str, Any]], *, note: str = "", data_format: str = "",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
@@ -13,7 +14,6 @@ from haihe.platform.api.schemas import Body
 if TYPE_CHECKING:
     from haihe.model_zoo import ZooModel, ZooVersion
     from haihe.model_zoo.tracking import RunInfo
-    from haihe.platform.zoo import service as svc
 
 VisibilityName = Literal["private", "org", "public"]
 
@@ -56,6 +56,18 @@ class LineagePublic(BaseModel):
     endpoints: list[str]
 
 
+@dataclass(frozen=True)
+class VersionLineage:
+    """Where a version came from, as far as the caller may see: job (None if not visible), run, dataset."""
+
+    version: int
+    job_id: str | None
+    job: JobLinkPublic | None
+    run_id: str | None
+    dataset: str | None
+    endpoints: list[str] = field(default_factory=list)  # filled once the endpoints service exposes them
+
+
 class VersionPublic(BaseModel):
     ref: str
     version: int
@@ -67,14 +79,14 @@ class VersionPublic(BaseModel):
     lineage: LineagePublic
 
     @classmethod
-    def of(cls, v: ZooVersion, lineage: svc.VersionLineage | None = None) -> VersionPublic:
+    def of(cls, v: ZooVersion, lineage: VersionLineage | None = None) -> VersionPublic:
         lin = LineagePublic(job_id=v.lineage.job_id, job=None, run_id=v.lineage.run_id, dataset=v.lineage.dataset,
                             endpoints=[])
         if lineage is not None:
             job = lineage.job
             lin = LineagePublic(job_id=lineage.job_id, run_id=lineage.run_id, dataset=lineage.dataset,
                                 endpoints=list(lineage.endpoints),
-                                job=JobLinkPublic(**job.__dict__) if job is not None else None)
+                                job=job)
         return cls(ref=str(v.ref), version=v.version, status=v.status, source=v.source, created_at=v.created_at,
                    aliases=list(v.aliases), card=v.card.model_dump(mode="json") if v.card else None, lineage=lin)
 

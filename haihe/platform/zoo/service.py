@@ -17,7 +17,7 @@ import builtins
 import datetime as dt
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -39,6 +39,7 @@ from haihe.platform.zoo.catalog import (
     org_ids,
     visible,
 )
+from haihe.platform.zoo.schemas import JobLinkPublic, VersionLineage
 
 log = logging.getLogger(__name__)
 
@@ -74,28 +75,6 @@ def permissions(session: Session, principal: Principal, org: str) -> tuple[bool,
     return allowed[0], allowed[1]
 
 
-@dataclass(frozen=True)
-class JobLink:
-    id: str
-    name: str
-    org: str
-    project: str
-    state: str
-    dataset: str | None
-
-
-@dataclass(frozen=True)
-class VersionLineage:
-    """Where a version came from, as far as the caller may see: job (None if not visible), run, dataset."""
-
-    version: int
-    job_id: str | None
-    job: JobLink | None
-    run_id: str | None
-    dataset: str | None
-    endpoints: list[str] = field(default_factory=list)  # filled once the endpoints service exposes them
-
-
 def lineage(session: Session, principal: Principal, versions: Sequence[ZooVersion]) -> list[VersionLineage]:
     out = []
     for v in versions:
@@ -104,14 +83,15 @@ def lineage(session: Session, principal: Principal, versions: Sequence[ZooVersio
     return out
 
 
-def _job_link(session: Session, principal: Principal, lin: Lineage) -> JobLink | None:
+def _job_link(session: Session, principal: Principal, lin: Lineage) -> JobLinkPublic | None:
     if not lin.job_id:
         return None
     try:
         job = jobs.get_job(session, principal, lin.job_id)
     except NotFound:
         return None
-    return JobLink(job.id, job.name, job.org.name, job.project.name, job.state, job.spec.get("_dataset"))
+    return JobLinkPublic(id=job.id, name=job.name, org=job.org.name, project=job.project.name, state=job.state,
+                         dataset=job.spec.get("_dataset"))
 
 
 def models_for_dataset(services: ZooServices, session: Session, principal: Principal, dataset: str) -> list[ZooVersion]:
