@@ -212,6 +212,7 @@ class Job(Base):
         Index("ix_jobs_project_created", "project_id", "created_at", "id"),
         Index("ix_jobs_org_created", "org_id", "created_at", "id"),
         Index("ix_jobs_sched_state", "scheduler", "state"),
+        Index("ix_jobs_dataset_ref", "dataset_ref"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -225,7 +226,9 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(Text, default="")
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the spec as submitted (validated), nothing added
+    code_uri: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # s3://… of the packed workdir
+    dataset_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)  # org/name@vN resolved at submit
     idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
     array_size: Mapped[int] = mapped_column(Integer, default=1)
     nodes: Mapped[list[str]] = mapped_column(JSON, default=list)

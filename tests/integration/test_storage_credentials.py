@@ -99,7 +99,7 @@ def _job(w: World, who: str) -> JobFixture:
     with w.app.ctx.db.session() as session:
         job = session.get(Job, job_id)
         assert job is not None
-        job.spec = {**job.spec, "_dataset": f"{org}/ds@v1", "_code_uri": f"s3://haihe-code/{code_key}"}
+        job.dataset_ref, job.code_uri = f"{org}/ds@v1", f"s3://haihe-code/{code_key}"
     env = dict(w.app.scheduler.jobs[r.json()["native_id"]].launch.env)
     return JobFixture(job_id, env, dataset_key, code_key)
 

@@ -105,7 +105,7 @@ class World:
             with self.app.ctx.db.session() as session:
                 job = session.get(Job, job_id)
                 assert job is not None
-                job.spec = {**job.spec, "_dataset": dataset}
+                job.dataset_ref = dataset
         return job_id, launch.env["MLFLOW_TRACKING_TOKEN"]
 
 

@@ -313,7 +313,7 @@ def test_lineage_jobs_and_models(env: Env, tmp_path: Path) -> None:
         for ref, job_name in [(f"{env.org_a}/{name}@v1", "train"), (f"{env.org_a}/{name}@latest", "eval"),
                               (f"{env.org_a}/{name}x@v1", "other")]:
             s.add(Job(id=str(uuid.uuid4()), org_id=org.id, project_id=proj.id, user_id=user.id, name=job_name,
-                      kind="train", scheduler="fake", state="SUCCEEDED", spec={"name": job_name, "_dataset": ref}))
+                      kind="train", scheduler="fake", state="SUCCEEDED", spec={"name": job_name}, dataset_ref=ref))
     storage = env.client.app.state.dataset_storage  # type: ignore[attr-defined]
     detail = env.client.get(env.url(name), headers=env.alice).json()
     assert sorted(j["name"] for j in detail["lineage"]["jobs"]) == ["eval", "train"]

@@ -27,8 +27,8 @@ ARN = "arn:aws:s3:::"
 
 @pytest.mark.parametrize("dataset", ["acme/pics@v3", "other/shared@v1", "public/mnist@v12"])
 def test_grant_is_the_resolved_version_the_bundle_and_the_jobs_own_prefixes(dataset: str) -> None:
-    spec = {"name": "x", "_dataset": dataset, "_code_uri": "s3://haihe-code/bundles/acme/p/abc.tar.gz"}
-    grant = grant_for(spec, org="acme", job_id="J1", datasets_bucket="haihe-datasets", code_bucket="haihe-code")
+    grant = grant_for(dataset=dataset, code_uri="s3://haihe-code/bundles/acme/p/abc.tar.gz", org="acme", job_id="J1",
+                      datasets_bucket="haihe-datasets", code_bucket="haihe-code")
     org, rest = dataset.split("/")
     name, version = rest.split("@")
     assert grant == JobGrant(
@@ -39,13 +39,14 @@ def test_grant_is_the_resolved_version_the_bundle_and_the_jobs_own_prefixes(data
 
 
 def test_grant_without_dataset_or_code_has_only_the_jobs_prefixes() -> None:
-    grant = grant_for({"name": "x"}, org="acme", job_id="J1", datasets_bucket="d", code_bucket="c")
+    grant = grant_for(dataset=None, code_uri=None, org="acme", job_id="J1", datasets_bucket="d", code_bucket="c")
     assert grant == JobGrant(write_prefixes=("c/checkpoints/acme/J1/", "c/outputs/acme/J1/"))
 
 
 def test_an_unresolved_dataset_is_refused() -> None:
     with pytest.raises(Exception, match="not resolved"):
-        grant_for({"_dataset": "acme/pics@latest"}, org="acme", job_id="J", datasets_bucket="d", code_bucket="c")
+        grant_for(dataset="acme/pics@latest", code_uri=None, org="acme", job_id="J", datasets_bucket="d",
+                  code_bucket="c")
 
 
 def test_policy_allows_exactly_the_grant_until_the_deadline() -> None:
@@ -120,7 +121,8 @@ def test_no_rendered_job_carries_the_platforms_keys(scheduler: str, launcher: st
                         mlflow_url="http://mlflow:5000", public_url="http://api:8000")
     spec_doc = {"name": "t", "recipe": "digits-cnn", "launcher": launcher, "checkpoint": {"every": 10},
                 "resources": {"nodes": 1, "time_limit": 10}}
-    job = SimpleNamespace(id="J1", attempt=1, spec={**spec_doc, "_code_uri": "s3://haihe-code/bundles/acme/p/b.tar.gz"})
+    job = SimpleNamespace(id="J1", attempt=1, spec=spec_doc, code_uri="s3://haihe-code/bundles/acme/p/b.tar.gz",
+                          dataset_ref=None)
     ctx = _render_context(SimpleNamespace(settings=settings), job, SimpleNamespace(name="acme"),  # type: ignore[arg-type]
                           SimpleNamespace(name="p"), SimpleNamespace(username="u"))  # type: ignore[arg-type]
     launch = render_launch(validate_spec(spec_doc), ctx)

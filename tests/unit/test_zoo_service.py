@@ -52,7 +52,7 @@ class Env:
         with self.ctx.db.session() as session:  # as if submitted with `dataset: wafers@v3` (resolved at submit)
             job = session.get(Job, job_id)
             assert job is not None
-            job.spec = {**job.spec, "_dataset": f"{self.a}/wafers@v3"}
+            job.dataset_ref = f"{self.a}/wafers@v3"
         return job_id
 
 

@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import logging
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -74,18 +73,17 @@ def job_prefixes(code_bucket: str, org: str, job_id: str) -> tuple[str, str]:
     return f"{code_bucket}/checkpoints/{org}/{job_id}/", f"{code_bucket}/outputs/{org}/{job_id}/"
 
 
-def grant_for(spec: Mapping[str, Any], *, org: str, job_id: str, datasets_bucket: str,
+def grant_for(*, dataset: str | None, code_uri: str | None, org: str, job_id: str, datasets_bucket: str,
               code_bucket: str) -> JobGrant:
-    """The grant of a stored job spec: ``_dataset`` (resolved ``org/name@vN`` at submit, access already checked
-    then), ``_code_uri`` and the job's own prefixes."""
+    """The grant of a stored job: its dataset (``org/name@vN`` resolved at submit, access checked then), its code
+    bundle and its own prefixes."""
     read_prefixes: list[str] = []
-    dataset = spec.get("_dataset")
     if dataset:
         ref = parse_dataset(str(dataset))
         if ref.version is None:
             raise InvalidInput(f"dataset {dataset!r} was not resolved to a version at submit", field="dataset")
         read_prefixes.append(f"{datasets_bucket}/{ref.org}/{ref.name}/v{ref.version}/")
-    objects = (_s3_object(str(spec["_code_uri"]), "code_uri"),) if spec.get("_code_uri") else ()
+    objects = (_s3_object(code_uri, "code_uri"),) if code_uri else ()
     return JobGrant(read_objects=objects, read_prefixes=tuple(read_prefixes),
                     write_prefixes=job_prefixes(code_bucket, org, job_id))
 
@@ -231,8 +229,8 @@ def issue_for_job(session: Any, settings: Settings, issuer: StsIssuer, token: st
         raise PermissionDenied("the job's org or project is suspended: no storage credentials")
     lease = min(duration_s, STS_MAX_DURATION_S) if duration_s else settings.job_credentials_lease_s
     deadline = deadline_for(job_clock(job), now, lease_s=lease, margin_s=settings.job_credentials_margin_s)
-    grant = grant_for(job.spec, org=scope.org, job_id=job.id, datasets_bucket=settings.datasets_bucket,
-                      code_bucket=settings.code_bucket)
+    grant = grant_for(dataset=job.dataset_ref, code_uri=job.code_uri, org=scope.org, job_id=job.id,
+                      datasets_bucket=settings.datasets_bucket, code_bucket=settings.code_bucket)
     policy = json.dumps(policy_document(grant, deadline), separators=(",", ":"))
     seconds = max(STS_MIN_DURATION_S, min(STS_MAX_DURATION_S, math.ceil((deadline - now).total_seconds())))
     issued = issuer.assume(policy, seconds)

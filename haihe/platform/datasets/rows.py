@@ -2,7 +2,7 @@
 
 The bytes and manifests live in S3 (``haihe.datasets``); these rows hold what the platform decides: who owns a
 dataset, who may see it, which version numbers exist and in what state. Lineage to jobs is read from the jobs'
-stored spec (``job.spec["_dataset"]`` = ``org/name@vN`` or ``org/name@latest``); lineage to models from the zoo.
+job row (``job.dataset_ref`` = ``org/name@vN``, resolved at submit); lineage to models from the zoo.
 """
 
 from __future__ import annotations

@@ -300,14 +300,13 @@ def show(session: Session, principal: Principal, storage: DatasetStorage, org: s
 
 def _jobs_reading(session: Session, principal: Principal, ds: Dataset) -> list[JobReadPublic]:
     """Jobs (in orgs the caller can see) whose resolved dataset is this one, newest first."""
-    ref = Job.spec["_dataset"].as_string()
     q = (select(Job, Org.name).join(Org, Org.id == Job.org_id)
-         .where(ref.startswith(f"{ds.org.name}/{ds.name}@", autoescape=True))
+         .where(Job.dataset_ref.startswith(f"{ds.org.name}/{ds.name}@", autoescape=True))
          .order_by(Job.created_at.desc()).limit(MAX_LINEAGE))
     visible = principal.visible_org_ids()
     if visible is not None:
         q = q.where(Job.org_id.in_(visible))
-    return [JobReadPublic(id=j.id, name=j.name, org=org_name, dataset=str(j.spec.get("_dataset")), state=j.state,
+    return [JobReadPublic(id=j.id, name=j.name, org=org_name, dataset=str(j.dataset_ref), state=j.state,
                           created_at=j.created_at) for j, org_name in session.execute(q)]
 
 

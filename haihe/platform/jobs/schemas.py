@@ -51,7 +51,7 @@ class JobPublic(Out):
                    queue_position=j.queue_position, created_at=j.created_at, submitted_at=j.submitted_at,
                    started_at=j.started_at, ended_at=j.ended_at, elapsed_s=j.elapsed_s,
                    resubmitted_from=j.resubmitted_from, attempt=j.attempt or 1,
-                   spec={k: v for k, v in j.spec.items() if not k.startswith("_")})
+                   spec=j.spec)
 
 
 class JobPage(BaseModel):

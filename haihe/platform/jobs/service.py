@@ -72,11 +72,11 @@ def _render_context(ctx: PlatformContext, job: Job, org: Org, project: Project, 
         s3_endpoint=s.s3_endpoint,
         job_token=job_token if s.s3_endpoint else "",
         storage_credentials_url=credentials_url(s.public_url, job.id) if s.s3_endpoint else "",
-        code_uri=job.spec.get("_code_uri"),
+        code_uri=job.code_uri,
         checkpoint_uri=f"s3://{s.code_bucket}/checkpoints/{org.name}/{job.id}" if s.s3_endpoint else None,
         output_uri=f"s3://{s.code_bucket}/outputs/{org.name}/{job.id}" if s.s3_endpoint else None,
         datasets_bucket=s.datasets_bucket,
-        dataset=job.spec.get("_dataset"),
+        dataset=job.dataset_ref,
         account=account,
         unix_user=unix_user,
         attempt=job.attempt or 1,
@@ -84,7 +84,7 @@ def _render_context(ctx: PlatformContext, job: Job, org: Org, project: Project, 
 
 
 def launch_for(ctx: PlatformContext, session: Session, job: Job) -> Launch:
-    spec = validate_spec({k: v for k, v in job.spec.items() if not k.startswith("_")})
+    spec = validate_spec(job.spec)
     org = session.get(Org, job.org_id)
     project = session.get(Project, job.project_id)
     user = session.get(User, job.user_id)
@@ -189,10 +189,7 @@ def submit(
     scheduler_name = ray_policy.route(ctx.settings, _scheduler_name(ctx, spec), org_name, spec)
     scheduler = ctx.scheduler(scheduler_name)
     stored = spec.model_dump(mode="json", exclude_none=True, by_alias=True)
-    if code_uri:
-        stored["_code_uri"] = code_uri
-    if spec.dataset is not None:
-        stored["_dataset"] = _resolve_dataset(session, principal, org_name, spec)
+    dataset_ref = _resolve_dataset(session, principal, org_name, spec) if spec.dataset is not None else None
     job = Job(
         id=str(uuid.uuid4()),
         org_id=project.org_id,
@@ -203,6 +200,8 @@ def submit(
         scheduler=scheduler_name,
         state=JobState.PENDING.value,
         spec=stored,
+        code_uri=code_uri or None,
+        dataset_ref=dataset_ref,
         idempotency_key=idempotency_key,
         array_size=spec.sweep_size(),
         resubmitted_from=resubmitted_from,
@@ -428,6 +427,5 @@ def resubmit(ctx: PlatformContext, session: Session, principal: Principal, job_i
     org = session.get(Org, old.org_id)
     project = session.get(Project, old.project_id)
     assert org is not None and project is not None
-    raw = {k: v for k, v in old.spec.items() if not k.startswith("_")}
-    return submit(ctx, session, principal, org.name, project.name, raw, idempotency_key=idempotency_key,
-                  code_uri=old.spec.get("_code_uri"), resubmitted_from=old.id)
+    return submit(ctx, session, principal, org.name, project.name, dict(old.spec), idempotency_key=idempotency_key,
+                  code_uri=old.code_uri, resubmitted_from=old.id)

@@ -91,7 +91,7 @@ def _job_link(session: Session, principal: Principal, lin: Lineage) -> JobLinkPu
     except NotFound:
         return None
     return JobLinkPublic(id=job.id, name=job.name, org=job.org.name, project=job.project.name, state=job.state,
-                         dataset=job.spec.get("_dataset"))
+                         dataset=job.dataset_ref)
 
 
 def models_for_dataset(services: ZooServices, session: Session, principal: Principal, dataset: str) -> list[ZooVersion]:
@@ -186,7 +186,7 @@ def register(
     chosen = runs[0] if run_id is None else next((r for r in runs if r.run_id == run_id), None)
     if chosen is None:
         raise InvalidInput(f"run {run_id} is not a run of job {job_id}", field="run_id")
-    lin = Lineage(job_id=job.id, run_id=chosen.run_id, dataset=job.spec.get("_dataset") or None)
+    lin = Lineage(job_id=job.id, run_id=chosen.run_id, dataset=job.dataset_ref or None)
     vis = check_visibility(visibility) if visibility is not None else None
     version = services.zoo.register(model, card, run_id=chosen.run_id, artifact_path=artifact_path,
                                              lineage=lin, visibility=vis)

@@ -62,7 +62,7 @@ def job_page(job_id: str, page: SignedIn, done: str = "") -> HTMLResponse:
     s, p = page.session, page.principal
     job = jobs.get_job(s, p, job_id)
     events = jobs.events(s, p, job_id)
-    spec_yaml = yaml.safe_dump({k: v for k, v in job.spec.items() if not k.startswith("_")}, sort_keys=False,
+    spec_yaml = yaml.safe_dump(job.spec, sort_keys=False,
                                allow_unicode=True)
     return page.render("job.html", nav="jobs", job=job_row(job), timeline=timeline(events, page.t, job.scheduler,
                                                                                    format_when),

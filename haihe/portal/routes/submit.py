@@ -135,7 +135,7 @@ def new_job_form(
     values = dict(DEFAULTS)
     if copy:
         job = jobs.get_job(page.session, page.principal, copy)
-        values = form_from_spec({k: v for k, v in job.spec.items() if not k.startswith("_")})
+        values = form_from_spec(dict(job.spec))
         values["target"] = f"{job.org.name}/{job.project.name}"
     if recipe in SOURCES:
         values["source"] = recipe
