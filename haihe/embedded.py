@@ -98,14 +98,15 @@ class ApiWorker:
 
 def _api_workers(home: Path, port: int, env: dict[str, str], count: int) -> list[ApiWorker]:
     """``count`` API processes on one port (``api``, ``api-2``, …); pid files under ``<home>/api``."""
+    from haihe.serve import api_process
+
     workers = []
     for i in range(1, max(1, count) + 1):
         name = "api" if i == 1 else f"api-{i}"
         ready = home / "api" / f"{name}.ready"
-        argv = [sys.executable, "-m", "haihe.serve", "--host", HOST, "--port", str(port), "--ready-file", str(ready)]
         # umask 077: the database (and its WAL), logs and anything else the API writes are private to its account
-        proc = ManagedProcess(name, argv, log_path=home / "api" / f"{name}.log", pid_path=home / "api" / f"{name}.pid",
-                              env=env, cwd=home, umask=0o077)
+        proc = api_process(name, port, log_dir=home / "api", env=env, host=HOST, ready_file=ready, cwd=home,
+                           umask=0o077)
         workers.append(ApiWorker(proc, ready))
     return workers
 

@@ -7,6 +7,9 @@ its siblings keep answering (the inference gateway included) while ``haihe up`` 
 moves the background work to a survivor. The socket is bound before the app starts but listens only after the
 app's startup has finished, so no connection is routed to a worker that cannot serve yet. ``--ready-file`` is
 written (with the pid) once this worker accepts connections: its supervisor waits for it after a restart.
+
+:func:`api_process` is the one way to start such a process: ``haihe up`` starts its workers with it, and so does
+every test that needs the real API server (``--app`` names another app factory, e.g. the browser tests' demo).
 """
 
 from __future__ import annotations
@@ -14,9 +17,27 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import uvicorn
+
+from haihe.cluster.procs import ManagedProcess
+
+APP = "haihe.server:create_app"
+
+
+def api_process(name: str, port: int, *, log_dir: Path, env: Mapping[str, str] | None = None,
+                host: str = "127.0.0.1", app: str = APP, ready_file: Path | None = None, cwd: Path | None = None,
+                umask: int | None = None) -> ManagedProcess:
+    """An API server process (``python -m haihe.serve``) named ``name``: its log and pid file in ``log_dir``,
+    configured by ``HAIHE_*`` variables in ``env``; ``start()`` it, ``stop()`` it."""
+    argv = [sys.executable, "-m", "haihe.serve", "--host", host, "--port", str(port), "--app", app]
+    if ready_file is not None:
+        argv += ["--ready-file", str(ready_file)]
+    return ManagedProcess(name, argv, log_path=log_dir / f"{name}.log", pid_path=log_dir / f"{name}.pid",
+                          env=dict(env) if env is not None else None, cwd=cwd, umask=umask)
 
 
 def shared_socket(host: str, port: int) -> socket.socket:
@@ -47,12 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--ready-file", type=Path, default=None)
+    ap.add_argument("--app", default=APP, help="The app factory, module:function.")
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--timeout-keep-alive", type=int, default=30)
     args = ap.parse_args(argv)
     if args.ready_file is not None:
         args.ready_file.unlink(missing_ok=True)
-    config = uvicorn.Config("haihe.server:create_app", factory=True, host=args.host, port=args.port,
+    config = uvicorn.Config(args.app, factory=True, host=args.host, port=args.port,
                             access_log=False, log_level=args.log_level, timeout_keep_alive=args.timeout_keep_alive)
     _Server(config, args.ready_file).run(sockets=[shared_socket(args.host, args.port)])
 

@@ -11,17 +11,16 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, cast
 
 from haihe.cluster.ports import PortPlan
-from haihe.cluster.procs import ManagedProcess, StartupError, port_open, wait_until
+from haihe.cluster.procs import StartupError
 from haihe.cluster.unix import SERVICE_USER, grant_traverse, is_root, private_dir, service_account
 from haihe.errors import InvalidInput
 
@@ -116,16 +115,12 @@ class StackConfig:
     ray: bool = True
     postgres: bool = False
     ray_num_cpus: int | None = None
-    api_argv: tuple[str, ...] | None = None  # e.g. python -m uvicorn haihe.server:create_app --factory ...
-    api_env: Mapping[str, str] = field(default_factory=dict)  # on top of client_env() for the API process
     start_timeout: float = 180.0  # per service; generous because the host is shared and has 2 cores
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home))
         if self.mlflow and not self.s3:
             raise InvalidInput("the local MLflow server stores its artifacts in the local S3 server", field="s3")
-        if self.api_argv is not None:
-            object.__setattr__(self, "api_argv", tuple(self.api_argv))
 
     @property
     def secrets_path(self) -> Path:
@@ -146,50 +141,7 @@ class StackConfig:
             out["mlflow"] = f"http://{HOST}:{self.ports.mlflow}"
         if self.postgres:
             out["postgres"] = f"postgresql+psycopg://postgres@{HOST}:{self.ports.postgres}/postgres"
-        if self.api_argv:
-            out["api"] = f"http://{HOST}:{self.ports.api}"
         return out
-
-
-# ---- the API process ----
-@dataclass
-class ApiProcess:
-    """The API/portal server started from an argv given by the CLI; ready when its port accepts."""
-
-    home: Path
-    argv: Sequence[str]
-    port: int
-    env: Mapping[str, str] | None = field(default=None, repr=False)
-    host: str = HOST
-
-    def _process(self) -> ManagedProcess:
-        return ManagedProcess(
-            name="api",
-            argv=list(self.argv),
-            log_path=Path(self.home) / "api.log",
-            pid_path=Path(self.home) / "api.pid",
-            env=self.env,
-            cwd=Path(self.home),
-            umask=0o077,  # its database, logs and anything else it writes: private
-        )
-
-    def start(self, timeout: float = 60.0) -> None:
-        proc = self._process()
-        if not proc.is_running():
-            if port_open(self.host, self.port):
-                raise StartupError(f"api: port {self.host}:{self.port} is already taken by another process")
-            proc.start()
-        try:
-            wait_until(self.is_ready, timeout=timeout, what="api", log_path=proc.log_path, alive=proc.is_running)
-        except StartupError:
-            proc.stop()
-            raise
-
-    def stop(self) -> bool:
-        return self._process().stop()
-
-    def is_ready(self) -> bool:
-        return self._process().is_running() and port_open(self.host, self.port)
 
 
 # ---- building the services ----
@@ -260,9 +212,6 @@ def default_services(config: StackConfig, keys: StackSecrets) -> ServicePlan:
             plan.skipped["ray"] = "haihe.cluster.ray_head is not available"
         else:
             plan.services["ray"] = RayHead(home / "ray", config.ports, num_cpus=config.ray_num_cpus)
-    if config.api_argv:
-        env = {**os.environ, **client_env(config, keys), **config.api_env}
-        plan.services["api"] = ApiProcess(home / "api", config.api_argv, config.ports.api, env=env)
     return plan
 
 
@@ -388,18 +337,3 @@ class LocalStack:
                 except Exception:
                     out[name] = False
         return out
-
-
-def default_api_argv(port: int, host: str = HOST) -> tuple[str, ...]:
-    """The argv the CLI is expected to pass for the API: uvicorn serving haihe.server's app factory."""
-    return (
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "haihe.server:create_app",
-        "--factory",
-        "--host",
-        host,
-        "--port",
-        str(port),
-    )

@@ -7,7 +7,6 @@ fresh profile per test, no video. Screenshots go to ``test-artifacts/portal/`` (
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from haihe.cluster.procs import ManagedProcess, free_port, wait_until
+from haihe.cluster.procs import free_port, wait_until
+from haihe.serve import api_process
 from tests.fixtures.platform import PASSWORD, unique
 
 CHROMIUM = "/usr/bin/chromium"
@@ -52,9 +52,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = free_port()
     env = {**os.environ, "HAIHE_DATABASE_URL": f"sqlite:///{home / 'haihe.db'}", "HAIHE_HOME": str(home),
            "PYTHONPATH": str(REPO)}
-    proc = ManagedProcess("portal", [sys.executable, "-m", "uvicorn", "tests.browser.app_factory:create", "--factory",
-                                     "--host", "127.0.0.1", "--port", str(port)],
-                          log_path=home / "server.log", pid_path=home / "server.pid", env=env, cwd=REPO)
+    proc = api_process("server", port, log_dir=home, env=env, app="tests.browser.app_factory:create", cwd=REPO)
     proc.start()
     url = f"http://127.0.0.1:{port}"
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 
 from haihe.cluster.ports import PortPlan
 from haihe.cluster.procs import ManagedProcess, port_open, wait_until
+from haihe.serve import api_process
 from tests.browser.conftest import Server
 from tests.fixtures.platform import PASSWORD
 
@@ -55,9 +55,7 @@ def start_real_stack(home: Path, ports: PortPlan, slurm: Any, s3: Any, mlflow: A
            "HAIHE_GATEWAY_SLURM_TIME_LIMIT_MIN": str(SERVING_WALLTIME_MIN),
            "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(REPO)}
-    proc = ManagedProcess("portal-real", [sys.executable, "-m", "uvicorn", "haihe.server:create_app", "--factory",
-                                          "--host", "127.0.0.1", "--port", str(port)],
-                          log_path=home / "api.log", pid_path=home / "api.pid", env=env, cwd=REPO)
+    proc = api_process("api", port, log_dir=home, env=env, cwd=REPO)
     proc.start()
     try:
         wait_until(lambda: httpx.get(url + "/healthz", timeout=2).status_code == 200, timeout=START_TIMEOUT_S,

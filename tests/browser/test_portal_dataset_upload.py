@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,11 @@ import pytest
 from playwright.sync_api import expect
 
 from haihe.cluster.ports import PortPlan
-from haihe.cluster.procs import ManagedProcess, port_open, wait_until
+from haihe.cluster.procs import port_open, wait_until
 from haihe.cluster.s3 import S3Server
 from haihe.datasets import layout
 from haihe.datasets.upload import MIN_PART_SIZE
+from haihe.serve import api_process
 from tests.browser.conftest import REPO, Server
 from tests.fixtures.platform import PASSWORD, unique
 
@@ -39,9 +39,7 @@ def _portal(home: Path, port: int, s3_env: dict[str, str]) -> Iterator[Server]:
     """The portal (uvicorn, tests/browser/upload_app.py) with its S3 settings, a platform admin set up."""
     env = {**os.environ, **s3_env, "HAIHE_DATABASE_URL": f"sqlite:///{home / 'haihe.db'}", "HAIHE_HOME": str(home),
            "PYTHONPATH": str(REPO)}
-    proc = ManagedProcess("portal-upload", [sys.executable, "-m", "uvicorn", "tests.browser.upload_app:create",
-                                            "--factory", "--host", "127.0.0.1", "--port", str(port)],
-                          log_path=home / "server.log", pid_path=home / "server.pid", env=env, cwd=REPO)
+    proc = api_process("server", port, log_dir=home, env=env, app="tests.browser.upload_app:create", cwd=REPO)
     proc.start()
     url = f"http://127.0.0.1:{port}"
     try:

@@ -14,7 +14,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from haihe.cluster.procs import ManagedProcess, free_port, wait_until
+from haihe.cluster.procs import free_port, wait_until
+from haihe.serve import api_process
 
 PASSWORD = "correct-horse-battery"
 
@@ -47,9 +48,7 @@ def api(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     port = free_port()
     db = tmp_path / "haihe.db"
     env = {**os.environ, "HAIHE_DATABASE_URL": f"sqlite:///{db}", "HAIHE_HOME": str(tmp_path)}
-    proc = ManagedProcess("api", [sys.executable, "-m", "uvicorn", "haihe.server:create_app", "--factory",
-                                  "--host", "127.0.0.1", "--port", str(port)],
-                          log_path=tmp_path / "api.log", pid_path=tmp_path / "api.pid", env=env)
+    proc = api_process("api", port, log_dir=tmp_path, env=env)
     proc.start()
     url = f"http://127.0.0.1:{port}"
     try:

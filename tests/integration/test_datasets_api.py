@@ -31,6 +31,7 @@ from haihe.cluster.procs import ManagedProcess, free_port, wait_until
 from haihe.cluster.s3 import S3Server
 from haihe.datasets.presigned import HttpTransport
 from haihe.platform.settings import Settings
+from haihe.serve import api_process
 from tests.fixtures.platform import PASSWORD, Tenancy, unique
 
 pytestmark = pytest.mark.s3
@@ -164,9 +165,7 @@ def start_api(tmp_path: Path, s3_endpoint: str, server: S3Server) -> ManagedProc
     env = {**os.environ, "HAIHE_DATABASE_URL": f"sqlite:///{tmp_path / 'haihe.db'}", "HAIHE_HOME": str(tmp_path),
            "HAIHE_S3_ENDPOINT": s3_endpoint, "HAIHE_S3_ACCESS_KEY": server.access_key,
            "HAIHE_S3_SECRET_KEY": server.secret_key, "HAIHE_RECONCILE_INTERVAL_S": "0"}
-    proc = ManagedProcess("api", [sys.executable, "-m", "uvicorn", "haihe.server:create_app", "--factory",
-                                  "--host", "127.0.0.1", "--port", str(port)],
-                          log_path=tmp_path / "api.log", pid_path=tmp_path / "api.pid", env=env)
+    proc = api_process("api", port, log_dir=tmp_path, env=env)
     proc.start()
     proc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     wait_until(lambda: httpx.get(proc.url + "/healthz").status_code == 200,  # type: ignore[attr-defined]

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -17,7 +16,8 @@ from typing import Any, TypeVar
 import httpx
 
 from haihe.cluster.ports import PortPlan
-from haihe.cluster.procs import ManagedProcess, wait_until
+from haihe.cluster.procs import wait_until
+from haihe.serve import api_process as start_api
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -92,9 +92,7 @@ class Api:
         self.home, self.url = home, f"http://127.0.0.1:{port}"
         full = {**os.environ, "HAIHE_HOME": str(home), "HAIHE_PUBLIC_URL": self.url,
                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **env}
-        self.process = ManagedProcess("api", [sys.executable, "-m", "uvicorn", "haihe.server:create_app",
-                                              "--factory", "--host", "127.0.0.1", "--port", str(port)],
-                                      log_path=home / "api.log", pid_path=home / "api.pid", env=full)
+        self.process = start_api("api", port, log_dir=home, env=full)
 
     def start(self) -> Api:
         self.home.mkdir(parents=True, exist_ok=True)

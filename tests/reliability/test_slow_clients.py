@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from haihe.cluster.procs import ManagedProcess, port_open, wait_until
+from haihe.serve import api_process
 from tests.fixtures.figures import Figures
 
 READ_TIMEOUT_S = 2.0
@@ -56,9 +56,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {**os.environ, "HAIHE_HOME": str(home), "HAIHE_DATABASE_URL": f"sqlite:///{home / 'haihe.db'}",
            "HAIHE_RECONCILE_INTERVAL_S": "0", "HAIHE_MAINTENANCE_INTERVAL_S": "0", "HAIHE_SCHEDULERS": "{}",
            "HAIHE_BODY_READ_TIMEOUT_S": str(READ_TIMEOUT_S)}
-    argv = [sys.executable, "-m", "uvicorn", "haihe.server:create_app", "--factory", "--host", "127.0.0.1",
-            "--port", str(port), "--no-access-log", "--timeout-keep-alive", "30"]
-    proc = ManagedProcess("api", argv, log_path=home / "api.log", pid_path=home / "api.pid", env=env, cwd=home)
+    proc = api_process("api", port, log_dir=home, env=env, cwd=home)  # keep-alive 30 s, no access log
     proc.start()
     try:
         wait_until(lambda: port_open("127.0.0.1", port) and httpx.get(f"http://127.0.0.1:{port}/healthz").is_success,

@@ -106,12 +106,11 @@ def test_postgres_rejects_unsafe_database_names_before_connecting(tmp_path: Path
 
 
 def test_stack_config_endpoints_follow_the_port_plan(tmp_path: Path) -> None:
-    config = StackConfig(home=tmp_path, ports=PortPlan(23000), postgres=True, api_argv=("x",))
+    config = StackConfig(home=tmp_path, ports=PortPlan(23000), postgres=True)
     assert config.endpoints() == {
         "s3": "http://127.0.0.1:23000",
         "mlflow": "http://127.0.0.1:23001",
         "postgres": "postgresql+psycopg://postgres@127.0.0.1:23002/postgres",
-        "api": "http://127.0.0.1:23010",
     }
     assert config.all_buckets() == ("haihe-datasets", "mlflow", "haihe-code")
 

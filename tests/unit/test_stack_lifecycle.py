@@ -13,7 +13,6 @@ from haihe.cluster.ports import PortPlan
 from haihe.cluster.procs import StartupError
 from haihe.cluster.s3 import S3Server
 from haihe.cluster.stack import (
-    ApiProcess,
     LocalStack,
     ServicePlan,
     StackConfig,
@@ -178,24 +177,15 @@ def test_default_services_build_the_real_classes_from_config_and_secrets(tmp_pat
         home=tmp_path,
         ports=PortPlan(25000),
         ray=False,
-        api_argv=("python", "-m", "uvicorn", "app"),
-        api_env={"HAIHE_ENV": "development", "AWS_DEFAULT_REGION": "cn-north-1"},
     )
     keys = StackSecrets(s3_access_key="ak-123", s3_secret_key="sk-12345678", app_secret="app")
     plan = default_services(config, keys)
-    assert list(plan.services) == ["s3", "mlflow", "api"]
-    s3, mlflow, api = plan.services["s3"], plan.services["mlflow"], plan.services["api"]
+    assert list(plan.services) == ["s3", "mlflow"]  # the API is haihe.serve's api_process, started by `haihe up`
+    s3, mlflow = plan.services["s3"], plan.services["mlflow"]
     assert isinstance(s3, S3Server)
     assert (s3.home, s3.port, s3.access_key, s3.secret_key) == (tmp_path / "s3", 25000, "ak-123", "sk-12345678")
     assert isinstance(mlflow, MlflowServer)
     assert (mlflow.port, mlflow.s3_endpoint, mlflow.bucket) == (25001, "http://127.0.0.1:25000", "mlflow")
-    assert isinstance(api, ApiProcess)
-    assert api.port == 25010
-    assert list(api.argv) == ["python", "-m", "uvicorn", "app"]
-    assert api.env is not None
-    assert api.env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:25001"
-    assert api.env["HAIHE_ENV"] == "development"
-    assert api.env["AWS_DEFAULT_REGION"] == "cn-north-1"  # the caller's api_env wins
 
 
 def test_default_services_include_the_ray_head_when_asked(tmp_path: Path) -> None:
