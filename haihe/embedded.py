@@ -130,8 +130,9 @@ def _api_env(options: EmbeddedOptions, stack: Any, slurm: Any | None) -> dict[st
     endpoints = stack.endpoints()
     client = stack.client_env()
     schedulers: dict[str, str] = {}
-    if "ray" in endpoints:
-        schedulers["ray"] = "ray://" + endpoints["ray"].split("://", 1)[-1]
+    ray = stack.services.get("ray")
+    if "ray" in endpoints and ray is not None:
+        schedulers["ray"] = ray.scheduler_url  # names its GCS and Serve ports for the gateway
     env = {**os.environ, **client}
     if slurm is not None:
         # slurmrestd with a per-user JWT, as a site runs it; the CLI transport (sbatch --uid as root) only when

@@ -122,8 +122,8 @@ class RayHead:
 
     @property
     def scheduler_url(self) -> str:
-        """The URL the scheduler registry takes for this head."""
-        return f"ray://{HOST}:{self.dashboard_port}"
+        """The URL the scheduler registry takes for this head, naming its GCS and Serve ports for the gateway."""
+        return f"ray://{HOST}:{self.dashboard_port}?gcs={self.gcs_address}&serve_port={self.ports.serve_http}"
 
     # -- command line -----------------------------------------------------------------------------------
     def _short_temp_dir(self) -> Path:

@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from haihe.platform.gateway.config import GatewayConfig
+
 DEV_SECRET = "dev-insecure-secret-change-me"
 
 
@@ -77,9 +79,12 @@ class Settings(BaseSettings):
     mlflow_url: str = Field("", description="MLflow tracking server URL. Empty: tracking disabled.")
     schedulers: dict[str, str] = Field(
         default_factory=dict,
-        description='Named schedulers by URL, e.g. {"ray": "ray://127.0.0.1:8265", "slurm": "slurm+cli://"}.',
+        description='Named schedulers by URL, e.g. {"ray": "ray://127.0.0.1:8265", "slurm": "slurm+cli://"}; a '
+                    "Ray URL may name its GCS and Serve ports for the gateway (?gcs=host:port&serve_port=N).",
     )
     default_scheduler: str = Field("", description="Name of the scheduler used when a job names none.")
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="The inference gateway's knobs "
+                                   "(HAIHE_GATEWAY_* variables; docs/endpoints.md).")
     ray_shared_code_orgs: str = Field(
         "*", description="Orgs that may run their own code (entrypoint/workdir jobs) on a shared Ray cluster, "
         "comma-separated; * for all (the embedded default), empty for none: the others run only recipes there "

@@ -295,3 +295,16 @@ def test_a_deleted_endpoint_does_not_block_metering_of_the_others(world: World) 
     assert w.ledger_requests() == 2
     usage = w.client.get(f"/api/v1/orgs/{w.org}/endpoints/stays/usage", headers=w.admin).json()
     assert usage["requests"] == 1
+
+
+def test_the_ray_cluster_of_the_gateway_comes_from_its_scheduler_url() -> None:
+    from haihe.cluster.ports import PortPlan
+    from haihe.cluster.ray_head import RayHead
+    from haihe.platform.gateway.ray_runtime import serve_addresses
+    from haihe.platform.settings import Settings
+
+    head = RayHead(Path("/nonexistent"), PortPlan(24000))
+    assert serve_addresses(head.scheduler_url) == (head.gcs_address, PortPlan(24000).serve_http)
+    assert serve_addresses("ray://10.0.0.5:8265") == ("10.0.0.5:6379", 8000)  # Ray's own defaults at a site
+    settings = Settings(schedulers={"ray": "ray://h:8265"}, gateway=GatewayConfig(rate_per_s=7))
+    assert settings.gateway.rate_per_s == 7

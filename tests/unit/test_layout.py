@@ -206,3 +206,11 @@ def test_each_name_rule_and_shared_list_has_one_definition() -> None:
 def test_the_one_definition_check_sees_a_copy(tmp_path: Path) -> None:
     tree = ast.parse('LAUNCHERS = ("none", "torchrun", "mpi")\nx: Literal["digits-cnn", "finetune"]\n')
     assert [v for _, v in _literals(tree)] == [["none", "torchrun", "mpi"], ["digits-cnn", "finetune"]]
+
+
+def test_the_gateway_takes_its_cluster_from_settings_not_the_dev_port_plan() -> None:
+    """Production code reads where Ray's GCS and Serve listen from the scheduler URL or ``Settings.gateway``; only
+    ``haihe up``'s bring-up (haihe.cluster) knows the development port plan."""
+    bad = [f"{p.relative_to(ROOT)} imports {name}" for p in (ROOT / "haihe" / "platform" / "gateway").rglob("*.py")
+           for name in _imports(p) if name.startswith("haihe.cluster")]
+    assert not bad, "\n".join(bad)

@@ -1,7 +1,6 @@
-"""Gateway knobs, read from ``HAIHE_GATEWAY_*`` environment variables (documented in docs/endpoints.md).
-
-They sit beside the platform's Settings rather than inside it only because Settings is owned elsewhere; every field
-has the same precedence rule (explicit argument > environment > default).
+"""Gateway knobs, read from ``HAIHE_GATEWAY_*`` environment variables (documented in docs/endpoints.md); the
+platform's ``Settings.gateway`` holds them, so a process reads its configuration in one place (explicit argument >
+environment > default, as for every setting).
 """
 
 from __future__ import annotations
@@ -27,10 +26,10 @@ class GatewayConfig(BaseSettings):
     max_body_bytes: int = Field(4 * 2**20, ge=1024, description="Largest inference request body.")
     max_response_bytes: int = Field(32 * 2**20, ge=1024, description="Largest inference response body.")
     drain_s: float = Field(3.0, ge=0, description="How long a replaced generation keeps serving after a switch.")
-    ray_address: str = Field("", description="Ray GCS address (host:port). Empty: derived from the 'ray' "
-                             "scheduler URL with the local port plan (GCS = dashboard port - 1).")
-    serve_http_port: int = Field(0, ge=0, description="Ray Serve HTTP proxy port. 0: PortPlan.serve_http of the "
-                                 "port plan the Ray head uses.")
+    ray_address: str = Field("", description="Ray GCS address (host:port). Empty: the Ray scheduler URL's "
+                             "?gcs=host:port, else Ray's default port 6379 on the dashboard's host.")
+    serve_http_port: int = Field(0, ge=0, description="Ray Serve HTTP proxy port. 0: the Ray scheduler URL's "
+                                 "?serve_port=N, else Ray Serve's default 8000.")
     slurm_renew_before_s: float = Field(300.0, ge=0, description="Start a successor Slurm serving job this long "
                                         "before the current one's walltime ends (overlap, so no gap).")
     slurm_time_limit_min: int = Field(24 * 60, ge=1, description="Walltime of each Slurm serving job.")

@@ -79,7 +79,7 @@ class EndpointsHub:
                  zoo_factory: Callable[[], Any] | None = None, clock: Callable[[], float] = time.time) -> None:
         self.ctx = ctx
         self.clock = clock  # epoch seconds; the seam through which tests move time for replica-hour metering
-        self.config = config or GatewayConfig()
+        self.config = config or ctx.settings.gateway
         self._runtimes: dict[str, ServingRuntime] = dict(runtimes or {})
         self._zoo = zoo
         self._zoo_factory = zoo_factory
@@ -125,12 +125,10 @@ class EndpointsHub:
             valid = ", ".join(sorted(self.ctx.settings.schedulers)) or "none configured"
             raise InvalidInput(f"unknown scheduler {scheduler!r}; valid: {valid}", field="scheduler")
         if backend_of(url) == "ray":
-            from haihe.cluster.ports import PortPlan
-            from haihe.platform.gateway.ray_runtime import RayServeRuntime, gcs_from_scheduler_url
+            from haihe.platform.gateway.ray_runtime import RayServeRuntime, serve_addresses
 
-            gcs = self.config.ray_address or gcs_from_scheduler_url(url)
-            port = self.config.serve_http_port or PortPlan(int(gcs.rsplit(":", 1)[1]) - 100).serve_http
-            return RayServeRuntime(gcs, port)
+            gcs, port = serve_addresses(url)
+            return RayServeRuntime(self.config.ray_address or gcs, self.config.serve_http_port or port)
         from haihe.platform.gateway.slurm_runtime import SlurmRuntime
 
         return SlurmRuntime(self.ctx.scheduler(scheduler), self.ctx.settings.node_python,

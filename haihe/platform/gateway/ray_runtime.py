@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from haihe.errors import SchedulerUnavailable, ServiceUnavailable
 from haihe.platform.gateway.runtimes import DeployPlan, Probe
@@ -24,12 +24,24 @@ log = logging.getLogger(__name__)
 _STATUS_TTL_S = 0.5
 
 
-def gcs_from_scheduler_url(url: str) -> str:
-    """The local stack's GCS address from its ``ray://host:<dashboard>`` URL (the port plan puts GCS one below)."""
+RAY_GCS_PORT = 6379  # Ray's own defaults, for a cluster whose URL does not say
+RAY_SERVE_HTTP_PORT = 8000
+
+
+def serve_addresses(url: str) -> tuple[str, int]:
+    """(GCS address, Serve HTTP port) of the Ray cluster ``ray://host:dashboard[?gcs=host:port&serve_port=N]``:
+    what the URL says, else Ray's defaults on the dashboard's host (``haihe up``'s head names both)."""
     parsed = urlparse(url)
-    if not parsed.hostname or not parsed.port:
-        raise SchedulerUnavailable(f"cannot derive a Ray GCS address from {url!r}; set HAIHE_GATEWAY_RAY_ADDRESS")
-    return f"{parsed.hostname}:{parsed.port - 1}"
+    if not parsed.hostname:
+        raise SchedulerUnavailable(f"cannot tell the Ray cluster's GCS address from {url!r}; "
+                                   "add ?gcs=host:port or set HAIHE_GATEWAY_RAY_ADDRESS")
+    options = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    gcs = options.get("gcs") or f"{parsed.hostname}:{RAY_GCS_PORT}"
+    try:
+        port = int(options.get("serve_port") or RAY_SERVE_HTTP_PORT)
+    except ValueError:
+        raise SchedulerUnavailable(f"Ray scheduler URL {url!r}: serve_port must be a port number") from None
+    return gcs, port
 
 
 class RayServeRuntime:
