@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from haihe.cli.common import JsonOpt, OrgOpt, console, only_org, open_client, print_error, print_rows
+from haihe.cli.common import JsonOpt, OrgOpt, console, only_org, open_client, print_error, print_json, print_rows
 
 if TYPE_CHECKING:
     from haihe.client import HaiheClient
@@ -175,7 +175,7 @@ def ls(org: Annotated[str | None, typer.Option(help="Only datasets of this org."
 
     with open_client() as c:
         page = c.list_datasets(org, limit=limit)
-    print_rows(page["items"], _LIST_COLS, as_json, title="datasets")
+    print_rows(page.items, _LIST_COLS, as_json, title="datasets")
 
 
 @datasets_app.command("show")
@@ -187,23 +187,23 @@ def show(name: Annotated[str, typer.Argument(help="[ORG/]NAME[@vN]")], org: OrgO
         owner, ds_name, version = parse_name(name, org)
         detail = c.get_dataset(_owner(c, owner), ds_name, version)
     if as_json:
-        typer.echo(json.dumps(detail, indent=2))
+        print_json(detail)
         return
     print_rows(detail, ["org", "name", "visibility", "licence", "latest_version", "stored_bytes", "shares",
-                    "description"], False)
-    print_rows(detail["versions"], ["number", "state", "total_bytes", "files", "created_by", "committed_at", "note"],
-           False, title="versions")
-    manifest = detail.get("manifest")
+                        "description"], False)
+    print_rows(detail.versions, ["number", "state", "total_bytes", "files", "created_by", "committed_at", "note"],
+               False, title="versions")
+    manifest = detail.manifest
     if manifest:
         print_rows(manifest["files"][:50], ["path", "size", "sha256"], False,
-               title=f"v{detail['shown_version']}: {len(manifest['files'])} files")
-    lineage = detail["lineage"]
-    if lineage["jobs"]:
-        print_rows(lineage["jobs"], ["id", "name", "org", "dataset", "state"], False, title="jobs that read it")
-    if lineage["models"]:
-        print_rows(lineage["models"], ["model", "version"], False, title="models trained on it")
-    if lineage.get("models_note"):
-        console().print(f"[dim]{lineage['models_note']}[/]")
+                   title=f"v{detail.shown_version}: {len(manifest['files'])} files")
+    lineage = detail.lineage
+    if lineage.jobs:
+        print_rows(lineage.jobs, ["id", "name", "org", "dataset", "state"], False, title="jobs that read it")
+    if lineage.models:
+        print_rows(lineage.models, ["model", "version"], False, title="models trained on it")
+    if lineage.models_note:
+        console().print(f"[dim]{lineage.models_note}[/]")
 
 
 @datasets_app.command("pull")

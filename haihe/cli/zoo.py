@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from haihe.cli.common import JsonOpt, console, open_client, print_rows
+from haihe.cli.common import JsonOpt, console, open_client, plain, print_json, print_rows
+
+if TYPE_CHECKING:
+    from haihe.platform.zoo.schemas import VersionPublic
 
 models_app = typer.Typer(help="The model zoo: search, inspect, alias, publish, pull and remove models.",
                          no_args_is_help=True)
@@ -28,9 +30,11 @@ def ls(
 
     with open_client() as c:
         rows = c.list_models(task=task, q=query, org=org, visibility=visibility)
-    for row in rows:
-        row["description"] = (row.get("description") or "")[:60]
-    print_rows(rows, _LIST_COLS, as_json, title="models")
+    if as_json:
+        print_json(rows)
+        return
+    print_rows([{**plain(row), "description": row.description[:60]} for row in rows], _LIST_COLS, False,
+               title="models")
 
 
 @models_app.command("show")
@@ -40,27 +44,26 @@ def show(ref: RefArg, as_json: JsonOpt = False) -> None:
     with open_client() as c:
         model = c.get_model(ref)
     if as_json:
-        typer.echo(json.dumps(model, indent=2, default=str))
+        print_json(model)
         return
     out = console()
-    out.print(f"[bold]{model['ref']}[/]  {model['task']}  ({model['visibility']})", highlight=False)
-    out.print(model["description"], highlight=False)
-    card = model.get("card") or {}
+    out.print(f"[bold]{model.ref}[/]  {model.task}  ({model.visibility})", highlight=False)
+    out.print(model.description, highlight=False)
+    card = model.card or {}
     for key in ("intended_use", "limitations", "license", "owner"):
         if card.get(key):
             out.print(f"[dim]{key}:[/] {card[key]}", highlight=False)
     if card.get("metrics"):
         out.print(f"[dim]metrics:[/] {card['metrics']}", highlight=False)
-    print_rows([_version_row(v) for v in model["versions"]],
-           ["version", "aliases", "status", "job", "run", "dataset", "created_at"], False, title="versions")
+    print_rows([_version_row(v) for v in model.versions],
+               ["version", "aliases", "status", "job", "run", "dataset", "created_at"], False, title="versions")
 
 
-def _version_row(v: dict[str, Any]) -> dict[str, Any]:
-    lin = v.get("lineage") or {}
-    job = lin.get("job") or {}
-    return {"version": v["version"], "aliases": v.get("aliases") or [], "status": v["status"],
-            "job": f"{job['name']} ({job['state']})" if job else lin.get("job_id"), "run": lin.get("run_id"),
-            "dataset": lin.get("dataset"), "created_at": v["created_at"]}
+def _version_row(v: VersionPublic) -> dict[str, Any]:
+    lin, job = v.lineage, v.lineage.job
+    return {"version": v.version, "aliases": v.aliases, "status": v.status,
+            "job": f"{job.name} ({job.state})" if job else lin.job_id, "run": lin.run_id,
+            "dataset": lin.dataset, "created_at": v.created_at}
 
 
 @models_app.command("alias")
@@ -88,7 +91,7 @@ def publish(
 
     with open_client() as c:
         model = c.set_model_visibility(ref, visibility)
-    typer.echo(f"{model['ref']} is now {model['visibility']}")
+    typer.echo(f"{model.ref} is now {model.visibility}")
 
 
 @models_app.command("pull")
@@ -104,19 +107,19 @@ def pull(
 
     with open_client() as c:
         manifest = c.model_download(ref)
-        target = dest or Path(f"{split_ref(ref)[1]}-v{manifest['version']}")
-        total = sum(f.get("size") or 0 for f in manifest["files"])
+        target = dest or Path(f"{split_ref(ref)[1]}-v{manifest.version}")
+        total = sum(f.size or 0 for f in manifest.files)
         with Progress(console=Console(stderr=True)) as bar:
-            task = bar.add_task(f"pulling {manifest['ref']}", total=total or None)
+            task = bar.add_task(f"pulling {manifest.ref}", total=total or None)
             done: dict[str, int] = {}
 
             def progress(name: str, n: int) -> None:
                 done[name] = n
                 bar.update(task, completed=sum(done.values()))
 
-            pinned = f"{split_ref(ref)[0]}/{split_ref(ref)[1]}:{manifest['version']}"
+            pinned = f"{split_ref(ref)[0]}/{split_ref(ref)[1]}:{manifest.version}"
             _, path = c.pull_model(pinned, target, progress=progress)
-    typer.echo(f"{manifest['ref']} -> {path} ({len(manifest['files'])} files)")
+    typer.echo(f"{manifest.ref} -> {path} ({len(manifest.files)} files)")
 
 
 @models_app.command("rm")

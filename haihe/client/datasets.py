@@ -12,7 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from haihe.client.http import seg
+from haihe.client.http import model, seg
+from haihe.platform.datasets.schemas import (
+    DatasetDeleted,
+    DatasetDetail,
+    DatasetPage,
+    DatasetPublic,
+    DownloadPublic,
+    GcPublic,
+    UploadTicketPublic,
+    VersionCommitted,
+    VersionPublic,
+)
 
 if TYPE_CHECKING:
     from haihe.datasets.manifest import Manifest
@@ -36,56 +47,57 @@ class DatasetsClientMixin:
 
     # -- datasets ---------------------------------------------------------------------------------------------
     def create_dataset(self, org: str, name: str, *, description: str = "", licence: str = "",
-                       visibility: str = "private") -> dict[str, Any]:
+                       visibility: str = "private") -> DatasetPublic:
         body = {"name": name, "description": description, "licence": licence, "visibility": visibility}
-        return dict(self.request("POST", f"/api/v1/orgs/{seg(org)}/datasets", json=body))
+        return model(DatasetPublic, self.request("POST", f"/api/v1/orgs/{seg(org)}/datasets", json=body))
 
-    def list_datasets(self, org: str | None = None, *, cursor: int | None = None, limit: int = 50) -> dict[str, Any]:
+    def list_datasets(self, org: str | None = None, *, cursor: int | None = None, limit: int = 50) -> DatasetPage:
         params: dict[str, Any] = {"limit": limit}
         if org:
             params["org"] = org
         if cursor is not None:
             params["cursor"] = cursor
-        return dict(self.request("GET", "/api/v1/datasets", params=params))
+        return model(DatasetPage, self.request("GET", "/api/v1/datasets", params=params))
 
-    def get_dataset(self, org: str, name: str, version: int | str | None = None) -> dict[str, Any]:
+    def get_dataset(self, org: str, name: str, version: int | str | None = None) -> DatasetDetail:
         params = {"version": str(version)} if version is not None else None
-        return dict(self.request("GET", _ds(org, name), params=params))
+        return model(DatasetDetail, self.request("GET", _ds(org, name), params=params))
 
-    def share_dataset(self, org: str, name: str, target_org: str) -> dict[str, Any]:
-        return dict(self.request("PUT", f"{_ds(org, name)}/shares/{seg(target_org)}"))
+    def share_dataset(self, org: str, name: str, target_org: str) -> DatasetDetail:
+        return model(DatasetDetail, self.request("PUT", f"{_ds(org, name)}/shares/{seg(target_org)}"))
 
-    def unshare_dataset(self, org: str, name: str, target_org: str) -> dict[str, Any]:
-        return dict(self.request("DELETE", f"{_ds(org, name)}/shares/{seg(target_org)}"))
+    def unshare_dataset(self, org: str, name: str, target_org: str) -> DatasetDetail:
+        return model(DatasetDetail, self.request("DELETE", f"{_ds(org, name)}/shares/{seg(target_org)}"))
 
-    def set_dataset_visibility(self, org: str, name: str, visibility: str) -> dict[str, Any]:
-        return dict(self.request("PUT", f"{_ds(org, name)}/visibility", json={"visibility": visibility}))
+    def set_dataset_visibility(self, org: str, name: str, visibility: str) -> DatasetPublic:
+        return model(DatasetPublic, self.request("PUT", f"{_ds(org, name)}/visibility",
+                                                 json={"visibility": visibility}))
 
-    def delete_dataset(self, org: str, name: str) -> dict[str, Any]:
-        return dict(self.request("DELETE", _ds(org, name)))
+    def delete_dataset(self, org: str, name: str) -> DatasetDeleted:
+        return model(DatasetDeleted, self.request("DELETE", _ds(org, name)))
 
-    def datasets_gc(self) -> dict[str, Any]:
-        return dict(self.request("POST", "/api/v1/admin/datasets/gc"))
+    def datasets_gc(self) -> GcPublic:
+        return model(GcPublic, self.request("POST", "/api/v1/admin/datasets/gc"))
 
     # -- versions ---------------------------------------------------------------------------------------------
     def start_dataset_version(self, org: str, name: str, files: Sequence[dict[str, Any]], *, note: str = "",
-                              data_format: str = "") -> dict[str, Any]:
+                              data_format: str = "") -> UploadTicketPublic:
         body = {"files": list(files), "note": note, "data_format": data_format}
-        return dict(self.request("POST", f"{_ds(org, name)}/versions", json=body))
+        return model(UploadTicketPublic, self.request("POST", f"{_ds(org, name)}/versions", json=body))
 
-    def resume_dataset_upload(self, org: str, name: str, upload_id: str) -> dict[str, Any]:
-        return dict(self.request("GET", f"{_ds(org, name)}/uploads/{seg(upload_id)}"))
+    def resume_dataset_upload(self, org: str, name: str, upload_id: str) -> UploadTicketPublic:
+        return model(UploadTicketPublic, self.request("GET", f"{_ds(org, name)}/uploads/{seg(upload_id)}"))
 
     def complete_dataset_upload(self, org: str, name: str, upload_id: str,
-                                hashes: dict[str, str]) -> dict[str, Any]:
-        return dict(self.request("POST", f"{_ds(org, name)}/uploads/{seg(upload_id)}/complete",
-                                 json={"hashes": hashes}))
+                                hashes: dict[str, str]) -> VersionCommitted:
+        return model(VersionCommitted, self.request("POST", f"{_ds(org, name)}/uploads/{seg(upload_id)}/complete",
+                                                    json={"hashes": hashes}))
 
-    def abort_dataset_upload(self, org: str, name: str, upload_id: str) -> dict[str, Any]:
-        return dict(self.request("DELETE", f"{_ds(org, name)}/uploads/{seg(upload_id)}"))
+    def abort_dataset_upload(self, org: str, name: str, upload_id: str) -> VersionPublic:
+        return model(VersionPublic, self.request("DELETE", f"{_ds(org, name)}/uploads/{seg(upload_id)}"))
 
-    def dataset_download(self, org: str, name: str, version: int | str = "latest") -> dict[str, Any]:
-        return dict(self.request("GET", f"{_ds(org, name)}/versions/{seg(str(version))}/download"))
+    def dataset_download(self, org: str, name: str, version: int | str = "latest") -> DownloadPublic:
+        return model(DownloadPublic, self.request("GET", f"{_ds(org, name)}/versions/{seg(str(version))}/download"))
 
     # -- bytes ------------------------------------------------------------------------------------------------
     def push_dataset(self, org: str, name: str, root: Path, *, upload_id: str | None = None, note: str = "",
@@ -111,22 +123,20 @@ class DatasetsClientMixin:
         from haihe.datasets.push import pull
 
         found = self.dataset_download(org, name, version)
-        manifest = Manifest.model_validate(found["manifest"])
-        pull(manifest, dict(found["urls"]), Path(dest), transport or HttpTransport(pool_size=max(workers, 8)),
+        manifest = Manifest.model_validate(found.manifest)
+        pull(manifest, dict(found.urls), Path(dest), transport or HttpTransport(pool_size=max(workers, 8)),
              workers=workers, progress=progress)
         return manifest
 
 
-def ticket_from_json(data: dict[str, Any]) -> UploadTicket:
+def ticket_from_api(ticket: UploadTicketPublic) -> UploadTicket:
     """The API's upload ticket as the library's ``UploadTicket``."""
     from haihe.datasets.push import UploadTicket
     from haihe.datasets.upload import FileTargets, PartTarget
 
-    files = [FileTargets(f["path"], int(f["size"]), int(f["part_size"]),
-                         [PartTarget(int(p["number"]), int(p["offset"]), int(p["size"]), str(p["url"]))
-                          for p in f["parts"]])
-             for f in data["files"]]
-    return UploadTicket(str(data["upload_id"]), int(data["version"]), files)
+    files = [FileTargets(f.path, f.size, f.part_size, [PartTarget(p.number, p.offset, p.size, p.url) for p in f.parts])
+             for f in ticket.files]
+    return UploadTicket(ticket.upload_id, ticket.version, files)
 
 
 @dataclass
@@ -143,17 +153,17 @@ class HttpUploadBackend:
 
     def begin(self, files: Sequence[FileSpec]) -> UploadTicket:
         body = [{"path": f.path, "size": f.size, **({"sha256": f.sha256} if f.sha256 else {})} for f in files]
-        ticket = ticket_from_json(self.client.start_dataset_version(self.org, self.name, body, note=self.note,
+        ticket = ticket_from_api(self.client.start_dataset_version(self.org, self.name, body, note=self.note,
                                                                     data_format=self.data_format))
         if self.on_begin is not None:
             self.on_begin(ticket.session_id, ticket.version)
         return ticket
 
     def resume(self, session_id: str) -> UploadTicket:
-        return ticket_from_json(self.client.resume_dataset_upload(self.org, self.name, session_id))
+        return ticket_from_api(self.client.resume_dataset_upload(self.org, self.name, session_id))
 
     def finish(self, session_id: str, hashes: dict[str, str]) -> Manifest:
         from haihe.datasets.manifest import Manifest
 
         done = self.client.complete_dataset_upload(self.org, self.name, session_id, hashes)
-        return Manifest.model_validate(done["manifest"])
+        return Manifest.model_validate(done.manifest)

@@ -38,7 +38,8 @@ from haihe.platform.jobs.schemas import CodeUploadPublic, JobEventPublic, JobPag
 
 class HaiheClient(DatasetsClientMixin, ZooClientMixin, EndpointsClientMixin):
     """One method per API operation; returns the pydantic models the API serves (``haihe.platform.<area>.schemas``;
-    datasets, zoo and quota answers are still plain dicts); raises :mod:`haihe.errors`."""
+    the few answers the API declares no schema for, quota balances, usage reports and the cluster view, are dicts);
+    raises :mod:`haihe.errors`."""
 
     def __init__(
         self,

@@ -13,7 +13,16 @@ from typing import Any
 import httpx
 
 from haihe import errors
-from haihe.client.http import raise_for_error, seg
+from haihe.client.http import model, models, raise_for_error, seg
+from haihe.platform.zoo.schemas import (
+    DatasetModelPublic,
+    DownloadPublic,
+    ModelDetail,
+    ModelPublic,
+    RunMetricsPublic,
+    RunPublic,
+    VersionPublic,
+)
 
 
 def split_ref(ref: str) -> tuple[str, str, int | None, str | None]:
@@ -41,22 +50,23 @@ class ZooClientMixin:
         raise NotImplementedError
 
     def list_models(self, *, task: str | None = None, q: str | None = None, org: str | None = None,
-                    visibility: str | None = None) -> list[dict[str, Any]]:
+                    visibility: str | None = None) -> list[ModelPublic]:
         params = {k: v for k, v in {"task": task, "q": q, "org": org, "visibility": visibility}.items() if v}
-        return list(self.request("GET", "/api/v1/models", params=params))
+        return models(ModelPublic, self.request("GET", "/api/v1/models", params=params))
 
-    def get_model(self, ref: str) -> dict[str, Any]:
+    def get_model(self, ref: str) -> ModelDetail:
         org, name, _, _ = split_ref(ref)
-        return dict(self.request("GET", _model(org, name)))
+        return model(ModelDetail, self.request("GET", _model(org, name)))
 
-    def set_model_alias(self, ref: str, alias: str, version: int | None) -> dict[str, Any] | None:
+    def set_model_alias(self, ref: str, alias: str, version: int | None) -> VersionPublic | None:
         org, name, _, _ = split_ref(ref)
         result = self.request("PUT", f"{_model(org, name)}/aliases/{seg(alias)}", json={"version": version})
-        return dict(result) if result else None
+        return model(VersionPublic, result) if result else None
 
-    def set_model_visibility(self, ref: str, visibility: str) -> dict[str, Any]:
+    def set_model_visibility(self, ref: str, visibility: str) -> ModelPublic:
         org, name, _, _ = split_ref(ref)
-        return dict(self.request("PUT", f"{_model(org, name)}/visibility", json={"visibility": visibility}))
+        return model(ModelPublic, self.request("PUT", f"{_model(org, name)}/visibility",
+                                               json={"visibility": visibility}))
 
     def delete_model(self, ref: str) -> None:
         org, name, version, alias = split_ref(ref)
@@ -65,30 +75,30 @@ class ZooClientMixin:
         self.request("DELETE", _model(org, name), params={"version": version} if version else None)
 
     def register_model(self, ref: str, job_id: str, card: dict[str, Any], *, artifact_path: str = "model",
-                       run_id: str | None = None, visibility: str | None = None) -> dict[str, Any]:
+                       run_id: str | None = None, visibility: str | None = None) -> VersionPublic:
         org, name, _, _ = split_ref(ref)
         body = {"job_id": job_id, "card": card, "artifact_path": artifact_path, "run_id": run_id,
                 "visibility": visibility}
-        return dict(self.request("POST", f"{_model(org, name)}/versions", json=body))
+        return model(VersionPublic, self.request("POST", f"{_model(org, name)}/versions", json=body))
 
-    def model_download(self, ref: str) -> dict[str, Any]:
+    def model_download(self, ref: str) -> DownloadPublic:
         org, name, version, alias = split_ref(ref)
         params: dict[str, Any] = {"version": version} if version else {"alias": alias} if alias else {}
-        return dict(self.request("GET", f"{_model(org, name)}/download", params=params))
+        return model(DownloadPublic, self.request("GET", f"{_model(org, name)}/download", params=params))
 
     def pull_model(self, ref: str, dest: Path | str,
-                   progress: Callable[[str, int], None] | None = None) -> tuple[dict[str, Any], Path]:
+                   progress: Callable[[str, int], None] | None = None) -> tuple[DownloadPublic, Path]:
         """Download a version's files into ``dest`` (new or empty); returns the manifest and the directory."""
         target = Path(dest)
         if target.exists() and any(target.iterdir()):
             raise errors.InvalidInput(f"{target} is not empty", field="dest")
         manifest = self.model_download(ref)
-        for f in manifest["files"]:
-            path = target / f["path"]
+        for f in manifest.files:
+            path = target / f.path
             if not path.resolve().is_relative_to(target.resolve()):
-                raise errors.InvalidInput(f"refusing to write outside {target}: {f['path']!r}", field="path")
+                raise errors.InvalidInput(f"refusing to write outside {target}: {f.path!r}", field="path")
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fetch(f["url"], path, manifest["presigned"], progress, f["path"])
+            self._fetch(f.url, path, manifest.presigned, progress, f.path)
         return manifest, target
 
     def _fetch(self, url: str, path: Path, presigned: bool, progress: Callable[[str, int], None] | None,
@@ -111,12 +121,12 @@ class ZooClientMixin:
         except httpx.TransportError as exc:
             raise errors.ServiceUnavailable(f"download of {name} failed: {exc}") from exc
 
-    def models_for_dataset(self, dataset: str) -> list[dict[str, Any]]:
-        return list(self.request("GET", "/api/v1/dataset-models", params={"dataset": dataset}))
+    def models_for_dataset(self, dataset: str) -> list[DatasetModelPublic]:
+        return models(DatasetModelPublic, self.request("GET", "/api/v1/dataset-models", params={"dataset": dataset}))
 
-    def job_runs(self, job_id: str) -> list[dict[str, Any]]:
-        return list(self.request("GET", f"/api/v1/jobs/{seg(job_id)}/run"))
+    def job_runs(self, job_id: str) -> list[RunPublic]:
+        return models(RunPublic, self.request("GET", f"/api/v1/jobs/{seg(job_id)}/run"))
 
-    def job_metrics(self, job_id: str, keys: list[str] | None = None) -> list[dict[str, Any]]:
+    def job_metrics(self, job_id: str, keys: list[str] | None = None) -> list[RunMetricsPublic]:
         params = {"key": keys} if keys else None
-        return list(self.request("GET", f"/api/v1/jobs/{seg(job_id)}/metrics", params=params))
+        return models(RunMetricsPublic, self.request("GET", f"/api/v1/jobs/{seg(job_id)}/metrics", params=params))

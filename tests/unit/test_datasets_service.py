@@ -116,7 +116,7 @@ def test_push_show_pull_round_trip_and_audit(env: Env, tmp_path: Path) -> None:
     # pull through presigned URLs: byte-identical
     found = env.api(env.carol).dataset_download(env.org_a, name)
     dest = tmp_path / "dest"
-    pull(manifest, found["urls"], dest, MemoryTransport(env.store))
+    pull(manifest, found.urls, dest, MemoryTransport(env.store))
     assert tree_digest(dest) == tree_digest(src)
     # a second push makes v2; v1 stays
     assert env.push(env.alice, name, src).version == 2
@@ -142,7 +142,7 @@ def test_interrupted_push_resumes_without_resending_and_is_invisible_meanwhile(e
         assert r.status_code == 404
     assert [v["state"] for v in env.client.get(env.url(name), headers=env.alice).json()["versions"]] == ["uploading"]
     missing = env.api(env.alice).resume_dataset_upload(env.org_a, name, session_id)
-    to_send = sum(len(f["parts"]) for f in missing["files"])
+    to_send = sum(len(f.parts) for f in missing.files)
     total_parts = 6 + 2 + 1 + 1
     assert to_send == total_parts - 4
     before = env.store.part_puts + env.store.object_puts
@@ -150,7 +150,7 @@ def test_interrupted_push_resumes_without_resending_and_is_invisible_meanwhile(e
     assert env.store.part_puts + env.store.object_puts - before == to_send
     assert manifest.version == 1
     dest = tmp_path / "dest"
-    pull(manifest, env.api(env.bob).dataset_download(env.org_a, name)["urls"], dest, MemoryTransport(env.store))
+    pull(manifest, env.api(env.bob).dataset_download(env.org_a, name).urls, dest, MemoryTransport(env.store))
     assert tree_digest(dest) == tree_digest(src)
 
 
