@@ -234,6 +234,8 @@ class Job(Base):
     nodes: Mapped[list[str]] = mapped_column(JSON, default=list)
     queue_position: Mapped[int | None] = mapped_column(Integer, nullable=True)
     submit_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # a submitter's lease on a stored job (dispatcher or reconciler, any process): until then no one else submits it
+    submit_claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # 2.. after a lost attempt
     resubmitted_from: Mapped[str | None] = mapped_column(String(36), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -351,3 +351,34 @@ def test_ids_still_queued_at_shutdown_stay_pending_for_the_reconciler(env: Env) 
     env.age_pending()
     env.reconciler.run_once()
     assert all(env.job(i)["native_id"] for i in ids) and env.fake.submits == 3
+
+
+def test_a_stored_job_is_claimed_by_one_submitter_only(env: Env) -> None:
+    """The dispatcher and the reconciler (here, or in another API process) may both look at a PENDING job that
+    waited past the grace: a lease taken by compare-and-set lets exactly one of them submit it, and a holder that
+    died loses it when the lease ends."""
+    h = {**env.user, "Prefer": "respond-async"}
+    with env.ctx.db.sessions() as hold:  # no dispatcher threads: the job stays stored and PENDING
+        jobs.dispatcher(env.ctx).stop()
+        r = env.client.post(f"/api/v1/orgs/{env.org}/projects/{env.project}/jobs", json={"spec": SPEC}, headers=h)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        hold.close()
+    with env.ctx.db.sessions() as a, env.ctx.db.sessions() as b:
+        seen_by_a, seen_by_b = a.get(Job, job_id), b.get(Job, job_id)
+        assert seen_by_a is not None and seen_by_b is not None
+        assert seen_by_a.submit_claimed_until is None and seen_by_b.submit_claimed_until is None  # both read it
+        assert jobs.claim(a, seen_by_a) is True
+        assert jobs.claim(b, seen_by_b) is False
+    env.age_pending()
+    before = env.fake.submits
+    env.reconciler.run_once()
+    assert env.fake.submits == before  # a holds it (say, mid-call to the scheduler): the reconciler leaves it
+    with env.ctx.db.sessions() as c:  # a died holding it: once the lease has run out, the reconciler submits it
+        held = c.get(Job, job_id)
+        assert held is not None and held.submit_claimed_until is not None
+        held.submit_claimed_until = held.submit_claimed_until - jobs.SUBMIT_LEASE * 2
+        c.commit()
+    env.reconciler.run_once()
+    assert env.fake.submits == before + 1
+    assert env.job(job_id)["state"] in ("SUBMITTED", "QUEUED")  # the same cycle already read its queue state

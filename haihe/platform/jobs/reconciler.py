@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from haihe.errors import HaiheError, ServiceUnavailable
 from haihe.platform.context import PlatformContext
-from haihe.platform.jobs.service import add_event, attempt_tag, dispatch, retry_lost
+from haihe.platform.jobs.service import add_event, attempt_tag, claim, dispatch, retry_lost
 from haihe.platform.lease import LeaderLease
 from haihe.platform.models import Job, utcnow
 from haihe.schedulers import walltime
@@ -195,7 +195,7 @@ class Reconciler:
                 report.adopted += 1
         session.commit()
         for job in pending:
-            if job.native_id is None:
+            if job.native_id is None and claim(session, job):  # not if the dispatcher has just taken it
                 dispatch(self.ctx, session, job)
                 report.submitted += 1
 

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from haihe.errors import (
     Conflict,
@@ -47,6 +48,7 @@ from haihe.schedulers.base import Feature, JobState, JobStatus, Launch, LogChunk
 from haihe.schedulers.slurm.accounts import account_name
 
 log = logging.getLogger(__name__)
+SUBMIT_LEASE = dt.timedelta(minutes=2)  # longer than any scheduler call may take (slurmrestd's timeouts)
 
 
 def add_event(session: Session, job: Job, kind: str, message: str = "", **data: Any) -> None:
@@ -277,11 +279,31 @@ def _resolve_dataset(session: Session, principal: Principal, org_name: str, spec
     return f"{org}/{ds}@v{number}"
 
 
+def claim(session: Session, job: Job, lease: dt.timedelta = SUBMIT_LEASE) -> bool:
+    """Take a stored PENDING job for one submit attempt: a lease set by compare-and-set and committed before the
+    scheduler hears of it, so the dispatcher and the reconciler (of this process or another) never both submit it.
+    The attempt ends the lease (submitted, deferred or refused); a submitter that dies holding it loses it after
+    ``lease``. False: someone else holds it, or it is no longer PENDING."""
+    now = utcnow()
+    result = session.execute(update(Job).where(
+        Job.id == job.id, Job.state == JobState.PENDING.value, Job.native_id.is_(None),
+        or_(Job.submit_claimed_until.is_(None), Job.submit_claimed_until < now),
+    ).values(submit_claimed_until=now + lease))
+    session.commit()
+    won = getattr(result, "rowcount", 0) == 1
+    if won:
+        set_committed_value(job, "submit_claimed_until", now + lease)
+    return won
+
+
 def dispatch(ctx: PlatformContext, session: Session, job: Job, launch: Launch | None = None) -> None:
-    """Hand a PENDING job to its scheduler; on an outage leave it PENDING with the reason (the reconciler retries)."""
+    """Hand a PENDING job to its scheduler; on an outage leave it PENDING with the reason (the reconciler retries).
+    The dispatcher and the reconciler :func:`claim` the job first; the submitting request needs not (no one else
+    looks at a job within the reconciler's grace)."""
     scheduler = ctx.scheduler(job.scheduler)
     launch = launch or launch_for(ctx, session, job)
     job.submit_attempts += 1
+    job.submit_claimed_until = None  # the attempt's outcome is committed with it: the lease ends there
     try:
         ref = scheduler.submit(launch)
     except ServiceUnavailable as exc:
@@ -305,7 +327,11 @@ def dispatch(ctx: PlatformContext, session: Session, job: Job, launch: Launch | 
 
 def dispatcher(ctx: PlatformContext) -> Dispatcher:
     """The process's dispatcher of stored jobs (``Prefer: respond-async``): it runs :func:`dispatch`."""
-    return ctx.service("dispatcher", lambda: Dispatcher(ctx, lambda session, job: dispatch(ctx, session, job)))
+    def submit(session: Session, job: Job) -> None:
+        if claim(session, job):
+            dispatch(ctx, session, job)
+
+    return ctx.service("dispatcher", lambda: Dispatcher(ctx, submit))
 
 
 def _finish(session: Session, job: Job, state: JobState, reason: str, exit_code: int | None = None) -> None:
