@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import pytest
 
@@ -48,6 +49,13 @@ def wait_logs(scheduler: Scheduler, ref: str, needle: str, timeout: float = DEAD
 
 def bash(script: str) -> tuple[str, ...]:
     return ("bash", "-c", script)
+
+
+def plain_launch(command: tuple[str, ...], **fields: Any) -> Launch:
+    """A launch with a fresh tag and one CPU for ten minutes: what a backend needing nothing else takes."""
+    tag = f"contract-{uuid.uuid4().hex}"
+    fields.setdefault("resources", Resources(cpus_per_task=1, time_limit_min=10))
+    return Launch(tag=tag, name=fields.pop("name", tag), command=tuple(command), **fields)
 
 
 class SchedulerContract:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from haihe.cluster.ray_head import RayHead
-from haihe.schedulers.base import Launch, Resources
 from haihe.schedulers.ray.backend import RayScheduler
 from haihe.schedulers.registry import create_scheduler
-from tests.contract.scheduler_contract import MakeLaunch, SchedulerContract
+from tests.contract.scheduler_contract import MakeLaunch, SchedulerContract, plain_launch
 
 pytestmark = pytest.mark.ray
 
@@ -27,12 +24,7 @@ def scheduler(ray_head: RayHead) -> Iterator[RayScheduler]:
 
 @pytest.fixture
 def make_launch() -> MakeLaunch:
-    def make(command: tuple[str, ...], **fields: Any) -> Launch:
-        tag = f"contract-{uuid.uuid4().hex}"
-        fields.setdefault("resources", Resources(cpus_per_task=1, time_limit_min=10))
-        return Launch(tag=tag, name=fields.pop("name", tag), command=tuple(command), **fields)
-
-    return make
+    return plain_launch
 
 
 class TestRayContract(SchedulerContract):

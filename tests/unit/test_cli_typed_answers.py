@@ -13,27 +13,13 @@ from typer.testing import CliRunner
 
 import haihe.client
 from haihe.cli import app
-from haihe.platform.context import PlatformContext
-from haihe.platform.settings import Settings
-from tests.fixtures.fake_scheduler import FakeFactory
-from tests.fixtures.platform import Tenancy
-from tests.unit.test_sdk_models import SPEC, ThroughTestClient
+from tests.unit.test_sdk_models import SPEC, ThroughTestClient, app_with_a_member
 
 
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[CliRunner, TestClient, dict[str, str],
                                                                             str, str]]:
-    from haihe.server import create_app
-
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", schedulers={"fake": "fake://"},
-                        default_scheduler="fake", reconcile_interval_s=0)
-    ctx = PlatformContext.from_settings(settings)
-    ctx.registry.register("fake", FakeFactory())
-    with TestClient(create_app(settings, ctx=ctx)) as client:
-        t = Tenancy(client).bootstrap()
-        org = t.org()
-        project = t.project(org)
-        user = t.login(t.user(org))
+    with app_with_a_member(tmp_path) as (client, _t, org, project, user):
         token = user["Authorization"].removeprefix("Bearer ")
 
         class InProcess(haihe.client.HaiheClient):

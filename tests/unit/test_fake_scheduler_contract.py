@@ -3,15 +3,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from haihe.schedulers.base import Launch, Resources
-from tests.contract.scheduler_contract import MakeLaunch, SchedulerContract
+from tests.contract.scheduler_contract import MakeLaunch, SchedulerContract, plain_launch
 from tests.fixtures.fake_scheduler import FakeScheduler
 
 
@@ -26,12 +23,7 @@ def scheduler(tmp_path: Path) -> Iterator[FakeScheduler]:
 
 @pytest.fixture
 def make_launch() -> MakeLaunch:
-    def make(command: tuple[str, ...], **fields: Any) -> Launch:
-        tag = f"contract-{uuid.uuid4().hex}"
-        fields.setdefault("resources", Resources(cpus_per_task=1, time_limit_min=10))
-        return Launch(tag=tag, name=fields.pop("name", tag), command=tuple(command), **fields)
-
-    return make
+    return plain_launch
 
 
 class TestFakeSchedulerContract(SchedulerContract):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -32,8 +33,9 @@ class ThroughTestClient(httpx.BaseTransport):
         return httpx.Response(r.status_code, headers=r.headers, content=r.content)
 
 
-@pytest.fixture
-def sdk(tmp_path: Path) -> Iterator[tuple[HaiheClient, Tenancy, str, str]]:
+@contextmanager
+def app_with_a_member(tmp_path: Path) -> Iterator[tuple[TestClient, Tenancy, str, str, dict[str, str]]]:
+    """The real app on SQLite with the fake scheduler: (client, tenancy, org, project, a researcher's headers)."""
     from haihe.server import create_app
 
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", schedulers={"fake": "fake://"},
@@ -44,7 +46,13 @@ def sdk(tmp_path: Path) -> Iterator[tuple[HaiheClient, Tenancy, str, str]]:
         t = Tenancy(client).bootstrap()
         org = t.org()
         project = t.project(org)
-        token = t.login(t.user(org))["Authorization"].removeprefix("Bearer ")
+        yield client, t, org, project, t.login(t.user(org))
+
+
+@pytest.fixture
+def sdk(tmp_path: Path) -> Iterator[tuple[HaiheClient, Tenancy, str, str]]:
+    with app_with_a_member(tmp_path) as (client, t, org, project, user):
+        token = user["Authorization"].removeprefix("Bearer ")
         hh = HaiheClient("http://testserver", token=token, transport=ThroughTestClient(client))
         yield hh, t, org, project
         hh.close()
