@@ -382,3 +382,18 @@ def test_a_stored_job_is_claimed_by_one_submitter_only(env: Env) -> None:
     env.reconciler.run_once()
     assert env.fake.submits == before + 1
     assert env.job(job_id)["state"] in ("SUBMITTED", "QUEUED")  # the same cycle already read its queue state
+
+
+def test_a_submit_validates_the_spec_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from haihe.platform.jobs import service
+
+    calls: list[object] = []
+    real = service.validate_spec
+
+    def counting(raw: dict[str, object]) -> object:
+        calls.append(raw)
+        return real(raw)
+
+    monkeypatch.setattr(service, "validate_spec", counting)
+    env.submit()
+    assert len(calls) == 1

@@ -85,8 +85,9 @@ def _render_context(ctx: PlatformContext, job: Job, org: Org, project: Project, 
     )
 
 
-def launch_for(ctx: PlatformContext, session: Session, job: Job) -> Launch:
-    spec = validate_spec(job.spec)
+def launch_for(ctx: PlatformContext, session: Session, job: Job, spec: JobSpec | None = None) -> Launch:
+    """The job's Launch. ``spec``: the one the request has just validated (a stored job's spec is parsed here)."""
+    spec = spec or validate_spec(job.spec)
     org = session.get(Org, job.org_id)
     project = session.get(Project, job.project_id)
     user = session.get(User, job.user_id)
@@ -208,7 +209,7 @@ def submit(
         array_size=spec.sweep_size(),
         resubmitted_from=resubmitted_from,
     )
-    launch = launch_for(ctx, session, job)
+    launch = launch_for(ctx, session, job, spec)  # validated once, above
     scheduler.check(launch)  # refuse what the backend cannot do: a 4xx, nothing stored
     # ... or what the live cluster cannot run (partition, GPUs per node, walltime). A cluster that cannot be asked
     # now: the job is stored, and submitted (and admitted) once it answers.
