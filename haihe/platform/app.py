@@ -96,12 +96,9 @@ def create_platform_app(settings: Settings | None = None, *, migrate: bool = Tru
 
 def _maintenance(app: FastAPI) -> None:
     """Dataset GC past the retention window and expiry of abandoned uploads."""
-    from haihe.platform.datasets.service import DatasetStorage, collect_garbage
+    from haihe.platform.datasets.service import collect_garbage, storage
 
     ctx: PlatformContext = app.state.ctx
-    storage = getattr(app.state, "dataset_storage", None)
-    if storage is None:
-        storage = app.state.dataset_storage = DatasetStorage.from_settings(ctx.settings)
     with ctx.db.sessions() as session:
-        report = collect_garbage(session, storage, ctx.settings)
+        report = collect_garbage(session, storage(ctx), ctx.settings)
     log.info("maintenance: %s", report)

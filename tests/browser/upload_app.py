@@ -18,5 +18,5 @@ def create() -> FastAPI:
     app = app_factory.create()
     s = app.state.ctx.settings
     store = MinioStore(s.s3_endpoint, s.s3_access_key, s.s3_secret_key, s.datasets_bucket, region=s.s3_region)
-    app.state.dataset_storage = DatasetStorage.for_store(store, part_size=MIN_PART_SIZE)
+    app.state.ctx.provide("datasets", DatasetStorage.for_store(store, part_size=MIN_PART_SIZE))
     return app

@@ -97,7 +97,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     ctx.registry.register("fake", FakeFactory())
     store = MemoryStore(min_part_size=PART)
     app = create_app(settings, ctx=ctx)
-    app.state.dataset_storage = svc.DatasetStorage.for_store(store, part_size=PART)
+    app.state.ctx.provide("datasets", svc.DatasetStorage.for_store(store, part_size=PART))
     with TestClient(app) as client:
         t = Tenancy(client).bootstrap()
         orgs = {k: _build_org(t, store, Path(tmp)) for k in ("a", "b", "c")}

@@ -81,7 +81,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     ctx = PlatformContext.from_settings(settings)
     store = MemoryStore(min_part_size=PART)
     app = create_app(settings, ctx=ctx)
-    app.state.dataset_storage = svc.DatasetStorage.for_store(store, part_size=PART)
+    app.state.ctx.provide("datasets", svc.DatasetStorage.for_store(store, part_size=PART))
     with TestClient(app) as client:
         yield Env(client, ctx, store)
 
@@ -267,7 +267,7 @@ def test_delete_then_gc_after_retention(env: Env, tmp_path: Path) -> None:
     assert name not in [d["name"] for d in env.client.get("/api/v1/datasets", headers=env.admin_a).json()["items"]]
     r = env.client.post(f"/api/v1/orgs/{env.org_a}/datasets", json={"name": name}, headers=env.alice)
     assert r.status_code == 409
-    storage = env.client.app.state.dataset_storage  # type: ignore[attr-defined]
+    storage = svc.storage(env.client.app.state.ctx)  # type: ignore[attr-defined]
     with env.ctx.db.session() as s:
         assert svc.collect_garbage(s, storage, env.ctx.settings).purged == []  # inside the retention window
         assert any(k.startswith(f"{env.org_a}/{name}/") for k in env.store.objects)
@@ -289,7 +289,7 @@ def test_gc_expires_abandoned_uploads_and_storage_bytes(env: Env, tmp_path: Path
         ids = {o.name: o.id for o in s.scalars(select(Org))}
         assert quotas.storage_held(s, ids[env.org_a]) == 1000
         assert quotas.storage_held(s, ids[env.org_b]) == 3 * PART
-        storage = env.client.app.state.dataset_storage  # type: ignore[attr-defined]
+        storage = svc.storage(env.client.app.state.ctx)  # type: ignore[attr-defined]
         report = svc.collect_garbage(s, storage, env.ctx.settings,
                                      now=dt.datetime.now(dt.UTC) + dt.timedelta(days=8))
         assert report.uploads_expired == [f"{env.org_b}/{other}@v1"]
@@ -314,7 +314,7 @@ def test_lineage_jobs_and_models(env: Env, tmp_path: Path) -> None:
                               (f"{env.org_a}/{name}x@v1", "other")]:
             s.add(Job(id=str(uuid.uuid4()), org_id=org.id, project_id=proj.id, user_id=user.id, name=job_name,
                       kind="train", scheduler="fake", state="SUCCEEDED", spec={"name": job_name}, dataset_ref=ref))
-    storage = env.client.app.state.dataset_storage  # type: ignore[attr-defined]
+    storage = svc.storage(env.client.app.state.ctx)  # type: ignore[attr-defined]
     detail = env.client.get(env.url(name), headers=env.alice).json()
     assert sorted(j["name"] for j in detail["lineage"]["jobs"]) == ["eval", "train"]
     assert detail["lineage"]["models"] == [] and "not configured" in detail["lineage"]["models_note"]

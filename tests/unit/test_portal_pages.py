@@ -299,7 +299,7 @@ def test_sharing_with_a_mistyped_org_says_so_at_the_field_and_the_receiver_sees_
     from haihe.datasets.memory import MemoryStore
     from haihe.platform.datasets import service as datasets_service
 
-    portal.app.state.dataset_storage = datasets_service.DatasetStorage.for_store(MemoryStore())
+    portal.app.state.ctx.provide("datasets", datasets_service.DatasetStorage.for_store(MemoryStore()))
     org_a, _pa, _ua = _setup_org(portal)
     org_b, _pb, user_b = _setup_org(portal)
     t = portal.tenancy

@@ -38,12 +38,8 @@ router = APIRouter(prefix="/api/v1", tags=["datasets"])
 
 
 def get_storage(request: Request, ctx: CtxDep) -> svc.DatasetStorage:
-    """The app's dataset storage, built on first use (tests put a ``DatasetStorage`` in ``app.state`` first)."""
-    storage: svc.DatasetStorage | None = getattr(request.app.state, "dataset_storage", None)
-    if storage is None:
-        storage = svc.DatasetStorage.from_settings(ctx.settings)
-        request.app.state.dataset_storage = storage
-    return storage
+    """The process's dataset storage (``service.storage``: one per context, built on first use)."""
+    return svc.storage(ctx)
 
 
 StorageDep = Annotated[svc.DatasetStorage, Depends(get_storage)]

@@ -34,6 +34,7 @@ from haihe.datasets.versions import delete_version, download_urls, read_manifest
 from haihe.errors import Conflict, HaiheError, InvalidInput, NotFound, PermissionDenied, StorageUnavailable
 from haihe.platform import access, audit
 from haihe.platform.access import Principal
+from haihe.platform.context import PlatformContext
 from haihe.platform.datasets.rows import Dataset, DatasetShare, DatasetVersion, VersionState, Visibility
 from haihe.platform.datasets.schemas import JobReadPublic, Ticket
 from haihe.platform.models import Job, Org, Role, utcnow
@@ -560,3 +561,9 @@ def collect_garbage(session: Session, storage: DatasetStorage, settings: Setting
         session.commit()
         report.uploads_expired.append(f"{ds.org.name}/{ds.name}@v{row.number}")
     return report
+
+
+def storage(ctx: PlatformContext) -> DatasetStorage:
+    """The process's dataset storage (S3 client, part size), built on first use; tests ``ctx.provide("datasets", …)``
+    a store of their own first."""
+    return ctx.service("datasets", lambda: DatasetStorage.from_settings(ctx.settings))
