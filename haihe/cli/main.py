@@ -51,6 +51,7 @@ admin.add_typer(quota_app, name="quota")
 admin.add_typer(usage_app, name="usage")
 app.command("quota")(my_quota)
 
+
 def _memberships(user: dict[str, Any]) -> dict[str, Any]:
     return {**user, "orgs": [f"{m['org']}:{m['role']}" for m in user.get("memberships", [])]}
 

@@ -92,6 +92,17 @@ def _quote(value: str) -> str:
     return f"'{value}'"
 
 
+def _every_page(search: Callable[..., Any], clauses: list[str]) -> Iterator[Any]:
+    """Every item of an MLflow registry search, page after page (``clauses`` joined with AND; none: everything)."""
+    token = None
+    while True:
+        page = search(filter_string=" AND ".join(clauses) or None, max_results=_PAGE, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 def _tag_clauses(tags: Mapping[str, str]) -> list[str]:
     return [f"tags.`{_plain(key)}` = {_quote(value)}" for key, value in sorted(tags.items())]
 
@@ -176,18 +187,8 @@ class MlflowBackend:
         clauses = _tag_clauses(tags)
         if name_prefix:
             clauses.insert(0, _like_prefix(name_prefix))
-        filter_string = " AND ".join(clauses)
-        out: list[ModelRecord] = []
-        token = None
         with translated("model search"):
-            while True:
-                page = self.client.search_registered_models(
-                    filter_string=filter_string or None, max_results=_PAGE, page_token=token
-                )
-                out.extend(_model_record(m) for m in page)
-                token = page.token
-                if not token:
-                    break
+            out = [_model_record(m) for m in _every_page(self.client.search_registered_models, clauses)]
         if name_prefix:
             out = [m for m in out if m.name.startswith(name_prefix)]
         return out
@@ -226,19 +227,8 @@ class MlflowBackend:
         clauses = _tag_clauses(tags)
         if name is not None:
             clauses.insert(0, f"name = {_quote(name)}")
-        filter_string = " AND ".join(clauses)
-        out: list[VersionRecord] = []
-        token = None
         with translated("model version search"):
-            while True:
-                page = self.client.search_model_versions(
-                    filter_string=filter_string or None, max_results=_PAGE, page_token=token
-                )
-                out.extend(_version_record(v) for v in page)
-                token = page.token
-                if not token:
-                    break
-        return out
+            return [_version_record(v) for v in _every_page(self.client.search_model_versions, clauses)]
 
     def delete_version(self, name: str, version: int) -> None:
         self._call(f"model {name} version {version}", lambda: self.client.delete_model_version(name, str(version)))
