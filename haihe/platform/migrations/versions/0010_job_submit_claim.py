@@ -18,7 +18,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
-        batch.add_column(sa.Column("submit_claimed_until", sa.DateTime(), nullable=True))
+        batch.add_column(sa.Column("submit_claimed_until", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
