@@ -30,10 +30,13 @@ APP = "haihe.server:create_app"
 
 def api_process(name: str, port: int, *, log_dir: Path, env: Mapping[str, str] | None = None,
                 host: str = "127.0.0.1", app: str = APP, ready_file: Path | None = None, cwd: Path | None = None,
-                umask: int | None = None) -> ManagedProcess:
+                umask: int | None = None, access_log: bool = False) -> ManagedProcess:
     """An API server process (``python -m haihe.serve``) named ``name``: its log and pid file in ``log_dir``,
-    configured by ``HAIHE_*`` variables in ``env``; ``start()`` it, ``stop()`` it."""
+    configured by ``HAIHE_*`` variables in ``env``; ``start()`` it, ``stop()`` it. ``access_log``: a line per
+    request in the log (off by default: it costs CPU on every request)."""
     argv = [sys.executable, "-m", "haihe.serve", "--host", host, "--port", str(port), "--app", app]
+    if access_log:
+        argv.append("--access-log")
     if ready_file is not None:
         argv += ["--ready-file", str(ready_file)]
     return ManagedProcess(name, argv, log_path=log_dir / f"{name}.log", pid_path=log_dir / f"{name}.pid",
@@ -69,13 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--ready-file", type=Path, default=None)
     ap.add_argument("--app", default=APP, help="The app factory, module:function.")
+    ap.add_argument("--access-log", action="store_true", help="Log a line per request.")
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--timeout-keep-alive", type=int, default=30)
     args = ap.parse_args(argv)
     if args.ready_file is not None:
         args.ready_file.unlink(missing_ok=True)
-    config = uvicorn.Config(args.app, factory=True, host=args.host, port=args.port,
-                            access_log=False, log_level=args.log_level, timeout_keep_alive=args.timeout_keep_alive)
+    config = uvicorn.Config(args.app, factory=True, host=args.host, port=args.port, access_log=args.access_log,
+                            log_level=args.log_level, timeout_keep_alive=args.timeout_keep_alive)
     _Server(config, args.ready_file).run(sockets=[shared_socket(args.host, args.port)])
 
 
