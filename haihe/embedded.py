@@ -222,10 +222,42 @@ def _supervise_running(options: EmbeddedOptions, echo: Echo) -> int:
     return _wait_and_stop(api, slurm, stack, home, echo, f"http://{HOST}:{options.api_port}")
 
 
+class Interrupts:
+    """SIGINT/SIGTERM from the first moment of `haihe up`: during start-up they unwind it (KeyboardInterrupt, and the
+    caller stops what has started); once up they only set ``stop`` for the wait loop. A Ctrl-C that lands between
+    "ready" and the wait loop is therefore never lost, not even when the shell started us with SIGINT ignored (as a
+    non-interactive shell does for a background job). CI found that window: readiness answered, the test's Ctrl-C
+    came while `haihe up` was still printing its summary, and it ran on."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.starting = True
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Interrupts:
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.stop.set()
+        if self.starting:
+            self.starting = False  # a second signal during the clean-up only sets stop
+            raise KeyboardInterrupt
+
+
 def run_embedded(options: EmbeddedOptions, echo: Echo = print) -> int:
     """Bring everything up; in the foreground, wait for Ctrl-C and stop it all. Returns an exit code."""
     if options.supervise_only:
         return _supervise_running(options, echo)
+    with Interrupts() as interrupts:
+        return _run_embedded(options, echo, interrupts)
+
+
+def _run_embedded(options: EmbeddedOptions, echo: Echo, interrupts: Interrupts) -> int:
     home = options.resolved_home
     secure_home(home)
     t0 = time.monotonic()
@@ -253,10 +285,12 @@ def run_embedded(options: EmbeddedOptions, echo: Echo = print) -> int:
              f" ({time.monotonic() - t0:.1f}s since start)")
         _first_admin(options, url, echo)
         _seed_zoo(stack, home, echo)
+        interrupts.starting = False  # from here a signal only asks the wait loop to stop
     except (StartupError, KeyboardInterrupt) as exc:
-        echo(f"[red]start-up failed:[/] {exc}")
+        interrupts.starting = False
+        echo(f"[red]start-up failed:[/] {exc}" if isinstance(exc, StartupError) else "\ninterrupted during start-up")
         _stop_all(api, slurm, stack, home, echo)
-        return 1
+        return 1 if isinstance(exc, StartupError) else 130
     endpoints = stack.endpoints()
     echo(f"\n[green]Haihe is up[/] in {time.monotonic() - t0:.1f}s")
     echo(f"  portal and API   {url}/      (API reference {url}/docs, readiness {url}/readyz)")
@@ -270,7 +304,7 @@ def run_embedded(options: EmbeddedOptions, echo: Echo = print) -> int:
              "stop with `haihe down`")
         return 0
     echo("press Ctrl-C to stop")
-    return _wait_and_stop(api, slurm, stack, home, echo, url)
+    return _wait_and_stop(api, slurm, stack, home, echo, url, interrupts.stop)
 
 
 def _ready(url: str) -> bool:
@@ -306,13 +340,16 @@ def _starter(service: Any) -> Callable[[], None]:
     return start
 
 
-def _wait_and_stop(api: list[ApiWorker], slurm: Any, stack: Any, home: Path, echo: Echo, url: str = "") -> int:
-    stop = threading.Event()
+def _wait_and_stop(api: list[ApiWorker], slurm: Any, stack: Any, home: Path, echo: Echo, url: str = "",
+                   stop: threading.Event | None = None) -> int:
+    """Supervise until ``stop`` is set (by the caller's :class:`Interrupts`; without one, SIGINT/SIGTERM here)."""
+    own = stop is None
+    stop = stop or threading.Event()
 
     def _handler(signum: int, _frame: Any) -> None:
         stop.set()
 
-    previous = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)} if own else {}
     code = 0
     supervisor = _supervisor(api, stack, home, url, echo)
     try:
