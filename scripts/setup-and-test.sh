@@ -8,10 +8,11 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 t0=$(date +%s)
 step() { echo "=== [$(( $(date +%s) - t0 ))s] $*"; }
 
-step "apt: Slurm, munge, MPI, MariaDB, PostgreSQL, Chromium"
+step "apt: Slurm, munge, MPI, MariaDB, PostgreSQL, Chromium, podman"
 APT_PKGS=(slurmctld slurmd slurm-client slurmrestd slurm-wlm-jwt-plugin slurmdbd munge
           openmpi-bin libopenmpi-dev mariadb-server postgresql-15 chromium chromium-driver fonts-wqy-microhei
-          util-linux acl bubblewrap iptables)
+          util-linux acl bubblewrap iptables
+          podman runc uidmap slirp4netns fuse-overlayfs busybox-static)  # job container images (rootless podman)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

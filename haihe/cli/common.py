@@ -61,6 +61,16 @@ def print_json(value: Any) -> None:
     typer.echo(json.dumps(plain(value), indent=2, default=str))
 
 
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB' (what a table shows; --json keeps the number)."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
 def print_rows(rows: BaseModel | dict[str, Any] | Sequence[BaseModel | dict[str, Any]], columns: Sequence[str],
                as_json: bool, title: str | None = None) -> None:
     data = plain(rows)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from haihe.cli.common import JsonOpt, console, open_client, plain, print_json, print_rows
+from haihe.cli.common import JsonOpt, console, human_bytes, open_client, plain, print_json, print_rows
 from haihe.cli.datasets import datasets_app
 from haihe.cli.endpoints import endpoints_app
 from haihe.cli.jobs import jobs_app
@@ -190,6 +190,22 @@ def admin_audit(
     with open_client() as c:
         rows = c.audit(org=org, action=action, actor=actor, limit=limit)
     print_rows(rows, ["id", "at", "actor", "action", "target", "outcome", "source_ip"], as_json)
+
+
+@admin.command("environments")
+def admin_environments(
+    org: Annotated[str, typer.Option(help="The org whose job environments to list.")],
+    pruned: Annotated[bool, typer.Option(help="Also those the nodes removed.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Job environments (spec environment) built on the nodes: where, size, jobs, last use. They count against the
+    org's storage quota; a node removes one no job used for HAIHE_ENVIRONMENT_KEEP_DAYS (default 30)."""
+    with open_client() as c:
+        rows = [plain(e) for e in c.environments(org, pruned=pruned)]
+    if not as_json:
+        for r in rows:
+            r["ref"], r["size"] = str(r["ref"])[:19] + "…", human_bytes(int(r["bytes"]))
+    print_rows(rows, ["ref", "location", "size", "jobs", "last_used_at", "pruned_at"], as_json)
 
 
 _ORG_COLS = ["name", "display_name", "status", "created_at"]

@@ -33,7 +33,14 @@ from haihe.platform.identity.schemas import (
     UserPublic,
     WhoAmI,
 )
-from haihe.platform.jobs.schemas import CodeUploadPublic, JobEventPublic, JobPage, JobPublic, LogsPublic
+from haihe.platform.jobs.schemas import (
+    CodeUploadPublic,
+    EnvironmentPublic,
+    JobEventPublic,
+    JobPage,
+    JobPublic,
+    LogsPublic,
+)
 
 
 class HaiheClient(DatasetsClientMixin, ZooClientMixin, EndpointsClientMixin):
@@ -102,6 +109,11 @@ class HaiheClient(DatasetsClientMixin, ZooClientMixin, EndpointsClientMixin):
     def cluster_status(self) -> dict[str, Any]:
         """Partitions, nodes, free CPUs/GPUs, jobs waiting and running, and why your own jobs wait."""
         return dict(self.request("GET", "/api/v1/cluster"))
+
+    def environments(self, org: str, pruned: bool = False) -> list[EnvironmentPublic]:
+        """The org's job environments on the nodes, with the storage each holds (org admins)."""
+        return models(EnvironmentPublic, self.request("GET", f"/api/v1/orgs/{seg(org)}/environments",
+                                                      params={"pruned": "true"} if pruned else None))
 
     # -- orgs, projects, users --------------------------------------------------------------------------------
     def create_org(self, name: str, display_name: str = "") -> OrgPublic:

@@ -73,9 +73,10 @@ def ensure_group(name: str) -> int:
 
 
 def ensure_user(name: str, *, group: str = JOBS_GROUP, system: bool = True, home: str = "/nonexistent",
-                extra_groups: tuple[str, ...] = ()) -> UnixAccount:
+                extra_groups: tuple[str, ...] = (), subids: bool = False) -> UnixAccount:
     """An unprivileged account with no login shell, primary group ``group`` (created if missing) and the
-    supplementary ``extra_groups``. Idempotent; an existing account is moved to these groups."""
+    supplementary ``extra_groups``. Idempotent; an existing account is moved to these groups. ``subids``: with
+    subordinate uid/gid ranges (/etc/subuid, /etc/subgid), which rootless containers (podman) need."""
     if not is_unix_name(name):
         raise UnixAccountError(f"{name!r} is not a valid Unix account name")
     gid = ensure_group(group)
@@ -93,6 +94,8 @@ def ensure_user(name: str, *, group: str = JOBS_GROUP, system: bool = True, home
             "--no-user-group"]
     if system:
         argv.append("--system")
+        if subids:
+            argv.append("--add-subids-for-system")
     if extra_groups:
         argv += ["--groups", ",".join(extra_groups)]
     _run([*argv, name], f"create user {name}")

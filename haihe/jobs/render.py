@@ -6,6 +6,7 @@ The job's code runs under the node runtime (``python -m haihe.jobs.runtime``), w
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -38,6 +39,11 @@ class RenderContext:
     account: str | None = None  # Slurm account of the org/project when the cluster has accounting
     unix_user: str | None = None  # the Unix account the job runs as (schedulers that run jobs as a user)
     attempt: int = 1  # 2, 3, ... when the platform runs the job again after a lost attempt
+    environment_lock: str | None = None  # the lock a first run resolved: a resubmit installs exactly it
+    environment_url: str = ""  # where the runtime reports the environment it resolved
+    environment_ref: str | None = None  # with an image: the image id the first run used (a resubmit checks it)
+    container: str = ""  # HAIHE_CONTAINER: how the site's nodes run images (JSON), when it allows them
+    env_keep_days: float = 30.0  # environments unused this long are removed from a node's cache
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -68,7 +74,7 @@ def runtime_env(spec: JobSpec, ctx: RenderContext) -> dict[str, str]:
         tracking_token=ctx.mlflow_token,
         s3_endpoint=ctx.s3_endpoint,
         credentials_url=ctx.storage_credentials_url if brokered else "",
-        job_token=ctx.job_token if brokered else "",
+        job_token=ctx.job_token if brokered or spec.environment else "",
         code_uri=ctx.code_uri or "",
         output_uri=ctx.output_uri or "",
         datasets_bucket=ctx.datasets_bucket,
@@ -80,11 +86,27 @@ def runtime_env(spec: JobSpec, ctx: RenderContext) -> dict[str, str]:
         checkpoint_keep=checkpoint.keep if checkpoint else DEFAULT_CHECKPOINT_KEEP,
         checkpoint_uri=(ctx.checkpoint_uri or "") if checkpoint else "",
         sweep=tuple(spec.sweep_points()) if spec.sweep else (),
+        environment=environment_request(spec, ctx),
+        environment_url=ctx.environment_url if spec.environment else "",
+        container=ctx.container if spec.environment and spec.environment.image else "",
+        env_keep_days=ctx.env_keep_days,
     )
     env = contract.to_environ()
     env.update(ctx.extra_env)
     env.update(spec.env)  # user values last; reserved prefixes are refused by the spec
     return env
+
+
+def environment_request(spec: JobSpec, ctx: RenderContext) -> str:
+    """``HAIHE_ENVIRONMENT``: what the spec asks for, or the exact lock an earlier run of the job resolved."""
+    if spec.environment is None:
+        return ""
+    if spec.environment.image:
+        pinned = {"pinned": ctx.environment_ref} if ctx.environment_ref else {}
+        return json.dumps({"image": spec.environment.image, **pinned}, sort_keys=True)
+    if ctx.environment_lock:
+        return json.dumps({"locked": ctx.environment_lock})
+    return json.dumps(spec.environment.model_dump(exclude_none=True), sort_keys=True)
 
 
 RAY_TRAIN_TARGET = "haihe.jobs.runtime.ray_entry:train_loop_per_worker"

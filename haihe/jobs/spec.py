@@ -16,6 +16,7 @@
     register: {name: digits-cnn}   # register the trained model in the zoo under your org
     tracking: {experiment: vision}
     checkpoint: {every: 100, keep: 3}
+    environment: {pip: ["scikit-learn==1.5.2"]}   # or {requirements: reqs.txt} / {lock: uv.lock.txt} (in workdir)
     sweep: {lr: [0.1, 0.01]}       # a parameter grid: a Slurm job array, or N Ray jobs
 
 Every error names the file (when loaded from one), the field and the allowed values.
@@ -138,6 +139,61 @@ class CheckpointSpec(_Strict):
     keep: Annotated[int, Field(ge=1, le=100)] = 3
 
 
+MAX_PIP = 200
+
+
+def check_requirements(items: list[str]) -> list[str]:
+    """Requirement strings (PEP 508) for uv, stripped; ValueError naming the item for options, line breaks or
+    anything else that is not a requirement (options belong in a requirements file)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    for i, item in enumerate(items):
+        text = item.strip()
+        if text.startswith("-") or any(c in text for c in "\x00\r\n"):
+            raise ValueError(f"pip[{i}] {item!r} is not a requirement: options and line breaks are not "
+                             "allowed (put them in a requirements file)")
+        try:
+            Requirement(text)
+        except InvalidRequirement as exc:
+            raise ValueError(f"pip[{i}] {item!r} is not a requirement ({exc})") from None
+    return [item.strip() for item in items]
+
+
+class EnvironmentSpec(_Strict):
+    """The job's own Python environment, built by uv on the node and cached by the hash of its resolved lock
+    (docs/environments.md). Exactly one of: ``pip`` (requirement strings), ``requirements`` or ``lock`` (a file of
+    the job's workdir; a lock is installed as it is, without resolving)."""
+
+    pip: list[Annotated[str, Field(min_length=1, max_length=500)]] | None = Field(None, min_length=1,
+                                                                                    max_length=MAX_PIP)
+    requirements: Annotated[str | None, Field(max_length=1024)] = None
+    lock: Annotated[str | None, Field(max_length=1024)] = None
+    image: Annotated[str | None, Field(max_length=500, pattern=r"^[A-Za-z0-9/][A-Za-z0-9._:/@+-]*$",
+                                       description="a container image the command runs in: a registry reference, "
+                                       "oci-archive:/path, docker-archive:/path, or an Apptainer .sif path")] = None
+
+    @field_validator("pip")
+    @classmethod
+    def _requirements(cls, v: list[str] | None) -> list[str] | None:
+        return check_requirements(v) if v else v
+
+    @field_validator("requirements", "lock")
+    @classmethod
+    def _relative(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v or v.startswith("/") or ".." in v.split("/") or "\x00" in v:
+            raise ValueError("must be a relative path inside the job's workdir, without '..'")
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvironmentSpec:
+        given = [k for k in ("pip", "requirements", "lock", "image") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of pip, requirements, lock, image")
+        return self
+
+
 class JobSpec(_Strict):
     name: Annotated[str, Field(pattern=f"^{NAME}$")]
     kind: Literal["train", "batch_infer", "serve"] = "train"
@@ -154,6 +210,7 @@ class JobSpec(_Strict):
     registration: RegisterSpec | None = Field(None, alias="register")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     checkpoint: CheckpointSpec | None = None
+    environment: EnvironmentSpec | None = None
     retries: Annotated[int, Field(ge=0, le=10, description="new attempts when the infrastructure loses one "
                                   "(Ray head restart, node failure); never for the program's own failure")] = 0
     sweep: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")],
@@ -194,6 +251,12 @@ class JobSpec(_Strict):
             raise ValueError("recipe finetune needs model.from_zoo and dataset")
         if self.recipe == "batch-infer" and (self.model is None or self.dataset is None):
             raise ValueError("recipe batch-infer needs model.from_zoo and dataset")
+        if self.environment is not None and self.launcher == "ray_train":
+            raise ValueError("environment is not supported with launcher ray_train yet: its workers run in "
+                             "Ray's own Python (use launcher none or torchrun)")
+        if self.environment is not None and self.environment.image and not self.entrypoint:
+            raise ValueError("environment.image runs the entrypoint inside the image: give entrypoint (a recipe "
+                             "needs the platform's runtime in-process)")
         if self.sweep and self.sweep_size() > MAX_SWEEP:
             raise ValueError(f"sweep expands to {self.sweep_size()} jobs; at most {MAX_SWEEP}")
         return self

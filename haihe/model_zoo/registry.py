@@ -6,7 +6,8 @@ The zoo's metadata lives in MLflow tags so the platform (and MLflow's own UI) ca
 registered model      ``haihe.zoo`` = "1", ``haihe.org``, ``haihe.visibility`` (private|org|public),
                       ``haihe.task``, ``haihe.card`` (the card of the newest version, JSON)
 model version         ``haihe.card`` (this version's card), ``haihe.job_id``, ``haihe.run_id``,
-                      ``haihe.dataset`` (``org/name@vN``: the lineage searched by ``models_from_dataset``)
+                      ``haihe.dataset`` (``org/name@vN``: the lineage searched by ``models_from_dataset``),
+                      ``haihe.environment`` (``sha256:…`` of the job environment's resolved lock)
 ====================  ============================================================================
 
 Who may see or change which model is the platform's decision; this class only stores and reports visibility.
@@ -45,6 +46,8 @@ TAG_CARD = "haihe.card"
 TAG_JOB = "haihe.job_id"
 TAG_RUN = "haihe.run_id"
 TAG_DATASET = "haihe.dataset"
+TAG_ENVIRONMENT = "haihe.environment"  # sha256:<hex> of the resolved lock of the job's own Python environment
+_ENV_REF_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -63,6 +66,7 @@ class Lineage:
     job_id: str | None = None
     run_id: str | None = None
     dataset: str | None = None
+    environment: str | None = None  # sha256:<hex> of the job environment's resolved lock
 
     def __post_init__(self) -> None:
         if self.job_id is not None and not _JOB_ID_RE.fullmatch(self.job_id):
@@ -73,13 +77,16 @@ class Lineage:
             raise InvalidInput("lineage.run_id must be an MLflow run id (32 hex digits)", field="lineage.run_id")
         if self.dataset is not None:
             DatasetRef.parse(self.dataset, "lineage.dataset")
+        if self.environment is not None and not _ENV_REF_RE.fullmatch(self.environment):
+            raise InvalidInput("lineage.environment must be sha256:<64 hex digits>", field="lineage.environment")
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> Lineage:
         # each field on its own: a tag edited by hand in MLflow's UI, or a dataset that is no platform dataset
         # (a recipe's built-in data), drops only itself, and a listing never fails
         values: dict[str, str] = {}
-        for name, key in (("job_id", TAG_JOB), ("run_id", TAG_RUN), ("dataset", TAG_DATASET)):
+        for name, key in (("job_id", TAG_JOB), ("run_id", TAG_RUN), ("dataset", TAG_DATASET),
+                          ("environment", TAG_ENVIRONMENT)):
             value = tags.get(key)
             if value is None:
                 continue
@@ -91,7 +98,8 @@ class Lineage:
         return cls(**values)
 
     def to_tags(self) -> dict[str, str]:
-        pairs = ((TAG_JOB, self.job_id), (TAG_RUN, self.run_id), (TAG_DATASET, self.dataset))
+        pairs = ((TAG_JOB, self.job_id), (TAG_RUN, self.run_id), (TAG_DATASET, self.dataset),
+                 (TAG_ENVIRONMENT, self.environment))
         return {key: value for key, value in pairs if value is not None}
 
 
@@ -256,7 +264,7 @@ class ModelZoo:
                 field="lineage.run_id",
             )
         if lineage.run_id is None and source_run is not None:
-            lineage = Lineage(lineage.job_id, source_run, lineage.dataset)
+            lineage = Lineage(lineage.job_id, source_run, lineage.dataset, lineage.environment)
         if lineage.dataset is not None and lineage.dataset not in card.training_data:
             card = card.model_copy(update={"training_data": [*card.training_data, lineage.dataset]})
         card_json = card.to_json()

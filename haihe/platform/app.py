@@ -24,6 +24,7 @@ from haihe.platform.identity import auth_router as auth
 from haihe.platform.identity import keys_router as keys
 from haihe.platform.identity import tenancy_router as tenancy
 from haihe.platform.jobs import cluster_router as cluster
+from haihe.platform.jobs import environment_router as job_environment
 from haihe.platform.jobs import router as jobs
 from haihe.platform.jobs.reconciler import PeriodicThread, ReconcilerThread
 from haihe.platform.lease import LeaderLease
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 API_ROUTERS = (system.router, auth.router, tenancy.router, keys.router, jobs.router, datasets.router, quotas.router,
                zoo.router, mlflow_proxy.router, endpoints.router, gateway_routes.router,
-               storage_credentials.router, cluster.router)
+               storage_credentials.router, job_environment.router, cluster.router)
 
 
 def create_platform_app(settings: Settings | None = None, *, migrate: bool = True,

@@ -229,6 +229,9 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the spec as submitted (validated), nothing added
     code_uri: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # s3://… of the packed workdir
     dataset_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)  # org/name@vN resolved at submit
+    # the job's own Python environment as its nodes resolved it: sha256:<hex> of the lock, and the lock (resubmit)
+    environment_ref: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    environment_lock: Mapped[str | None] = mapped_column(Text, nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
     array_size: Mapped[int] = mapped_column(Integer, default=1)
     nodes: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -265,6 +268,26 @@ class JobEvent(Base):
     state: Mapped[str] = mapped_column(String(16), default="")
     message: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class JobEnvironment(Base):
+    """One built job environment (spec ``environment:``) where a node reported it: the org's storage it holds, when
+    it was last used. Rows come from the runtimes' reports; ``pruned_at`` once a node removed it."""
+
+    __tablename__ = "job_environments"
+    __table_args__ = (UniqueConstraint("org_id", "ref", "location", name="uq_job_environments_place"),
+                      Index("ix_job_environments_org", "org_id", "pruned_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"))
+    ref: Mapped[str] = mapped_column(String(80))
+    location: Mapped[str] = mapped_column(String(400))  # node:path of the environment
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    jobs: Mapped[int] = mapped_column(Integer, default=0)  # jobs that used it here
+    built_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    pruned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Quota(Base):

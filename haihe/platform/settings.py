@@ -107,6 +107,17 @@ class Settings(BaseSettings):
         default_factory=lambda: sys.executable,
         description="Python on the compute nodes that has Haihe installed (runs python -m haihe.jobs.runtime).",
     )
+    container_runtime: Literal["podman", "apptainer", ""] = Field(
+        "", description="How Slurm nodes run a job's container image (spec environment.image): podman (rootless) or "
+        "apptainer; empty: images are refused at submit.")
+    container_args: list[str] = Field(
+        default_factory=list, description="Site options for the container runtime, JSON list. podman: options "
+        "before `run` (e.g. [\"--runtime\", \"runc\"]) and after it, split by the item \"run\" "
+        "(e.g. [\"--runtime\", \"runc\", \"run\", \"--ulimit\", \"nproc=4096:4096\"]); apptainer: options of "
+        "`exec`.")
+    environment_keep_days: float = Field(
+        30.0, ge=0, le=3650, allow_inf_nan=False, description="A job environment (spec environment) that no job "
+        "used for this many days is removed from its node's cache by the next job there; 0: never.")
     reconcile_interval_s: float = Field(2.0, ge=0, description="Seconds between reconciler cycles; 0 disables it.")
     maintenance_interval_s: float = Field(
         3600.0, ge=0, description="Seconds between maintenance runs (dataset GC, expired uploads); 0 disables them."

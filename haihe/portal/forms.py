@@ -15,14 +15,14 @@ INT_FIELDS = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task")
 DEFAULTS: dict[str, str] = {"name": "", "source": "digits-cnn", "entrypoint": "", "code_uri": "", "scheduler": "",
                             "partition": "", "qos": "", "nodes": "1", "gpus_per_node": "0", "tasks_per_node": "1",
                             "cpus_per_task": "1", "mem_gb": "", "time_limit": "00:30:00", "launcher": "none",
-                            "dataset": "", "model": "", "register": "", "target": ""}
+                            "dataset": "", "model": "", "register": "", "target": "", "packages": "", "image": ""}
 # spec paths (as the services name them) -> the form field the message is shown next to
 _PREFIX_TO_FIELD = (("resources.", None), ("dataset", "dataset"), ("model", "model"), ("register", "register"),
                     ("registration", "register"), ("recipe", "source"), ("entrypoint", "entrypoint"),
                     ("workdir", "entrypoint"), ("code_uri", "entrypoint"), ("launcher", "launcher"),
                     ("scheduler", "scheduler"), ("name", "name"), ("project", "target"), ("org", "target"),
                     ("partitions", "partition"), ("qos", "qos"), ("arrays", "_form"), ("gpus", "gpus_per_node"),
-                    ("multi_node", "nodes"))
+                    ("multi_node", "nodes"), ("environment.image", "image"), ("environment", "packages"))
 
 
 @dataclass
@@ -137,6 +137,13 @@ def spec_from_form(form: Mapping[str, str], errors: FormErrors, t: Callable[...,
         spec["model"] = {"from_zoo": values["model"]}
     if values["register"]:
         spec["register"] = {"name": values["register"]}
+    packages = [p.strip() for line in values["packages"].splitlines() for p in line.split(",") if p.strip()]
+    if packages and values["image"]:
+        errors.add("image", t("form.err.packages_or_image"))
+    elif packages:
+        spec["environment"] = {"pip": packages}
+    elif values["image"]:
+        spec["environment"] = {"image": values["image"]}
     return spec
 
 
@@ -163,6 +170,9 @@ def form_from_spec(spec: Mapping[str, Any]) -> dict[str, str]:
         out["dataset"] = f"{ds.get('name')}@{ds.get('version', 'latest')}"
     out["model"] = str((spec.get("model") or {}).get("from_zoo", ""))
     out["register"] = str((spec.get("register") or {}).get("name", ""))
+    environment = spec.get("environment") or {}
+    out["packages"] = "\n".join(str(p) for p in environment.get("pip") or [])
+    out["image"] = str(environment.get("image") or "")
     return out
 
 

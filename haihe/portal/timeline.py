@@ -47,6 +47,13 @@ def _message(t: _Catalogue, e: JobEvent, scheduler: str) -> str:
         return t("event_msg.finished_code", state=state, code=code) if code is not None else state
     if kind == "cancel_requested":
         return t("event_msg.cancel_requested", scheduler=scheduler)
+    if kind == "environment" and d.get("ref"):
+        ref, node = str(d["ref"])[:19] + "…", d.get("node") or "-"
+        if d.get("image"):
+            return t("event_msg.environment_image", image=d["image"], ref=ref, node=node)
+        if d.get("cached"):
+            return t("event_msg.environment_cached", ref=ref, node=node)
+        return t("event_msg.environment_built", ref=ref, node=node, seconds=f"{float(d.get('seconds') or 0):.1f}")
     if kind == "retrying" and d.get("attempt"):
         return t("event_msg.retrying", attempt=d["attempt"])
     if t.has(f"event_msg.{kind}"):  # free-form causes (a service's error): said generally, the cause as detail

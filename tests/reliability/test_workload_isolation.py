@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.live_platform import Cli, LivePlatform, start_live_platform
+from tests.fixtures.live_platform import Cli, LivePlatform, job_log, start_live_platform
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ray, pytest.mark.s3, pytest.mark.mlflow, pytest.mark.slow]
 
@@ -72,14 +72,7 @@ def _wait_job(live: LivePlatform, h: dict[str, str], job_id: str, pred: Any, tim
 
 
 def _log(live: LivePlatform, h: dict[str, str], job_id: str) -> str:
-    text, offset = "", 0
-    while True:
-        chunk = httpx.get(f"{live.url}/api/v1/jobs/{job_id}/logs", params={"offset": offset}, headers=h,
-                          timeout=10).json()
-        text += chunk["data"]
-        if not chunk["data"] or chunk["offset"] == offset:
-            return text
-        offset = chunk["offset"]
+    return job_log(live, h, job_id)
 
 
 def _line(text: str, marker: str) -> dict[str, Any] | None:

@@ -168,3 +168,26 @@ def test_slurm_endpoints_refuse_more_than_one_replica(env: Any) -> None:
     r = client.post(f"/api/v1/orgs/{org}/endpoints", headers=h["headers"],
                     json={"name": "multi", "model": "public/summer:2", "scheduler": "slurm", "max_replicas": 2})
     assert r.status_code == 422 and r.json()["error"]["field"] == "max_replicas"
+
+
+def test_an_endpoint_with_its_own_packages_serves_from_that_environment(env: Any) -> None:
+    """Issue 19: the model server of a Slurm endpoint runs in the environment its packages name (built on the
+    node by haihe.jobs.runtime.envrun); a bad requirement is refused at create, naming the field."""
+    import json
+
+    client, hub, sched, _servers, org, h = env
+    bad = client.post(f"/api/v1/orgs/{org}/endpoints", headers=h["headers"], json={
+        "name": "extra-bad", "model": "public/summer@production", "scheduler": "slurm",
+        "environment": {"pip": ["--index-url=http://elsewhere/simple"]}})
+    assert bad.status_code == 422 and bad.json()["error"]["field"].startswith("environment"), bad.text
+    r = client.post(f"/api/v1/orgs/{org}/endpoints", headers=h["headers"], json={
+        "name": "extra", "model": "public/summer@production", "scheduler": "slurm",
+        "environment": {"pip": ["scikit-learn==1.5.2"]}})
+    assert r.status_code == 202, r.text
+    hub.supervise_once()
+    [launch] = [j.launch for j in sched.jobs.values() if j.launch.name == "serve-extra"]
+    assert launch.command[:5] == ("/usr/bin/python3", "-m", "haihe.jobs.runtime.envrun", "--", "python")
+    assert launch.command[5:7] == ("-m", "haihe.jobs.serving")
+    assert json.loads(launch.env["HAIHE_ENVIRONMENT"]) == {"pip": ["scikit-learn==1.5.2"]}
+    plain = [j.launch for j in sched.jobs.values() if j.launch.name == "serve-summer"]
+    assert plain and "HAIHE_ENVIRONMENT" not in plain[0].env

@@ -59,6 +59,11 @@ class Env:
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
+    yield from make_env(tmp_path)
+
+
+def make_env(tmp_path: Path) -> Iterator[Env]:
+    """The API with a fake scheduler, signed-in researcher and an org/project (also for other test modules)."""
     from haihe.server import create_app
 
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", schedulers={"fake": "fake://"},

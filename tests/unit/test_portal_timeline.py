@@ -26,10 +26,19 @@ EVENTS = [
      {"attempt": 2, "lost_native_id": "4211"}),
     ("retry_refused", "FAILED", "attempt 2 lost (node failure); not run again: quota exceeded", {}),
     ("cancel_requested", "RUNNING", "cancel sent to slurm", {}),
+    ("environment", "RUNNING", "environment sha256:0123456789ab… built in 41.2 s on gn1",
+     {"ref": "sha256:" + "0123456789abcdef" * 4, "cached": False, "seconds": 41.2, "node": "gn1"}),
+    ("environment", "RUNNING", "environment sha256:0123456789ab… reused (cached) on gn2",
+     {"ref": "sha256:" + "0123456789abcdef" * 4, "cached": True, "seconds": 0.01, "node": "gn2"}),
+    ("environment", "RUNNING", "image oci-archive:/x.tar (sha256:0123…) ready in 0.2 s on gn1",
+     {"ref": "sha256:" + "0123456789abcdef" * 4, "cached": False, "seconds": 0.2, "node": "gn1",
+      "image": "oci-archive:/x.tar"}),
+    ("environment_failed", "RUNNING", "environment could not be built on gn1: resolving failed for no-such-pkg",
+     {"node": "gn1"}),
     ("finished", "FAILED", "failed with exit code 3: NonZeroExitCode", {"exit_code": 3, "elapsed_s": 12}),
     ("finished", "SUCCEEDED", "succeeded", {"exit_code": None}),
 ]
-ALLOWED_LATIN = {"slurm", "cn1", "cn2", "4211"}  # names and ids stay as they are
+ALLOWED_LATIN = {"slurm", "cn1", "cn2", "4211", "gn1", "gn2", "sha256", "ab", "oci", "archive", "x", "tar"}  # ids
 
 
 def _events() -> list[JobEvent]:

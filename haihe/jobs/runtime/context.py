@@ -129,7 +129,8 @@ class JobContext:
         uri = self.tracker.log_model(model, input_example=input_example, **extra)
         if target is None or uri is None:
             return None
-        lineage = zoo.lineage_tags(self.env.job_id, self.tracker.run_id, self.dataset, self.env.from_zoo)
+        lineage = zoo.lineage_tags(self.env.job_id, self.tracker.run_id, self.dataset, self.env.from_zoo,
+                                   self.env.environment_ref)
         version = zoo.register(target, uri, self.env.tracking_uri, run_id=self.tracker.run_id, lineage=lineage,
                                description=description)  # fmt: skip
         self.tracker.set_tags({"haihe.registered_as": f"{target}:{version}"})

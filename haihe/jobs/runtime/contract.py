@@ -38,6 +38,13 @@ HAIHE_SWEEP                JSON list of parameter objects, one per array index; 
                            ``HAIHE_SWEEP[HAIHE_ARRAY_INDEX]`` over ``HAIHE_PARAMS``
 HAIHE_CODE_URI             ``s3://bucket/key.tar.gz``: the packed workdir, unpacked on the node as the command's cwd
 HAIHE_JOB_NAME             the job's name (MLflow run name)
+HAIHE_ENVIRONMENT          JSON: the job's own Python environment, ``{"pip": [...]}``, ``{"requirements": path}``,
+                           ``{"lock": path}`` (paths in the code) or ``{"locked": text}`` (a resolved lock, on resubmit)
+HAIHE_ENVIRONMENT_URL      where the runtime reports the environment it resolved and how long it took
+HAIHE_ENVIRONMENT_REF      ``sha256:…`` of the resolved lock; set by the runtime when it runs inside the environment
+HAIHE_ENV_KEEP_DAYS        environments of HAIHE_ENV_DIR no job used for this long are removed (default 30; 0: never)
+HAIHE_CONTAINER            JSON ``{"runtime": "podman"|"apptainer", "args": [...]}``: how this site runs images
+HAIHE_ENV_DIR              where environments are cached (default ``$HAIHE_CACHE_DIR/envs``; a site's shared path)
 HAIHE_JOB_ATTEMPT          1, then 2, 3, ... when the platform runs the job again after the infrastructure lost
                            an attempt (spec ``retries``)
 =========================  ==============================================================================
@@ -79,6 +86,7 @@ class ExitCode(enum.IntEnum):
     STORAGE_UNAVAILABLE = 6  # S3 could not be reached for checkpoints or outputs
     REGISTRY_ERROR = 7  # the model zoo refused the registration or the source model is missing
     DIST_INIT_FAILED = 8  # torch.distributed could not form the process group (rendezvous, network)
+    ENVIRONMENT = 9  # the job's own Python environment could not be resolved or installed
     REQUEUE = 75  # EX_TEMPFAIL: checkpoint written after SIGTERM/SIGUSR1; requeue and resume
 
 
@@ -92,6 +100,7 @@ EXIT_REASONS: dict[int, str] = {
     ExitCode.STORAGE_UNAVAILABLE: "S3 storage unavailable for checkpoints or outputs",
     ExitCode.REGISTRY_ERROR: "model zoo error: registration refused or source model missing",
     ExitCode.DIST_INIT_FAILED: "distributed setup failed (rendezvous or network between nodes)",
+    ExitCode.ENVIRONMENT: "the job's Python environment could not be built (the timeline and log name the package)",
     ExitCode.REQUEUE: "checkpointed after a stop signal; waiting to be requeued",
 }
 
@@ -130,6 +139,12 @@ class DistInitError(HaiheError):
     code = "dist_init_failed"
 
 
+class EnvironmentBuildError(HaiheError):
+    """The job's environment could not be resolved or installed (a package that does not exist, a conflict)."""
+
+    code = "environment_error"
+
+
 class RequeueRequested(HaiheError):
     """A stop signal arrived; a checkpoint of ``step`` was written (when checkpoints are on): requeue the job."""
 
@@ -147,6 +162,7 @@ _EXIT_FOR: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (DataError, ExitCode.DATA_ERROR),
     (RegistryError, ExitCode.REGISTRY_ERROR),
     (DistInitError, ExitCode.DIST_INIT_FAILED),
+    (EnvironmentBuildError, ExitCode.ENVIRONMENT),
     (TrackingUnavailable, ExitCode.TRACKING_UNAVAILABLE),
     (StorageUnavailable, ExitCode.STORAGE_UNAVAILABLE),
     (InvalidInput, ExitCode.BAD_INPUT),
@@ -194,8 +210,9 @@ def parse_zoo(value: str, field_name: str = "HAIHE_FROM_ZOO", *, allow_ref: bool
     return ref
 
 
-_NOT_STRINGS = ("experiment", "checkpoint_every", "checkpoint_keep", "stop_check_every", "array_index", "params",
-                "sweep", "attempt")
+_NOT_STRINGS = ("env_keep_days", "experiment", "checkpoint_every", "checkpoint_keep", "stop_check_every",
+                "array_index", "params", "sweep", "attempt")
+DEFAULT_ENV_KEEP_DAYS = 30.0
 
 
 def _json(environ: Mapping[str, str], name: str, kind: type, default: Any) -> Any:
@@ -222,6 +239,15 @@ def _int(environ: Mapping[str, str], name: str, default: int | None, minimum: in
     if value < minimum:
         raise InvalidInput(f"{name}={value} must be at least {minimum}", field=name)
     return value
+
+
+def _float(environ: Mapping[str, str], name: str, default: float) -> float:
+    """A finite number, at least 0 (``nan`` and ``inf`` refused)."""
+    raw = environ.get(name, "").strip()
+    value = float(raw) if raw and raw.replace(".", "", 1).isdigit() else None
+    if raw and value is None:
+        raise InvalidInput(f"{name}={raw!r} must be a finite number, at least 0", field=name)
+    return default if value is None else value
 
 
 def default_cache_dir() -> str:
@@ -280,6 +306,12 @@ class RuntimeEnv:
     code_uri: str = ""  # HAIHE_CODE_URI
     job_name: str = ""  # HAIHE_JOB_NAME
     attempt: int = 1  # HAIHE_JOB_ATTEMPT
+    environment: str = ""  # HAIHE_ENVIRONMENT  (JSON object)
+    environment_url: str = ""  # HAIHE_ENVIRONMENT_URL
+    environment_ref: str = ""  # HAIHE_ENVIRONMENT_REF  sha256:<hex>, set by the runtime itself
+    env_dir: str = ""  # HAIHE_ENV_DIR
+    container: str = ""  # HAIHE_CONTAINER  (JSON object)
+    env_keep_days: float = DEFAULT_ENV_KEEP_DAYS  # HAIHE_ENV_KEEP_DAYS
 
     # ---- names of the variables, in one table ----
     VARIABLES: ClassVar[dict[str, str]] = {
@@ -312,6 +344,12 @@ class RuntimeEnv:
         "code_uri": "HAIHE_CODE_URI",
         "job_name": "HAIHE_JOB_NAME",
         "attempt": "HAIHE_JOB_ATTEMPT",
+        "environment": "HAIHE_ENVIRONMENT",
+        "environment_url": "HAIHE_ENVIRONMENT_URL",
+        "environment_ref": "HAIHE_ENVIRONMENT_REF",
+        "env_dir": "HAIHE_ENV_DIR",
+        "container": "HAIHE_CONTAINER",
+        "env_keep_days": "HAIHE_ENV_KEEP_DAYS",
     }
 
     def __post_init__(self) -> None:
@@ -327,6 +365,13 @@ class RuntimeEnv:
             raise InvalidInput("HAIHE_CHECKPOINT_KEEP must be at least 1", field="HAIHE_CHECKPOINT_KEEP")
         if not isinstance(self.params, Mapping):
             raise InvalidInput("HAIHE_PARAMS must be a JSON object", field="HAIHE_PARAMS")
+        if self.environment:
+            try:
+                parsed = json.loads(self.environment)
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise InvalidInput("HAIHE_ENVIRONMENT must be a JSON object", field="HAIHE_ENVIRONMENT")
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> RuntimeEnv:
@@ -351,6 +396,7 @@ class RuntimeEnv:
             stop_check_every=_int(env, v["stop_check_every"], 0) or 0,
             array_index=_int(env, v["array_index"], None),
             attempt=_int(env, v["attempt"], 1, minimum=1) or 1,
+            env_keep_days=_float(env, v["env_keep_days"], DEFAULT_ENV_KEEP_DAYS),
             params=params,
             sweep=tuple(sweep),
         )
@@ -364,6 +410,8 @@ class RuntimeEnv:
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None or value == "" or (f.name in ("params", "sweep", "stop_check_every") and not value):
+                continue
+            if f.name == "env_keep_days" and value == DEFAULT_ENV_KEEP_DAYS:
                 continue
             var = self.VARIABLES[f.name]
             if f.name == "params":
@@ -408,5 +456,6 @@ class RuntimeEnv:
             "haihe.dataset": str(self.dataset_ref) if self.dataset else "",
             "haihe.from_zoo": self.from_zoo,
             "haihe.array_index": "" if self.array_index is None else str(self.array_index),
+            "haihe.environment": self.environment_ref,
         }
         return {k: v for k, v in tags.items() if v}

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from haihe.errors import HaiheError, NotFound, StorageUnavailable
+from haihe.errors import HaiheError, InvalidInput, NotFound, StorageUnavailable
 from haihe.jobs.runtime.contract import (
     DataError,
     ExitCode,
@@ -26,8 +26,10 @@ from haihe.jobs.runtime.contract import (
     exit_code_for,
 )
 from haihe.jobs.runtime.distributed import DistEnv, PreInit, detect
+from haihe.jobs.runtime.environment import Prepared
 
 if TYPE_CHECKING:
+    from haihe.jobs.runtime.container import Container
     from haihe.jobs.runtime.context import JobContext
 
 log = logging.getLogger("haihe.runtime")
@@ -105,7 +107,8 @@ def _child_env(env: RuntimeEnv, dist: DistEnv, data_dir: Path | None, run_id: st
     return child
 
 
-def run_command(env: RuntimeEnv, dist: DistEnv, command: Sequence[str]) -> int:
+def run_command(env: RuntimeEnv, dist: DistEnv, command: Sequence[str],
+                own: Container | Prepared | None = None) -> int:
     from haihe.jobs.runtime import tracking
     from haihe.jobs.runtime.child import run_child
 
@@ -114,9 +117,33 @@ def run_command(env: RuntimeEnv, dist: DistEnv, command: Sequence[str]) -> int:
     if dataset:
         tracker.set_tags({"haihe.dataset": dataset})
     tracker.log_params(env.effective_params())
-    code = run_child(command, _child_env(env, dist, data_dir, tracker.run_id), str(code_dir) if code_dir else None)
+    child = _child_env(env, dist, data_dir, tracker.run_id)
+    cwd = str(code_dir) if code_dir else None
+    if isinstance(own, Prepared):  # the job's Python packages: its python first on PATH
+        from haihe.jobs.runtime.environment import activate
+
+        child = activate(child, own)
+    elif own is not None:  # the command runs inside the image; the runtime stays out here
+        command, child, cwd = _in_container(own, command, child, data_dir, code_dir)
+    code = run_child(command, child, cwd)
     tracker.end("FINISHED" if code == 0 else "KILLED" if code == ExitCode.REQUEUE else "FAILED")
     return code
+
+
+def _in_container(box: Container, command: Sequence[str], child: dict[str, str], data_dir: Path | None,
+                  code_dir: Path | None) -> tuple[list[str], dict[str, str], str | None]:
+    import tempfile
+
+    from haihe.jobs.runtime.container import write_env_file
+
+    binds: dict[str, str] = {}
+    if code_dir is not None:
+        binds[str(code_dir)] = str(code_dir)
+    if data_dir is not None:
+        binds[str(data_dir.resolve())] = str(data_dir)
+    env_file = write_env_file(Path(tempfile.gettempdir()) / "haihe-container.env", child)
+    argv = box.command(command, env_file=env_file, workdir=str(code_dir) if code_dir else None, binds=binds)
+    return argv, box.tool_environ(child), None
 
 
 def run_recipe(env: RuntimeEnv, dist: DistEnv, name: str) -> int:
@@ -188,8 +215,56 @@ def _agreement(ctx: JobContext) -> Callable[[bool], bool]:
     return agree
 
 
+def _enter_environment(env: RuntimeEnv, dist: DistEnv, args: Sequence[str],
+                       recipe: bool) -> tuple[RuntimeEnv, Container | Prepared]:
+    """The job's own environment (spec ``environment:``), built or found in the cache. Python packages: a recipe
+    runs again inside the environment (never returns); a command gets it first on its PATH. An image: pulled, for
+    :func:`run_command` to wrap the command in. Each node's first rank tells the platform; EnvironmentBuildError
+    names what failed."""
+    import dataclasses
+    import socket
+    import tempfile
+
+    from haihe.jobs.runtime import container as containers
+    from haihe.jobs.runtime import environment as envs
+    from haihe.jobs.runtime.staging import stage_code
+
+    req = envs.Request.parse(env.environment)
+    root = Path(env.env_dir) if env.env_dir else Path(env.cache_dir) / "envs"
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    token = env.job_token or env.tracking_token
+    box: containers.Container | None = None
+    try:
+        if req.image:
+            config = containers.ContainerConfig.parse(env.container)
+            box = containers.prepare(config, req.image, env_dir=root, pinned=req.pinned,
+                                     runroot=Path(tempfile.gettempdir()) / "podman-run")
+            prepared = envs.Prepared(root, box.ref, f"image {req.image}\n", box.seconds, cached=False,
+                                     image=req.image)
+        else:
+            code_dir = stage_code(env) if req.needs_code else None
+            prepared = envs.Builder(root, keep_days=env.env_keep_days).prepare(req, code_dir)
+    except HaiheError as exc:
+        if dist.is_local_main:
+            envs.report(env.environment_url, token, None, error=exc.message, node=node)
+        raise
+    log.info("%s on %s", prepared.describe(), node)
+    if dist.is_local_main:
+        envs.report(env.environment_url, token, prepared, node=node)
+    os.environ["HAIHE_ENVIRONMENT_REF"] = prepared.ref
+    if box is not None:
+        return dataclasses.replace(env, environment_ref=box.ref), box
+    if not recipe:  # the command finds the environment's python first; this process needs none of it
+        return dataclasses.replace(env, environment_ref=prepared.ref), prepared
+    sys.stdout.flush()
+    sys.stderr.flush()
+    python = str(prepared.python)
+    os.execve(python, [python, "-m", "haihe.jobs.runtime", *args], envs.activate(os.environ, prepared))  # noqa: S606
+
+
 def main(argv: Sequence[str] | None = None, *, preinit: PreInit | None = None) -> int:
-    ns = parse_args(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    ns = parse_args(args)
     if ns.list_recipes:
         from haihe.jobs.recipes import describe
 
@@ -205,7 +280,12 @@ def main(argv: Sequence[str] | None = None, *, preinit: PreInit | None = None) -
         _setup_logging(dist)
         log.info("job %s rank %d/%d (%s, %s) local %d/%d", env.job_id or "-", dist.rank, dist.world_size,
                  dist.source, dist.backend, dist.local_rank, dist.local_world_size)  # fmt: skip
-        code = int(run_recipe(env, dist, ns.recipe)) if ns.recipe else run_command(env, dist, ns.command)
+        own: Container | Prepared | None = None
+        if env.environment and not env.environment_ref and preinit is None:
+            env, own = _enter_environment(env, dist, args, recipe=bool(ns.recipe))
+        if ns.recipe and own is not None:
+            raise InvalidInput("a recipe cannot run inside a container image", field="HAIHE_ENVIRONMENT")
+        code = int(run_recipe(env, dist, ns.recipe)) if ns.recipe else run_command(env, dist, ns.command, own)
         if code == ExitCode.REQUEUE and dist.rank == 0:
             _ask_slurm_to_requeue()
         return code

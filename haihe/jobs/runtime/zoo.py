@@ -19,9 +19,10 @@ from haihe.model_zoo.registry import TAG_ORG, TAG_VISIBILITY, TAG_ZOO
 log = logging.getLogger(__name__)
 
 
-def lineage_tags(job_id: str, run_id: str | None, dataset: str | None, source: str | None) -> dict[str, str]:
+def lineage_tags(job_id: str, run_id: str | None, dataset: str | None, source: str | None,
+                 environment: str | None = None) -> dict[str, str]:
     tags = {"haihe.job_id": job_id, "haihe.run_id": run_id or "", "haihe.dataset": dataset or "",
-            "haihe.from_zoo": source or ""}  # fmt: skip
+            "haihe.from_zoo": source or "", "haihe.environment": environment or ""}  # fmt: skip
     return {k: v for k, v in tags.items() if v}
 
 

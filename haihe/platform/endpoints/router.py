@@ -38,6 +38,8 @@ def create_endpoint(org: str, body: EndpointCreate, principal: CurrentPrincipal,
     """Deploy a zoo model as an endpoint; returns at once in state ``deploying`` (watch it with GET)."""
     options: dict[str, Any] = {k: v for k, v in (("partition", body.partition), ("gpus", body.gpus),
                                                  ("time_limit_min", body.time_limit_min)) if v}
+    if body.environment is not None:
+        options["environment"] = body.environment.model_dump()
     ep = svc.create(hub, session, principal, org, name=body.name, model=body.model, scheduler=body.scheduler,
                     min_replicas=body.min_replicas, max_replicas=body.max_replicas,
                     max_batch_size=body.max_batch_size, batch_wait_ms=body.batch_wait_ms,

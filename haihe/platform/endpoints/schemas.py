@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from haihe.platform.api.schemas import Body, Name, Out
 
@@ -14,6 +14,17 @@ if TYPE_CHECKING:
     from haihe.platform.endpoints.rows import Endpoint
 
 ModelRef = Annotated[str, Field(min_length=3, max_length=200, examples=["public/minilm-l6@production"])]
+
+
+class EndpointEnvironment(Body):
+    pip: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(min_length=1, max_length=200)
+
+    @field_validator("pip")
+    @classmethod
+    def _requirements(cls, v: list[str]) -> list[str]:
+        from haihe.jobs.spec import check_requirements
+
+        return check_requirements(v)  # the jobs' one rule for requirement strings
 
 
 class EndpointCreate(Body):
@@ -30,6 +41,9 @@ class EndpointCreate(Body):
     partition: Name | None = Field(None, description="Slurm partition of the serving job.")
     gpus: int = Field(0, ge=0, le=16, description="GPUs of the Slurm serving job.")
     time_limit_min: int | None = Field(None, ge=5, le=60 * 24 * 30, description="Walltime of each Slurm job.")
+    environment: EndpointEnvironment | None = Field(
+        None, description="Python packages the model needs beyond the platform's (Slurm endpoints): built once by "
+        "uv on the node, cached by their lock (docs/environments.md).")
 
 
 class EndpointUpdate(Body):

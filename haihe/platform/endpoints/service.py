@@ -117,6 +117,9 @@ def create(hub: EndpointsHub, session: Session, principal: Principal, org_name: 
     backend = hub.backend(scheduler)
     _check_scaling(min_replicas, max_replicas, backend)
     _check_batching(max_batch_size, batch_wait_ms)
+    if backend == "ray" and (options or {}).get("environment"):
+        raise Unsupported("an endpoint's own Python packages are built on Slurm nodes; Ray endpoints run in the "
+                          "platform's Python (use scheduler slurm)", field="environment")
     if backend == "ray" and (options or {}).get("gpus"):
         raise Unsupported("Ray endpoints run CPU replicas; a GPU endpoint runs as a Slurm serving job "
                           "(scheduler slurm, gpus N)", field="gpus")

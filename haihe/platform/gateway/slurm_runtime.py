@@ -9,6 +9,7 @@ the backend implements that hook, else from the job's log through ``scheduler.lo
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 import uuid
@@ -43,9 +44,17 @@ def find_address(scheduler: Scheduler, ref: str) -> str | None:
 
 def serving_command(node_python: str, plan: DeployPlan) -> tuple[str, ...]:
     c = plan.config
-    return (node_python, "-m", "haihe.jobs.serving", "--model", c.model, "--mlflow-url", c.mlflow_url,
-            "--task", c.task or "", "--max-batch-size", str(c.max_batch_size), "--batch-wait-ms",
-            f"{c.batch_wait_ms:g}", "--threads", str(c.threads))
+    server = ("-m", "haihe.jobs.serving", "--model", c.model, "--mlflow-url", c.mlflow_url,
+              "--task", c.task or "", "--max-batch-size", str(c.max_batch_size), "--batch-wait-ms",
+              f"{c.batch_wait_ms:g}", "--threads", str(c.threads))
+    if plan.options.get("environment"):  # the model's own packages: the server runs in that environment's python
+        return (node_python, "-m", "haihe.jobs.runtime.envrun", "--", "python", *server)
+    return (node_python, *server)
+
+
+def _environment_env(plan: DeployPlan) -> dict[str, str]:
+    environment = plan.options.get("environment")
+    return {"HAIHE_ENVIRONMENT": json.dumps(environment, sort_keys=True)} if environment else {}
 
 
 class SlurmRuntime:
@@ -76,7 +85,7 @@ class SlurmRuntime:
             # the endpoint creator's Unix account (never root): a model's code runs in the server
             user=opts.get("unix_user") or None,
             env={"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-                 **plan.config.env},
+                 **plan.config.env, **_environment_env(plan)},
         )
         ref = self.scheduler.submit(launch)
         return {"ref": ref, "tag": launch.tag, "submitted_at": time.time(), "time_limit_min": time_limit}

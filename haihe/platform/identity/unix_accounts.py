@@ -38,7 +38,7 @@ def _create_local(session: Session, org: Org, user: User, row: UnixAccount | Non
     name = row.unix_name if row is not None else unix.local_account_name(org.name, user.username)
     if not unix.is_root():
         raise unix.UnixAccountError("the platform creates local job accounts only when it runs as root")
-    unix.ensure_user(name)
+    unix.ensure_user(name, subids=True)  # rootless container images (spec environment.image) need subuid ranges
     if row is None:
         session.add(UnixAccount(org_id=org.id, user_id=user.id, unix_name=name, origin="local"))
         session.flush()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from haihe.errors import PermissionDenied
+from haihe.errors import InvalidInput, PermissionDenied
 from haihe.jobs.spec import JobSpec
 from haihe.platform.settings import Settings
 
@@ -29,6 +29,8 @@ def runs_own_code(spec: JobSpec) -> str | None:
         return "workdir"
     if spec.entrypoint:
         return "entrypoint"
+    if spec.environment is not None:  # packages of its choosing run inside the recipe's process
+        return "environment"
     return None
 
 
@@ -40,6 +42,9 @@ def route(settings: Settings, scheduler: str, org: str, spec: JobSpec) -> str:
         raise PermissionDenied(f"scheduler {scheduler!r} is a Ray cluster dedicated to another org", field="scheduler")
     if not is_ray(settings.schedulers.get(scheduler, "")):
         return scheduler
+    if spec.environment is not None and spec.environment.image:
+        raise InvalidInput("container images run on Slurm schedulers; on Ray they are not supported yet (use "
+                           "environment.pip, or a Slurm scheduler)", field="environment.image")
     own = settings.ray_org_clusters.get(org)
     if own is not None:
         return own  # the org's own cluster: its code runs there, never on the shared one

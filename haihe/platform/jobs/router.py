@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from haihe.platform.api.deps import CtxDep, CurrentPrincipal, SessionDep
-from haihe.platform.jobs import code
+from haihe.platform.jobs import code, environment
 from haihe.platform.jobs import service as jobs
 from haihe.platform.jobs.schemas import (
     CodeUploadCreate,
     CodeUploadPublic,
+    EnvironmentPublic,
     JobEventPublic,
     JobPage,
     JobPublic,
@@ -20,6 +21,15 @@ from haihe.platform.jobs.schemas import (
 )
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
+
+
+@router.get("/orgs/{org}/environments", operation_id="environments_list", response_model=list[EnvironmentPublic])
+def list_environments(org: str, principal: CurrentPrincipal, session: SessionDep,
+                      pruned: Annotated[bool, Query(description="Also those nodes removed.")] = False
+                      ) -> list[EnvironmentPublic]:
+    """The org's job environments (spec ``environment``) on the nodes, with the storage they hold (org admins)."""
+    return [EnvironmentPublic.model_validate(e)
+            for e in environment.list_for_org(session, principal, org, include_pruned=pruned)]
 
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)]

@@ -41,6 +41,8 @@ class JobPublic(Out):
     elapsed_s: float | None
     resubmitted_from: str | None
     attempt: int = 1  # 2, 3, ... after attempts the infrastructure lost (spec "retries")
+    environment_ref: str | None = Field(None, description="sha256 of the resolved lock of the job's own Python "
+                                        "environment (spec environment), once its nodes have it.")
     spec: dict[str, Any]
 
     @classmethod
@@ -51,12 +53,25 @@ class JobPublic(Out):
                    queue_position=j.queue_position, created_at=j.created_at, submitted_at=j.submitted_at,
                    started_at=j.started_at, ended_at=j.ended_at, elapsed_s=j.elapsed_s,
                    resubmitted_from=j.resubmitted_from, attempt=j.attempt or 1,
-                   spec=j.spec)
+                   environment_ref=j.environment_ref, spec=j.spec)
 
 
 class JobPage(BaseModel):
     items: list[JobPublic]
     next_cursor: str | None
+
+
+class EnvironmentPublic(Out):
+    """A job environment built on a node: where, what it holds, who used it and when."""
+
+    ref: str
+    location: str = Field(description="node:path of the environment.")
+    bytes: int
+    jobs: int = Field(description="Jobs that used it there.")
+    first_job_id: str | None
+    built_at: dt.datetime
+    last_used_at: dt.datetime
+    pruned_at: dt.datetime | None = Field(description="When a node removed it (unused for a while).")
 
 
 class JobEventPublic(Out):

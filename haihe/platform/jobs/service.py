@@ -41,6 +41,7 @@ from haihe.platform.datasets.credentials import credentials_url
 from haihe.platform.identity import unix_accounts
 from haihe.platform.jobs import code, ray_policy
 from haihe.platform.jobs.dispatcher import Dispatcher
+from haihe.platform.jobs.environment import environment_url
 from haihe.platform.models import Job, JobEvent, Org, Project, Role, User, utcnow
 from haihe.platform.tracking.proxy import JobScope, issue_token, job_tracking
 from haihe.platform.zoo import catalog as zoo_catalog
@@ -72,7 +73,8 @@ def _render_context(ctx: PlatformContext, job: Job, org: Org, project: Project, 
         mlflow_url=mlflow_url,
         mlflow_token=mlflow_token,
         s3_endpoint=s.s3_endpoint,
-        job_token=job_token if s.s3_endpoint else "",
+        # the token buys storage credentials, and reports the job's own environment (spec environment)
+        job_token=job_token if s.s3_endpoint or job.spec.get("environment") else "",
         storage_credentials_url=credentials_url(s.public_url, job.id) if s.s3_endpoint else "",
         code_uri=job.code_uri,
         checkpoint_uri=f"s3://{s.code_bucket}/checkpoints/{org.name}/{job.id}" if s.s3_endpoint else None,
@@ -82,7 +84,21 @@ def _render_context(ctx: PlatformContext, job: Job, org: Org, project: Project, 
         account=account,
         unix_user=unix_user,
         attempt=job.attempt or 1,
+        environment_lock=job.environment_lock,
+        environment_ref=job.environment_ref,
+        container=container_config(s),
+        env_keep_days=s.environment_keep_days,
+        environment_url=environment_url(s.public_url, job.id),
     )
+
+
+def container_config(settings: Any) -> str:
+    """``HAIHE_CONTAINER``: how the nodes run images, from the site's settings (JSON; empty when none)."""
+    import json
+
+    if not settings.container_runtime:
+        return ""
+    return json.dumps({"runtime": settings.container_runtime, "args": list(settings.container_args)})
 
 
 def launch_for(ctx: PlatformContext, session: Session, job: Job, spec: JobSpec | None = None) -> Launch:
@@ -166,6 +182,7 @@ def submit(
     idempotency_key: str | None = None,
     code_uri: str | None = None,
     resubmitted_from: str | None = None,
+    environment: tuple[str | None, str] | None = None,
     wait: bool = True,
 ) -> Job:
     """Admit, store (row, quota reservation, timeline, audit: one commit) and hand to the scheduler. ``wait``
@@ -187,6 +204,13 @@ def submit(
         code.check_bundle(ctx, code_uri, org_name, project_name)
     if spec.workdir and code_uri is None:
         raise InvalidInput("workdir is packed and uploaded by the CLI; submit with its code_uri", field="workdir")
+    if spec.environment and (spec.environment.requirements or spec.environment.lock) and code_uri is None:
+        which = "requirements" if spec.environment.requirements else "lock"
+        raise InvalidInput(f"environment.{which} names a file of the job's code; submit it with its workdir "
+                           "(or give environment.pip)", field=f"environment.{which}")
+    if spec.environment and spec.environment.image and not ctx.settings.container_runtime:
+        raise InvalidInput("this platform runs no container images (its admins set HAIHE_CONTAINER_RUNTIME to "
+                           "podman or apptainer to allow them)", field="environment.image")
     _require_tracking(ctx, spec)
     _check_base_model(ctx, session, principal, spec)
     scheduler_name = ray_policy.route(ctx.settings, _scheduler_name(ctx, spec), org_name, spec)
@@ -208,6 +232,9 @@ def submit(
         idempotency_key=idempotency_key,
         array_size=spec.sweep_size(),
         resubmitted_from=resubmitted_from,
+        # a resubmit installs exactly the lock the first run resolved (spec environment)
+        environment_ref=environment[0] if environment and spec.environment else None,
+        environment_lock=environment[1] if environment and spec.environment else None,
     )
     launch = launch_for(ctx, session, job, spec)  # validated once, above
     scheduler.check(launch)  # refuse what the backend cannot do: a 4xx, nothing stored
@@ -455,4 +482,5 @@ def resubmit(ctx: PlatformContext, session: Session, principal: Principal, job_i
     project = session.get(Project, old.project_id)
     assert org is not None and project is not None
     return submit(ctx, session, principal, org.name, project.name, dict(old.spec), idempotency_key=idempotency_key,
-                  code_uri=old.code_uri, resubmitted_from=old.id)
+                  code_uri=old.code_uri, resubmitted_from=old.id,
+                  environment=(old.environment_ref, old.environment_lock) if old.environment_lock else None)

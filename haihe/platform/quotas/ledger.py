@@ -35,6 +35,7 @@ from haihe.platform.access import Principal
 from haihe.platform.datasets.rows import Dataset, DatasetVersion, VersionState
 from haihe.platform.models import (
     Job,
+    JobEnvironment,
     LedgerEntry,
     Org,
     Project,
@@ -146,13 +147,15 @@ def balances(session: Session, quota: Quota | None, org_id: int, project_id: int
 
 
 def storage_held(session: Session, org_id: int) -> int:
-    """Bytes the org's datasets hold: committed versions and uploads in progress (declared sizes), deleted datasets
-    included until GC removes their objects."""
+    """Bytes the org holds: its datasets' committed versions and uploads in progress (declared sizes), deleted
+    datasets included until GC removes their objects, and its job environments built on nodes (not yet removed)."""
     q = (select(func.coalesce(func.sum(DatasetVersion.total_bytes), 0))
          .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
          .where(Dataset.org_id == org_id,
                 DatasetVersion.state.in_([VersionState.COMMITTED.value, VersionState.UPLOADING.value])))
-    return int(session.scalar(q) or 0)
+    envs = (select(func.coalesce(func.sum(JobEnvironment.bytes), 0))
+            .where(JobEnvironment.org_id == org_id, JobEnvironment.pruned_at.is_(None)))
+    return int(session.scalar(q) or 0) + int(session.scalar(envs) or 0)
 
 
 def check_storage(session: Session, org_id: int, adding: int) -> None:

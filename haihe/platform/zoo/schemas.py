@@ -53,6 +53,7 @@ class LineagePublic(BaseModel):
     job: JobLinkPublic | None = Field(None, description="The job, when the caller may see it.")
     run_id: str | None
     dataset: str | None
+    environment: str | None = Field(None, description="sha256 of the resolved lock of the job's own environment.")
     endpoints: list[str]
 
 
@@ -65,6 +66,7 @@ class VersionLineage:
     job: JobLinkPublic | None
     run_id: str | None
     dataset: str | None
+    environment: str | None = None
     endpoints: list[str] = field(default_factory=list)  # filled once the endpoints service exposes them
 
 
@@ -81,11 +83,11 @@ class VersionPublic(BaseModel):
     @classmethod
     def of(cls, v: ZooVersion, lineage: VersionLineage | None = None) -> VersionPublic:
         lin = LineagePublic(job_id=v.lineage.job_id, job=None, run_id=v.lineage.run_id, dataset=v.lineage.dataset,
-                            endpoints=[])
+                            environment=v.lineage.environment, endpoints=[])
         if lineage is not None:
             job = lineage.job
             lin = LineagePublic(job_id=lineage.job_id, run_id=lineage.run_id, dataset=lineage.dataset,
-                                endpoints=list(lineage.endpoints),
+                                environment=lineage.environment, endpoints=list(lineage.endpoints),
                                 job=job)
         return cls(ref=str(v.ref), version=v.version, status=v.status, source=v.source, created_at=v.created_at,
                    aliases=list(v.aliases), card=v.card.model_dump(mode="json") if v.card else None, lineage=lin)

@@ -79,7 +79,7 @@ def lineage(session: Session, principal: Principal, versions: Sequence[ZooVersio
     out = []
     for v in versions:
         out.append(VersionLineage(v.version, v.lineage.job_id, _job_link(session, principal, v.lineage),
-                                  v.lineage.run_id, v.lineage.dataset))
+                                  v.lineage.run_id, v.lineage.dataset, v.lineage.environment))
     return out
 
 
@@ -186,7 +186,8 @@ def register(
     chosen = runs[0] if run_id is None else next((r for r in runs if r.run_id == run_id), None)
     if chosen is None:
         raise InvalidInput(f"run {run_id} is not a run of job {job_id}", field="run_id")
-    lin = Lineage(job_id=job.id, run_id=chosen.run_id, dataset=job.dataset_ref or None)
+    lin = Lineage(job_id=job.id, run_id=chosen.run_id, dataset=job.dataset_ref or None,
+                  environment=job.environment_ref or None)
     vis = check_visibility(visibility) if visibility is not None else None
     version = services.zoo.register(model, card, run_id=chosen.run_id, artifact_path=artifact_path,
                                              lineage=lin, visibility=vis)

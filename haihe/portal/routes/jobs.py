@@ -71,6 +71,7 @@ def job_page(job_id: str, page: SignedIn, done: str = "") -> HTMLResponse:
                        run_links=extensions.run_links(page, job.id),
                        done=done if done in ("cancelled", "submitted", "resubmitted") else "",
                        can_cancel=not JobState(job.state).is_terminal(), resubmitted_from=job.resubmitted_from,
+                       environment_ref=job.environment_ref,
                        attempt=job.attempt or 1, attempt_limit=1 + int(job.spec.get("retries", 0) or 0),
                        produced=produced_versions(page, job),
                        state_names={st.value: page.t(f"state.{st.value}") for st in JobState})

@@ -50,6 +50,7 @@ class SandboxPaths:
     ray_sockets: Path | None = None  # ray_train drivers: <session>/sockets (raylet, plasma store), read-only
     ray_logs: Path | None = None  # ray_train drivers: <session>/logs, hidden behind a private tmpfs
     ray_node_id: str | None = None  # ray_train drivers: the local raylet's node id (ps cannot see it in here)
+    env_cache: Path | None = None  # jobs with their own Python environment: the org's cache, writable, kept
     system: tuple[str, ...] = field(default=SYSTEM_RO)
 
 
@@ -88,6 +89,9 @@ def bwrap_argv(job: str, paths: SandboxPaths, command: Sequence[str], *, bwrap: 
         argv += ["--tmpfs", str(paths.ray_logs)]
     if paths.ray_node_id:
         argv += ["--setenv", NODE_ID_ENV, paths.ray_node_id]
+    if paths.env_cache is not None:
+        cache = str(paths.env_cache)
+        argv += ["--bind", cache, cache, "--setenv", "HAIHE_ENV_DIR", cache]
     argv += ["--bind", str(paths.work_dir), str(paths.mount_at), "--chdir", str(paths.mount_at),
              "--setenv", "HOME", str(paths.mount_at), "--setenv", "TMPDIR", SANDBOX_TMP,
              "--setenv", "HAIHE_JOB_WORKDIR", str(paths.mount_at), "--"]
@@ -147,6 +151,16 @@ def prepare_work_dir(root: Path, job: str, source: Path | None) -> Path:
     return work
 
 
+def env_cache_dir(base: Path, org: str) -> Path:
+    """``base/haihe_envs/<org>`` (mode 700): job environments of one org, kept across its jobs (and Ray
+    sessions); another org's jobs never see them. Jobs of one org share it, as they share the Ray account."""
+    root = base / "haihe_envs"
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = root / job_dir_name(org or "default")
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m haihe.schedulers.ray.sandbox")
     p.add_argument("--job", required=True, help="the platform's tag (Ray submission id)")
@@ -172,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_session = session is not None and session in cwd.parents
     root = (session / WORK_ROOT) if session is not None else Path(os.environ.get("TMPDIR", "/tmp")) / WORK_ROOT  # noqa: S108
     work = prepare_work_dir(root, ns.job, cwd if in_session else None)
+    env_cache = None
+    if os.environ.get("HAIHE_ENVIRONMENT"):
+        base = session.parent if session is not None else root.parent
+        env_cache = env_cache_dir(base, os.environ.get("HAIHE_ORG", ""))
     paths = SandboxPaths(
         work_dir=work,
         # a job without a working dir starts in Ray's cwd (the node's temp dir): give it its own dir instead
@@ -180,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ray_sockets=(session / "sockets") if ns.ray_client and session is not None else None,
         ray_logs=(session / "logs") if ns.ray_client and session is not None else None,
         ray_node_id=local_node_id(session) if ns.ray_client and session is not None else None,
+        env_cache=env_cache,
     )
     proc = subprocess.Popen(bwrap_argv(ns.job, paths, ns.command, bwrap=bwrap))
 
