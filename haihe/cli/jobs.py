@@ -154,7 +154,7 @@ def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json({**plain(job), "events": plain(events)})
         return
-    print_rows(job, [*_JOB_COLS, "native_id", "nodes", "exit_code", "elapsed_s"], False)
+    print_rows(job, [*_JOB_COLS, "native_id", "nodes", "exit_code", "elapsed_s", "environment_ref"], False)
     print_rows(events, ["at", "kind", "state", "message"], False, title="timeline")
 
 

@@ -153,7 +153,8 @@ def test_slurm_two_nodes_cache_lineage_resubmit_and_a_bad_package(live: LivePlat
     r = httpx.post(f"{live.url}/api/v1/jobs/{two}/resubmit", headers=alice, timeout=30)
     assert r.status_code == 201, r.text
     again = _final(live, alice, r.json()["id"])
-    assert again["state"] == "SUCCEEDED" and again["environment_ref"] == ref, again
+    assert again["state"] == "SUCCEEDED" and again["environment_ref"] == ref, (again["reason"],
+                                                                              _log(live, alice, again["id"]))
     assert set(re.findall(r"^SKLEARN (\S+) ", _log(live, alice, again["id"]), re.M)) == {OTHER_SKLEARN}
 
 
@@ -193,4 +194,5 @@ def test_slurm_runs_the_command_inside_a_locally_built_image(live: LivePlatform,
     r = httpx.post(f"{live.url}/api/v1/jobs/{job['id']}/resubmit", headers=alice, timeout=30)
     assert r.status_code == 201, r.text
     again = _final(live, alice, r.json()["id"])
-    assert again["state"] == "SUCCEEDED" and again["environment_ref"] == ref, again
+    assert again["state"] == "SUCCEEDED" and again["environment_ref"] == ref, (again["reason"],
+                                                                              _log(live, alice, again["id"]))

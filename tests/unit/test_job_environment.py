@@ -183,6 +183,12 @@ def test_a_failed_build_is_on_the_timeline(jobs: Env) -> None:
     events = jobs.client.get(f"/api/v1/jobs/{job['id']}/events", headers=jobs.user).json()
     assert any(e["kind"] == "environment_failed" and "haihe-no-such-pkg-zz" in e["message"] for e in events)
     assert jobs.job(job["id"])["environment_ref"] is None
+    from haihe.schedulers.base import JobState
+
+    jobs.fake.set(str(job["native_id"]), JobState.FAILED, exit_code=9, reason="NonZeroExitCode")
+    jobs.reconciler.run_once()
+    ended = jobs.job(job["id"])
+    assert ended["state"] == "FAILED" and "haihe-no-such-pkg-zz" in ended["reason"], ended  # not NonZeroExitCode
 
 
 def test_a_requirements_file_needs_the_jobs_code(jobs: Env) -> None:

@@ -122,7 +122,7 @@ def test_no_rendered_job_carries_the_platforms_keys(scheduler: str, launcher: st
     spec_doc = {"name": "t", "recipe": "digits-cnn", "launcher": launcher, "checkpoint": {"every": 10},
                 "resources": {"nodes": 1, "time_limit": 10}}
     job = SimpleNamespace(id="J1", attempt=1, spec=spec_doc, code_uri="s3://haihe-code/bundles/acme/p/b.tar.gz",
-                          dataset_ref=None)
+                          dataset_ref=None, environment_lock=None, environment_ref=None)
     ctx = _render_context(SimpleNamespace(settings=settings), job, SimpleNamespace(name="acme"),  # type: ignore[arg-type]
                           SimpleNamespace(name="p"), SimpleNamespace(username="u"))  # type: ignore[arg-type]
     launch = render_launch(validate_spec(spec_doc), ctx)

@@ -145,3 +145,52 @@ def test_a_slow_run_sends_its_metrics_within_seconds_not_after_fifty_values() ->
     for step in range(3, 3 + FLUSH_EVERY - 1):  # a fast run still sends in batches
         t.log_metrics({"loss": 1.0}, step)
     assert fake.calls == calls
+
+
+def test_a_job_that_must_register_waits_for_a_busy_mlflow_and_one_that_need_not_does_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI saw a README job fail with exit 5 because MLflow did not answer one 5 s probe on a loaded box: a job that
+    registers a model now asks again with backoff (bounded); a job that only logs starts at once without tracking."""
+    from haihe.jobs.runtime import tracking
+    from haihe.jobs.runtime.contract import RuntimeEnv
+
+    answers = ["TimeoutError: timed out", "ConnectionRefusedError", None]
+    calls: list[str] = []
+
+    def probe(uri: str, timeout: float = 5.0) -> str | None:
+        calls.append(uri)
+        return answers[min(len(calls) - 1, len(answers) - 1)]
+
+    class Client:
+        def __init__(self, uri: str) -> None:
+            pass
+
+        def get_experiment_by_name(self, name: str) -> None:
+            return None
+
+        def create_experiment(self, name: str) -> str:
+            return "1"
+
+        def search_runs(self, *a: object, **k: object) -> list[object]:
+            return []
+
+        def create_run(self, experiment_id: str, tags: object = None, run_name: object = None) -> object:
+            return type("Run", (), {"info": type("Info", (), {"run_id": "a" * 32})()})()
+
+    import mlflow
+
+    monkeypatch.setattr(tracking, "probe", probe)
+    monkeypatch.setattr(mlflow, "MlflowClient", Client)
+    slept: list[float] = []
+    env = RuntimeEnv(job_id="j", org="acme", project="p", tracking_uri="http://127.0.0.1:9", cache_dir="/tmp")
+    tracker = tracking.start(env, is_main=True, required=True, wait_s=60, sleep=slept.append, system_metrics=False)
+    assert tracker.active and len(calls) == 3 and slept == [1.0, 2.0]
+    calls.clear()
+    slept.clear()
+    answers[:] = ["TimeoutError: timed out"]
+    assert not tracking.start(env, is_main=True, sleep=slept.append, system_metrics=False).active
+    assert len(calls) == 1 and slept == []  # no registration: no waiting
+    calls.clear()
+    assert not tracking.start(env, is_main=True, required=True, wait_s=10, sleep=slept.append,
+                              system_metrics=False).active
+    assert sum(slept) < 10 and len(calls) >= 3  # bounded: then it says so and the job fails with exit 5

@@ -101,6 +101,23 @@ class Container:
         return env
 
 
+def short_runroot(key: str, base: str = "/tmp") -> Path:  # noqa: S108 - a private dir, checked below
+    """podman's run dir for one image store (``key``), private to this user (0700, owned by us), the same for every
+    job on that store (podman records it in the store and refuses another), and short: podman refuses a runroot of
+    more than 50 characters, which the job's private TMPDIR is."""
+    path = Path(base) / f"hhp-{os.getuid()}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()
+    except OSError as exc:
+        raise EnvironmentBuildError(f"environment: no run directory for the container ({exc})",
+                                    field="environment.image") from None
+    if st.st_uid != os.getuid() or (st.st_mode & 0o077) or not path.is_dir() or path.is_symlink():
+        raise EnvironmentBuildError(f"environment: {path} is not this job's private directory",
+                                    field="environment.image")
+    return path
+
+
 def prepare(config: ContainerConfig, image: str, *, env_dir: Path, runroot: Path, pinned: str = "",
             runner: Runner = run_tool) -> Container:
     """Pull (or load) the image; its ref. ``pinned``: the ref the job's first run used, which must not change."""

@@ -184,8 +184,9 @@ class Builder:
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONHOME", "UV_"))}
+        # the node's own trust store (a centre's TLS proxy or private index has its CA there), not uv's bundled roots
         env.update({"UV_CACHE_DIR": str(self.root / ".uv-cache"), "UV_PYTHON_DOWNLOADS": "never",
-                    "UV_LINK_MODE": "copy", "UV_NO_CONFIG": "1", "NO_COLOR": "1"})
+                    "UV_LINK_MODE": "copy", "UV_NO_CONFIG": "1", "NO_COLOR": "1", "UV_SYSTEM_CERTS": "1"})
         return env
 
     def _run(self, req: Request, what: str, argv: Sequence[str], stdin: str | None = None) -> str:

@@ -159,7 +159,8 @@ def run_recipe(env: RuntimeEnv, dist: DistEnv, name: str) -> int:
     init_process_group(dist)
     tracker: tracking.Tracker = tracking.NullTracker()
     try:
-        tracker = tracking.start(env, is_main=dist.is_main, run_name=env.job_name or name)
+        tracker = tracking.start(env, is_main=dist.is_main, run_name=env.job_name or name,
+                                 required=bool(env.register_as))
         if env.register_as and dist.is_main and not tracker.active:
             from haihe.errors import TrackingUnavailable
 
@@ -223,7 +224,6 @@ def _enter_environment(env: RuntimeEnv, dist: DistEnv, args: Sequence[str],
     names what failed."""
     import dataclasses
     import socket
-    import tempfile
 
     from haihe.jobs.runtime import container as containers
     from haihe.jobs.runtime import environment as envs
@@ -238,7 +238,7 @@ def _enter_environment(env: RuntimeEnv, dist: DistEnv, args: Sequence[str],
         if req.image:
             config = containers.ContainerConfig.parse(env.container)
             box = containers.prepare(config, req.image, env_dir=root, pinned=req.pinned,
-                                     runroot=Path(tempfile.gettempdir()) / "podman-run")
+                                     runroot=containers.short_runroot(str(root)))
             prepared = envs.Prepared(root, box.ref, f"image {req.image}\n", box.seconds, cached=False,
                                      image=req.image)
         else:

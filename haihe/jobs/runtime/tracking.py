@@ -301,14 +301,30 @@ def _find_run(client: Any, experiment_id: str, env: RuntimeEnv) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def start(env: RuntimeEnv, *, is_main: bool, run_name: str = "", system_metrics: bool = True) -> Tracker:
-    """Rank 0: start (or, after a requeue, continue) the job's run; other ranks and failures: a NullTracker."""
+REQUIRED_WAIT_S = 90.0  # a job that must register a model waits this long for MLflow before it gives up
+
+
+def start(env: RuntimeEnv, *, is_main: bool, run_name: str = "", system_metrics: bool = True,
+          required: bool = False, wait_s: float = REQUIRED_WAIT_S,
+          sleep: Callable[[float], None] = time.sleep) -> Tracker:
+    """Rank 0: start (or, after a requeue, continue) the job's run; other ranks and failures: a NullTracker.
+    ``required`` (the job registers a model): a server that does not answer is asked again with backoff for
+    ``wait_s`` first — a busy or restarting MLflow must not fail a job that would have found it seconds later."""
     if not is_main:
         return NullTracker("not rank 0")
     if not env.tracking_uri:
         log.warning("MLFLOW_TRACKING_URI is not set: this run is not tracked")
         return NullTracker("no tracking URI")
+    budget = wait_s if required else 0.0
+    deadline, waited, delay = time.monotonic() + budget, 0.0, 1.0
     reason = probe(env.tracking_uri)
+    while reason and waited + delay <= budget and time.monotonic() + delay <= deadline:
+        log.warning("MLflow at %s is unavailable (%s); the job needs it: trying again in %.0f s", env.tracking_uri,
+                    reason, delay)
+        sleep(delay)
+        waited += delay
+        delay = min(delay * 2, 15.0)
+        reason = probe(env.tracking_uri)
     if reason:
         log.warning("MLflow at %s is unavailable (%s): training continues without tracking", env.tracking_uri, reason)
         return NullTracker(reason)

@@ -25,7 +25,9 @@ CSRF_HEADER = "x-csrf-token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def get_ctx(request: Request) -> PlatformContext:
+async def get_ctx(request: Request) -> PlatformContext:
+    """Async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a hop (two context switches
+    and a queue) per request for what is an attribute read."""
     ctx: PlatformContext = request.app.state.ctx
     return ctx
 
@@ -84,6 +86,11 @@ def optional_principal(request: Request, ctx: CtxDep, session: SessionDep) -> Pr
 
 
 def current_principal(request: Request, ctx: CtxDep, session: SessionDep) -> Principal:
+    return require_principal(request, ctx, session)
+
+
+def require_principal(request: Request, ctx: PlatformContext, session: Session) -> Principal:
+    """The authenticated caller with the API scope (what ``CurrentPrincipal`` gives a route)."""
     principal = resolve_principal(request, ctx, session)
     if principal is None:
         raise AuthenticationRequired("authentication required: send 'Authorization: Bearer <token or API key>'")
@@ -96,8 +103,8 @@ CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 OptionalPrincipal = Annotated[Principal | None, Depends(optional_principal)]
 
 
-def admin_principal(principal: CurrentPrincipal) -> Principal:
-    access.require_platform_admin(principal)
+async def admin_principal(principal: CurrentPrincipal) -> Principal:
+    access.require_platform_admin(principal)  # no I/O: no thread-pool hop
     return principal
 
 

@@ -24,7 +24,7 @@ from haihe.platform.gateway.hub import EndpointsHub
 router = APIRouter(prefix="/api/v1", tags=["endpoints"])
 
 
-def get_hub(request: Request) -> EndpointsHub:
+async def get_hub(request: Request) -> EndpointsHub:
     hub: EndpointsHub = request.app.state.endpoints
     return hub
 

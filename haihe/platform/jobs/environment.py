@@ -22,6 +22,7 @@ from haihe.platform.tracking.proxy import verify_token
 ENVIRONMENT_PATH = "/api/v1/jobs/{job_id}/environment"
 REF_RE = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_LOCK = 1_000_000
+FAILED_PREFIX = "environment could not be built"
 
 
 def list_for_org(session: Session, principal: Any, org_name: str, *, include_pruned: bool = False
@@ -51,7 +52,8 @@ def record(session: Session, secret_key: str, token: str, job_id: str, *, ref: s
     node = node[:100]
     where = f" on {node}" if node else ""
     if error is not None:
-        message = f"environment could not be built{where}: {error}"
+        message = f"{FAILED_PREFIX}{where}: {error}"
+        job.reason = message[:1000]  # the job's reason names the package; the reconciler keeps it when it ends
         session.add(JobEvent(job_id=job.id, kind="environment_failed", state=job.state, message=message[:2000],
                              data={"node": node}))
         session.commit()

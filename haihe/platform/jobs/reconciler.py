@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from haihe.errors import HaiheError, ServiceUnavailable
 from haihe.platform.context import PlatformContext
+from haihe.platform.jobs import environment
 from haihe.platform.jobs.service import add_event, attempt_tag, claim, dispatch, retry_lost
 from haihe.platform.lease import LeaderLease
 from haihe.platform.models import Job, utcnow
@@ -94,7 +95,8 @@ def transition(session: Session, ctx: PlatformContext, job: Job, st: JobStatus,
             job.alloc_cpus = st.alloc_cpus
             job.alloc_gpus = st.alloc_gpus
             job.queue_position = None
-            job.reason = st.reason or ("" if new == JobState.SUCCEEDED else new.value.lower())
+            if not (new == JobState.FAILED and job.reason.startswith(environment.FAILED_PREFIX)):  # keep its words
+                job.reason = st.reason or ("" if new == JobState.SUCCEEDED else new.value.lower())
             add_event(session, job, "finished", _finished_message(new, st), exit_code=st.exit_code,
                       elapsed_s=st.elapsed_s)
             if ended is None:
