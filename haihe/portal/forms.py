@@ -17,11 +17,12 @@ DEFAULTS: dict[str, str] = {"name": "", "source": "digits-cnn", "entrypoint": ""
                             "cpus_per_task": "1", "mem_gb": "", "time_limit": "00:30:00", "launcher": "none",
                             "dataset": "", "model": "", "register": "", "target": "", "packages": "", "image": ""}
 # spec paths (as the services name them) -> the form field the message is shown next to
-_PREFIX_TO_FIELD = (("resources.", None), ("dataset", "dataset"), ("model", "model"), ("register", "register"),
-                    ("registration", "register"), ("recipe", "source"), ("entrypoint", "entrypoint"),
+_PREFIX_TO_FIELD = (("resources.time_limit", "time_limit"), ("resources.", None), ("dataset", "dataset"),
+                    ("model", "model"), ("register", "register"), ("registration", "register"), ("recipe", "source"),
+                    ("entrypoint", "entrypoint"),
                     ("workdir", "entrypoint"), ("code_uri", "entrypoint"), ("launcher", "launcher"),
                     ("scheduler", "scheduler"), ("name", "name"), ("project", "target"), ("org", "target"),
-                    ("partitions", "partition"), ("qos", "qos"), ("arrays", "_form"), ("gpus", "gpus_per_node"),
+                    ("partition", "partition"), ("qos", "qos"), ("arrays", "_form"), ("gpus", "gpus_per_node"),
                     ("multi_node", "nodes"), ("environment.image", "image"), ("environment", "packages"))
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.live_platform import LivePlatform, start_live_platform
+from tests.fixtures.live_platform import LivePlatform, portal_client, start_live_platform
 
 pytestmark = [pytest.mark.slurm, pytest.mark.mlflow, pytest.mark.s3, pytest.mark.slow]
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -150,8 +150,9 @@ def test_requeue_resumes_from_checkpoint(live: LivePlatform, slurm_cluster: Any,
 
 def test_impossible_requests_are_refused_before_anything_is_stored(live: LivePlatform, tmp_path: Path) -> None:
     """Issue 17, against the real cluster (its partitions as sinfo/slurmrestd report them): 2 GPUs per node on the
-    GPU-less `cpu` partition, an unknown partition and a walltime over the partition's limit are each a 422 naming
-    the field, through the API and the CLI, with no job row and no reservation left behind."""
+    GPU-less `cpu` partition, an unknown partition, a walltime over the partition's limit and a base model that is
+    not in the zoo are each a 422 naming the field, through the API, the CLI and the portal's form, with no job row
+    and no reservation left behind."""
     cli = live.cli()
     cli.bootstrap("acme", "vision", "alice")
     h = live.token("alice")
@@ -179,4 +180,21 @@ def test_impossible_requests_are_refused_before_anything_is_stored(live: LivePla
                     "resources: {partition: cpu, gpus_per_node: 2, time_limit: 5}\n")
     out = cli.run("submit", str(path), as_user="alice", ok=False)
     assert "gpus_per_node" in out and "cpu" in out, out
+    # a base model that does not exist (MLflow is live here): refused, not silently ignored
+    spec = {"name": "impossible", "entrypoint": ["true"], "model": {"from_zoo": "acme/no-such-model@production"},
+            "resources": {"partition": "cpu", "time_limit": 5}}
+    r = httpx.post(f"{live.url}/api/v1/orgs/acme/projects/vision/jobs", json={"spec": spec}, headers=h)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "model.from_zoo", r.text
+    # the portal's form, posted as a browser does: the refusal next to its field, the form kept
+    portal = portal_client(live, "alice")
+    form = {"csrf_token": str(portal.cookies.get("haihe_csrf")), "mode": "form", "target": "acme/vision",
+            "name": "impossible", "source": "own", "entrypoint": "true", "nodes": "1", "tasks_per_node": "1",
+            "cpus_per_task": "1", "gpus_per_node": "0", "time_limit": "00:05:00", "launcher": "none"}
+    for fields, where in (({"partition": "cpu", "gpus_per_node": "2"}, "gpus_per_node"),
+                          ({"partition": "nope"}, "partition"),
+                          ({"partition": "cpu", "model": "acme/no-such-model@production"}, "model")):
+        r = portal.post("/jobs/new", data={**form, **fields})
+        assert r.status_code == 422, (fields, r.status_code)
+        shown = re.search(rf'id="err-{where}" role="alert"\s*>(.*?)</div>', r.text, re.S)
+        assert shown and shown.group(1).strip(), (fields, where)  # said at the field, not hidden
     assert footprint() == before
