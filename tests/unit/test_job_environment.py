@@ -354,3 +354,15 @@ def test_envrun_runs_the_command_with_the_environment_first(tmp_path: Path) -> N
     p = subprocess.run([sys.executable, "-m", "haihe.jobs.runtime.envrun", "--", "true"], env=environ,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == ExitCode.ENVIRONMENT and "pip or locked" in p.stderr
+
+
+def test_admission_errors_land_next_to_the_form_field_they_name() -> None:
+    """An unknown partition (admission's field "partition") and a walltime over the partition's limit
+    ("resources.time_limit_min") were shown next to no field of the portal's form."""
+    from haihe.portal.forms import form_field
+
+    assert form_field("partition") == "partition"
+    assert form_field("resources.time_limit_min") == "time_limit"
+    assert form_field("resources.gpus_per_node") == "gpus_per_node"
+    assert form_field("model.from_zoo") == "model"
+    assert (form_field("environment.image"), form_field("environment.pip")) == ("image", "packages")
