@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from haihe.jobs.runtime.contract import DEFAULT_CHECKPOINT_KEEP, RuntimeEnv
+from haihe.jobs.runtime.contract import DEFAULT_CHECKPOINT_KEEP, DEFAULT_ENV_KEEP_DAYS, RuntimeEnv
 from haihe.jobs.spec import JobSpec
 from haihe.schedulers.base import Launch, Launcher, Resources
 
@@ -43,7 +43,7 @@ class RenderContext:
     environment_url: str = ""  # where the runtime reports the environment it resolved
     environment_ref: str | None = None  # with an image: the image id the first run used (a resubmit checks it)
     container: str = ""  # HAIHE_CONTAINER: how the site's nodes run images (JSON), when it allows them
-    env_keep_days: float = 30.0  # environments unused this long are removed from a node's cache
+    env_keep_days: float = DEFAULT_ENV_KEEP_DAYS  # environments unused this long are removed from a node's cache
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 

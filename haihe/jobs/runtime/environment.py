@@ -132,9 +132,9 @@ def find_uv() -> str:
     return found
 
 
-def python_tag(python: str) -> str:
-    """What the lock's meaning depends on besides its text: interpreter version and machine."""
-    del python  # the environment is made from the runtime's own interpreter
+def python_tag() -> str:
+    """What the lock's meaning depends on besides its text: the version and machine of the runtime's own
+    interpreter, which every environment is made from."""
     return f"{sys.implementation.cache_tag}-{sysconfig.get_platform()}"
 
 
@@ -216,7 +216,7 @@ class Builder:
             source = text
         else:
             source = "\n".join(req.pip) + "\n"
-        key = _sha(python_tag(self.python) + "\n" + source)
+        key = _sha(python_tag() + "\n" + source)
         answered = self.root / "requests" / f"{key}.txt"
         if answered.is_file():
             return answered.read_text(), True
@@ -235,7 +235,7 @@ class Builder:
         t0 = time.monotonic()
         self.root.mkdir(parents=True, exist_ok=True)
         lock, _ = self.lock_for(req, code_dir)
-        ref = "sha256:" + _sha(python_tag(self.python) + "\n" + lock)
+        ref = "sha256:" + _sha(python_tag() + "\n" + lock)
         prefix = self.root / ref[7:39]
         with FileLock(str(self.root / f"{ref[7:39]}.lock"), timeout=BUILD_TIMEOUT_S):
             cached = (prefix / COMPLETE).exists()

@@ -16,6 +16,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from haihe.errors import AuthenticationRequired, InvalidInput
+from haihe.platform import access
+from haihe.platform.access import Principal
 from haihe.platform.models import Job, JobEnvironment, JobEvent, utcnow
 from haihe.platform.tracking.proxy import verify_token
 
@@ -25,11 +27,9 @@ MAX_LOCK = 1_000_000
 FAILED_PREFIX = "environment could not be built"
 
 
-def list_for_org(session: Session, principal: Any, org_name: str, *, include_pruned: bool = False
+def list_for_org(session: Session, principal: Principal, org_name: str, *, include_pruned: bool = False
                  ) -> list[JobEnvironment]:
     """The org's environments (its admins and platform admins), newest use first."""
-    from haihe.platform import access
-
     org = access.org_for_admin(session, principal, org_name, write=False)
     q = select(JobEnvironment).where(JobEnvironment.org_id == org.id)
     if not include_pruned:

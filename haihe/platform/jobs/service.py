@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ from haihe.platform.jobs import code, ray_policy
 from haihe.platform.jobs.dispatcher import Dispatcher
 from haihe.platform.jobs.environment import environment_url
 from haihe.platform.models import Job, JobEvent, Org, Project, Role, User, utcnow
+from haihe.platform.settings import Settings
 from haihe.platform.tracking.proxy import JobScope, issue_token, job_tracking
 from haihe.platform.zoo import catalog as zoo_catalog
 from haihe.schedulers.base import Feature, JobState, JobStatus, Launch, LogChunk
@@ -92,10 +94,8 @@ def _render_context(ctx: PlatformContext, job: Job, org: Org, project: Project, 
     )
 
 
-def container_config(settings: Any) -> str:
+def container_config(settings: Settings) -> str:
     """``HAIHE_CONTAINER``: how the nodes run images, from the site's settings (JSON; empty when none)."""
-    import json
-
     if not settings.container_runtime:
         return ""
     return json.dumps({"runtime": settings.container_runtime, "args": list(settings.container_args)})
