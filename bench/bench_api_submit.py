@@ -42,8 +42,10 @@ from haihe.cluster.postgres import PostgresServer
 from haihe.cluster.procs import ManagedProcess, free_port, wait_until
 from haihe.cluster.slurm import cluster_down, cluster_up
 from haihe.schedulers.base import Launch, Resources
+from haihe.schedulers.registry import create_scheduler
 from haihe.schedulers.slurm.options import slurm_options
 from haihe.schedulers.slurm.sbatch import render_script
+from haihe.schedulers.slurm.scheduler import SlurmScheduler
 
 SPEC = {"name": "bench", "entrypoint": ["true"], "resources": {"partition": "cpu", "time_limit": 1}}
 
@@ -224,7 +226,16 @@ def main() -> None:
                           resources=Resources(time_limit_min=1), partition="cpu")
 
         total = args.n + args.burst
-        scripts = [render_script(job(i), slurm_options(job(i), jobs_dir=str(cluster.jobs_dir))) for i in range(total)]
+        options = [slurm_options(job(i), jobs_dir=str(cluster.jobs_dir)) for i in range(total)]
+        scripts = [render_script(job(i), options[i]) for i in range(total)]
+        # the same scripts straight to slurmrestd through the platform's REST transport (as root, no API): the
+        # floor the REST transport sets under the API, beside the CLI's
+        os.environ.update(cluster.env)
+        rest = create_scheduler(cluster.scheduler_url("rest"))
+        assert isinstance(rest, SlurmScheduler)
+
+        def raw_rest(i: int) -> str:
+            return rest.transport.submit(scripts[i], options[i], rest.job_env or {"PATH": "/usr/bin:/bin"}, None)
 
         def raw(i: int) -> str:
             out = subprocess.run(["sbatch", "--parsable"], input=scripts[i], capture_output=True, text=True, env=env,
@@ -260,6 +271,8 @@ def main() -> None:
             via_api(i)
             raw(i)
         raw_lat = sequential(args.n, raw)
+        rest_lat = sequential(args.n, raw_rest)
+        rest_rate = concurrent(args.burst, args.clients, raw_rest)
         api_lat = sequential(args.n, via_api)
         raw_rate = concurrent(args.burst, args.clients, lambda i: raw(args.n + i))
         api_rate = concurrent(args.burst, args.clients, via_api)
@@ -286,6 +299,11 @@ def main() -> None:
         print(f"one client, {args.n} submits: raw sbatch p50 {statistics.median(raw_lat) * 1000:.1f} ms "
               f"(p95 {pct(raw_lat, 95) * 1000:.1f}); API p50 {statistics.median(api_lat) * 1000:.1f} ms "
               f"(p95 {pct(api_lat, 95) * 1000:.1f})")
+        rest_p50, raw_p50 = statistics.median(rest_lat), statistics.median(raw_lat)
+        print(f"slurmrestd alone (the REST transport, as root, no API): one client p50 {rest_p50 * 1000:.1f} ms = "
+              f"{rest_p50 / raw_p50:.2f}x raw; {args.clients} clients {rest_rate:.0f}/s = {rest_rate / raw_rate:.2f}x "
+              f"raw; API/slurmrestd: p50 {statistics.median(api_lat) / rest_p50:.2f}x, throughput "
+              f"{api_rate / rest_rate:.2f}x")
         print(f"{args.clients} clients, {args.burst} submits: raw {raw_rate:.0f}/s; API {api_rate:.0f}/s "
               f"({args.workers} workers, PostgreSQL, {args.transport} transport)")
         print(f"ratios: p50 API/raw = {statistics.median(api_lat) / statistics.median(raw_lat):.2f}x (target <= 1.5x);"

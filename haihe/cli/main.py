@@ -36,19 +36,18 @@ users = typer.Typer(help="Users and service accounts (org admins).", no_args_is_
 keys = typer.Typer(help="API keys: created once-shown, listed by prefix, revoked.", no_args_is_help=True)
 cluster = typer.Typer(help="The compute side: its status (any user), and the local Slurm cluster's bring-up.",
                       no_args_is_help=True)
-app.add_typer(admin, name="admin")
-app.add_typer(jobs_app, name="jobs")
-app.add_typer(datasets_app, name="datasets")
-app.add_typer(models_app, name="models")
-app.add_typer(endpoints_app, name="endpoints")
+
+
+def _mount(parent: typer.Typer, **groups: typer.Typer) -> None:
+    """Add each command group under ``parent`` by its keyword (the command's name), in the order given."""
+    for name, group in groups.items():
+        parent.add_typer(group, name=name)
+
+
+_mount(app, admin=admin, jobs=jobs_app, datasets=datasets_app, models=models_app, endpoints=endpoints_app,
+       cluster=cluster)
+_mount(admin, orgs=orgs, projects=projects, users=users, keys=keys, quota=quota_app, usage=usage_app)
 app.command("submit")(submit_job)
-app.add_typer(cluster, name="cluster")
-admin.add_typer(orgs, name="orgs")
-admin.add_typer(projects, name="projects")
-admin.add_typer(users, name="users")
-admin.add_typer(keys, name="keys")
-admin.add_typer(quota_app, name="quota")
-admin.add_typer(usage_app, name="usage")
 app.command("quota")(my_quota)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from haihe.cluster import firewall
 from haihe.cluster.procs import LocalService, ManagedProcess, start_service
-from haihe.cluster.unix import own_tree, private_dir
+from haihe.cluster.unix import service_home
 
 
 @dataclass
@@ -105,10 +105,7 @@ class MlflowServer(LocalService):
     # ---- lifecycle ----
     def start(self, timeout: float = 120.0) -> None:
         """Start the server (or reuse a running one) and wait for ``/health``."""
-        if self.user:
-            own_tree(self.home, self.user)
-        else:
-            private_dir(self.home)
+        service_home(self.home, self.user)
         start_service(self._process(), name="mlflow", host=self.host, port=self.port, ready=self.is_ready,
                       timeout=timeout)
         # no authentication of its own: jobs reach tracking only through the platform's proxy

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from haihe.cluster import firewall
-from haihe.cluster.procs import LocalService, ManagedProcess, StartupError, start_service
+from haihe.cluster.procs import LocalService, ManagedProcess, StartupError, as_user, run_step, start_service
 from haihe.errors import InvalidInput
 
 DEFAULT_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
@@ -56,9 +56,6 @@ class PostgresServer(LocalService):
     def url(self, dbname: str = "postgres") -> str:
         """SQLAlchemy URL (psycopg 3 driver) of one database of this cluster."""
         return f"postgresql+psycopg://{SUPERUSER}@{self.host}:{self.port}/{dbname}"
-
-    def _as_user(self, argv: list[str]) -> list[str]:
-        return ["runuser", "-u", self.os_user, "--", *argv] if self.os_user else argv
 
     def initdb_argv(self) -> list[str]:
         return [
@@ -120,11 +117,7 @@ class PostgresServer(LocalService):
             if self.os_user and os.geteuid() == 0:
                 entry = pwd.getpwnam(self.os_user)
                 os.chown(path, entry.pw_uid, entry.pw_gid)
-        done = subprocess.run(
-            self._as_user(self.initdb_argv()), capture_output=True, text=True, check=False, timeout=120
-        )
-        if done.returncode != 0:
-            raise StartupError(f"postgres: initdb failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        run_step(self.initdb_argv(), what="postgres: initdb", timeout=120, user=self.os_user)
 
     def start(self, timeout: float = 60.0) -> None:
         """initdb if needed, start the server (or reuse a running one) and wait until it accepts queries."""
@@ -138,9 +131,7 @@ class PostgresServer(LocalService):
         if not proc.is_running():
             return proc.stop()
         subprocess.run(
-            self._as_user(
-                [str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"]
-            ),
+            as_user([str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"], self.os_user),
             capture_output=True,
             check=False,
             timeout=60,

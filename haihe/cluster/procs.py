@@ -30,6 +30,20 @@ def tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def as_user(argv: Sequence[str], user: str | None) -> list[str]:
+    """``argv`` run as ``user`` through ``runuser`` (the caller is root), or as it is when no user is named."""
+    return ["runuser", "-u", user, "--", *argv] if user else list(argv)
+
+
+def run_step(argv: Sequence[str], *, what: str, timeout: float, user: str | None = None, umask: int = -1) -> None:
+    """Run a one-off set-up command (``initdb``, ``juicefs format``) to its end, as ``user`` when one is named; a
+    failure is a StartupError carrying the tail of its stderr."""
+    done = subprocess.run(as_user(argv, user), capture_output=True, text=True, check=False, timeout=timeout,
+                          umask=umask)
+    if done.returncode != 0:
+        raise StartupError(f"{what} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+
+
 def wait_until(
     predicate: Callable[[], bool],
     *,

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from haihe.cluster.procs import LocalService, ManagedProcess, StartupError, start_service
-from haihe.cluster.unix import own_tree, private_dir
+from haihe.cluster.procs import LocalService, ManagedProcess, StartupError, run_step, start_service
+from haihe.cluster.unix import own_tree, service_home
 from haihe.errors import InvalidInput, StorageUnavailable
 
 if TYPE_CHECKING:
@@ -145,25 +144,15 @@ class S3Server(LocalService):
     # ---- lifecycle ----
     def format(self) -> None:
         """Create the volume once; later calls see the marker and do nothing."""
-        self._own_home()
+        service_home(self.home, self.user)
         if self._format_marker.exists():
             return
         (self.home / "s3data").mkdir(mode=0o700, exist_ok=True)
         argv = self.format_argv()
         if self.user:
-            argv = ["runuser", "-u", self.user, "--", *argv]
-            own_tree(self.home, self.user)
-        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60, umask=0o077)
-        if done.returncode != 0:
-            raise StartupError(f"juicefs format failed ({done.returncode}):\n{done.stderr[-2000:]}")
+            own_tree(self.home, self.user)  # s3data too
+        run_step(argv, what="juicefs format", timeout=60, user=self.user, umask=0o077)
         self._format_marker.write_text("ok\n")
-
-    def _own_home(self) -> None:
-        """home is mode 700: owned by the gateway's account (every file below it too, if root ran it before)."""
-        if self.user:
-            own_tree(self.home, self.user)
-        else:
-            private_dir(self.home)
 
     def start(self, timeout: float = 60.0) -> None:
         """Format if needed, start the gateway and wait for a real S3 call to succeed; reuse a running one."""

@@ -191,6 +191,15 @@ def own_tree(path: Path, owner: str, mode: int = 0o700) -> None:
     os.chmod(path, mode)
 
 
+def service_home(path: Path, owner: str | None) -> None:
+    """A local service's state directory, mode 700: it and everything below it owned by ``owner`` when the service
+    runs as that account (root may have run it before), else the caller's."""
+    if owner:
+        own_tree(path, owner)
+    else:
+        private_dir(path)
+
+
 def _run(argv: list[str], what: str) -> None:
     res = subprocess.run(argv, capture_output=True, text=True, check=False)
     if res.returncode != 0 and "already exists" not in res.stderr:

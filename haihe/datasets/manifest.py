@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -45,6 +45,26 @@ class FileEntry(BaseModel):
     @classmethod
     def _sha(cls, value: str) -> str:
         return _as_value_error(check_sha256, value, "sha256")
+
+
+class VersionMeta(TypedDict, total=False):
+    """What a version says about itself besides its files: given when its upload starts (``Uploads.start``), kept in
+    the upload session and written into the manifest (``Manifest.build``). Left out, a field is empty."""
+
+    created_by: str
+    description: str
+    licence: str
+    data_format: str
+    schema_hint: dict[str, Any] | None
+
+
+def meta_fields(meta: VersionMeta) -> dict[str, Any]:
+    """``meta`` as the fields of a session or manifest (a missing ``schema_hint`` is ``{}``); a key that is not a
+    field of ``VersionMeta`` is a TypeError, as an unknown keyword argument would be."""
+    unknown = meta.keys() - VersionMeta.__annotations__.keys()
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    return {**meta, "schema_hint": meta.get("schema_hint") or {}}
 
 
 class Manifest(BaseModel):
@@ -102,13 +122,9 @@ class Manifest(BaseModel):
         dataset: str,
         version: int,
         files: list[FileEntry],
-        created_by: str = "",
-        description: str = "",
-        licence: str = "",
-        data_format: str = "",
-        schema_hint: dict[str, Any] | None = None,
         upload_id: str = "",
         created_at: datetime | None = None,
+        **meta: Unpack[VersionMeta],
     ) -> Manifest:
         ordered = tuple(sorted(files, key=lambda f: f.path))
         return cls.model_validate(
@@ -118,13 +134,9 @@ class Manifest(BaseModel):
                 "version": version,
                 "files": ordered,
                 "total_size": sum(f.size for f in ordered),
-                "created_by": created_by,
                 "created_at": created_at or datetime.now(UTC),
-                "description": description,
-                "licence": licence,
-                "data_format": data_format,
-                "schema_hint": schema_hint or {},
                 "upload_id": upload_id,
+                **meta_fields(meta),
             }
         )
 

@@ -15,9 +15,9 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from haihe.datasets.store import HttpMethod, Multipart, ObjectInfo, PartInfo, ReadStream
+from haihe.datasets.store import HttpMethod, Multipart, ObjectInfo, ObjectStore, PartInfo, ReadStream
 from haihe.errors import InvalidInput, NotFound, StorageUnavailable
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
@@ -68,7 +68,7 @@ class _MemoryMultipart:
             del self._store.uploads[self.upload_id]
 
 
-class MemoryStore:
+class MemoryStore(ObjectStore):
     """A bucket in a dict. Thread-safe; presigned URLs look like ``memory://bucket/key?...``."""
 
     def __init__(self, bucket: str = "datasets", *, min_part_size: int = MIN_PART_SIZE) -> None:
@@ -139,20 +139,10 @@ class MemoryStore:
             for key in keys:
                 self.objects.pop(key, None)
 
-    def presign(
-        self,
-        method: HttpMethod,
-        key: str,
-        *,
-        expires: timedelta,
-        upload_id: str | None = None,
-        part_number: int | None = None,
-    ) -> str:
+    def _presign(self, method: HttpMethod, key: str, expires: timedelta, query: dict[str, str]) -> str:
         self._check_up()
-        query = f"?method={method}&expires={int(expires.total_seconds())}"
-        if upload_id is not None:
-            query += f"&uploadId={upload_id}&partNumber={part_number or 1}"
-        return f"memory://{self.bucket}/{quote(key)}{query}"
+        signed = urlencode({"method": method, "expires": int(expires.total_seconds()), **query})
+        return f"memory://{self.bucket}/{quote(key)}?{signed}"
 
     def multipart(self, key: str, upload_id: str | None = None) -> Multipart:
         self._check_up()

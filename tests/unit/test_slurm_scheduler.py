@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -159,6 +160,37 @@ def test_ctld_probe_fails_fast(fake: FakeSlurm, tmp_path: Path) -> None:
         with pytest.raises(SchedulerUnavailable):
             call()
     assert fake.calls == []
+
+
+def test_a_fresh_ctld_probe_stands_briefly_then_is_asked_again(sched: SlurmScheduler,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy API submits tens of jobs a second: one TCP probe of slurmctld per CTLD_FRESH_S, not one per call; a
+    probe that fails is never cached (slurmctld down: every call fails fast until it answers again)."""
+    from haihe.schedulers.slurm import scheduler as module
+
+    answers = [True, True, False, False, True]
+    asked: list[bool] = []
+
+    def probe() -> bool:
+        asked.append(answers[len(asked)])
+        return asked[-1]
+
+    sched.ctld_probe = probe
+    clock = [1000.0]
+    monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=lambda: clock[0]))  # this module's clock only
+    sched.submit(lau())
+    sched.submit(lau())  # within CTLD_FRESH_S: not asked again
+    assert asked == [True]
+    clock[0] += module.CTLD_FRESH_S
+    sched.submit(lau())
+    assert asked == [True, True]
+    clock[0] += module.CTLD_FRESH_S
+    for _ in range(2):  # down: asked on every call, each refused at once
+        with pytest.raises(SchedulerUnavailable):
+            sched.submit(lau())
+    assert asked == [True, True, False, False]
+    sched.submit(lau())  # back
+    assert len(asked) == 5
 
 
 def test_describe_free_capacity(sched: SlurmScheduler) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from haihe.cluster.ports import PortPlan
-from haihe.cluster.procs import ManagedProcess, StartupError, port_open, wait_until
+from haihe.cluster.procs import ManagedProcess, StartupError, as_user, port_open, wait_until
 from haihe.cluster.slurm.description import ClusterDescription, load_description
 from haihe.cluster.slurm.render import (
     CTLD_PORT,
@@ -176,7 +176,7 @@ def _ensure_munge(progress: Progress) -> None:
         key.chmod(0o400)
     Path("/run/munge").mkdir(parents=True, exist_ok=True)
     shutil.chown("/run/munge", "munge", "munge")
-    subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
+    subprocess.run(as_user(["/usr/sbin/munged"], "munge"), check=True)
     wait_until(ok, timeout=10, what="munged")
     progress("started munged (system-wide)")
 

@@ -34,6 +34,10 @@ ADDRESS_SCAN_LIMIT = 4 << 20  # a serving job reports its address early; never s
 Probe = Callable[[], bool]
 
 
+CTLD_FRESH_S = 0.5
+"""How long a successful slurmctld probe stands for later calls."""
+
+
 def ctld_probe_from_conf(conf: str | Path) -> Probe:
     """A TCP connect to slurmctld: refused means down *now*, instead of after Slurm's own 9 s of retries."""
     host, port = "127.0.0.1", 6817
@@ -81,6 +85,7 @@ class SlurmScheduler(BaseScheduler):
         # QoS need slurmdbd; without it the names come from the cluster description and are checked here only
         self.platform_qos = tuple(qos) if qos is not None else None
         self.ctld_probe = ctld_probe
+        self._ctld_ok_at = -CTLD_FRESH_S
         self.describe_ttl = describe_ttl
         self._info: tuple[float, ClusterInfo] | None = None
         # per serving job: (log bytes already scanned, last address seen), so each probe reads only new lines
@@ -88,8 +93,14 @@ class SlurmScheduler(BaseScheduler):
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def _require_ctld(self) -> None:
-        if self.ctld_probe is not None and not self.ctld_probe():
+        # a probe that answered within CTLD_FRESH_S stands: a busy API submits tens of jobs a second, and each probe
+        # is a connection slurmctld must accept (and log as a broken one)
+        now = time.monotonic()
+        if self.ctld_probe is None or now - self._ctld_ok_at < CTLD_FRESH_S:
+            return
+        if not self.ctld_probe():
             raise SchedulerUnavailable(f"{self.url}: slurmctld is not reachable")
+        self._ctld_ok_at = now
 
     def _cached_info(self) -> ClusterInfo:
         now = time.monotonic()
