@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -318,7 +319,17 @@ def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def test_respond_async_answers_202_once_stored_then_submits_once(env: Env) -> None:
+def test_respond_async_answers_202_once_stored_then_submits_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from haihe.platform.jobs import service
+
+    rendered: list[str] = []
+    real_launch_for = service.launch_for
+
+    def launch_for(*args: Any, **kwargs: Any) -> Any:
+        rendered.append(args[2].id)
+        return real_launch_for(*args, **kwargs)
+
+    monkeypatch.setattr(service, "launch_for", launch_for)
     h = {**env.user, "Prefer": "respond-async"}
     r = env.client.post(f"/api/v1/orgs/{env.org}/projects/{env.project}/jobs", json={"spec": SPEC}, headers=h)
     assert r.status_code == 202, r.text
@@ -327,6 +338,7 @@ def test_respond_async_answers_202_once_stored_then_submits_once(env: Env) -> No
     assert job["state"] == "PENDING" and job["native_id"] is None
     _until(lambda: env.job(job["id"])["state"] == "SUBMITTED")
     assert env.fake.submits == 1 and env.job(job["id"])["native_id"] == "1000"
+    assert rendered == [job["id"]]  # the dispatcher submits the Launch the request built: not re-read, not re-rendered
     kinds = [e["kind"] for e in env.client.get(f"/api/v1/jobs/{job['id']}/events", headers=env.user).json()]
     assert kinds == ["created", "submitted"]
     env.age_pending()

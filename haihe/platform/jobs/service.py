@@ -256,7 +256,7 @@ def submit(
     if wait:
         dispatch(ctx, session, job, launch)
     else:
-        dispatcher(ctx).put(job.id)
+        dispatcher(ctx).put(job.id, launch)
     return job
 
 
@@ -355,9 +355,9 @@ def dispatch(ctx: PlatformContext, session: Session, job: Job, launch: Launch | 
 
 def dispatcher(ctx: PlatformContext) -> Dispatcher:
     """The process's dispatcher of stored jobs (``Prefer: respond-async``): it runs :func:`dispatch`."""
-    def submit(session: Session, job: Job) -> None:
+    def submit(session: Session, job: Job, launch: Launch | None) -> None:
         if claim(session, job):
-            dispatch(ctx, session, job)
+            dispatch(ctx, session, job, launch)
 
     return ctx.service("dispatcher", lambda: Dispatcher(ctx, submit))
 
