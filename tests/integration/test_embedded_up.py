@@ -61,7 +61,9 @@ def test_haihe_up_ready_ctrl_c_and_reuse(tmp_path: Path, figures: Figures) -> No
         wait_until(lambda: (home / "admin.json").exists(), timeout=30, what="admin credentials")
         admin = json.loads((home / "admin.json").read_text())
         assert (home / "admin.json").stat().st_mode & 0o777 == 0o600
-        assert admin["password"] in log.read_text()  # printed once, on the first run
+        # printed once, on the first run (just after admin.json is written: wait for the line, do not race it)
+        wait_until(lambda: admin["password"] in log.read_text(), timeout=30, what="the admin password in the log",
+                   log_path=log)
         token = httpx.post(url + "/api/v1/auth/token",
                            json={"username": admin["username"], "password": admin["password"]}).json()["token"]
         r = httpx.post(url + "/api/v1/orgs", json={"name": "persisted"}, headers={"Authorization": f"Bearer {token}"})
