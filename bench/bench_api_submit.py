@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from bench_support import make_tenant, pct
+from bench_support import cpu_line, cpu_per_item, cpu_snapshot, make_tenant, pct
 
 from haihe.cluster.mlflow_server import MlflowServer
 from haihe.cluster.ports import PortPlan
@@ -200,6 +200,8 @@ def main() -> None:
     ap.add_argument("--log-for", type=float, default=20.0)
     ap.add_argument("--mlflow-workers", type=int, default=2)
     ap.add_argument("--base", type=int, default=24000)
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="also: py-spy each API worker (collapsed stacks, one file each) over --n more sync submits")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="h2-bench-submit-"))
     work.chmod(0o755)  # the cluster's daemons (mysql, slurmrestd) traverse it; the API's home inside stays private
@@ -273,9 +275,14 @@ def main() -> None:
         raw_lat = sequential(args.n, raw)
         rest_lat = sequential(args.n, raw_rest)
         rest_rate = concurrent(args.burst, args.clients, raw_rest)
+        cpu_seq = cpu_snapshot()
         api_lat = sequential(args.n, via_api)
+        cpu_seq_end = cpu_snapshot()
+        cpu0 = cpu_snapshot()
         raw_rate = concurrent(args.burst, args.clients, lambda i: raw(args.n + i))
+        cpu1 = cpu_snapshot()
         api_rate = concurrent(args.burst, args.clients, via_api)
+        cpu2 = cpu_snapshot()
         async_lat = sequential(args.n, via_api_async)
         wait_until(none_pending, timeout=120, what="the async submits to reach Slurm")
         t_async = time.perf_counter()
@@ -308,11 +315,26 @@ def main() -> None:
               f"({args.workers} workers, PostgreSQL, {args.transport} transport)")
         print(f"ratios: p50 API/raw = {statistics.median(api_lat) / statistics.median(raw_lat):.2f}x (target <= 1.5x);"
               f" throughput API/raw = {api_rate / raw_rate:.2f}x (target >= 0.5x)")
+        print(f"CPU, one client: API {cpu_line(cpu_per_item(cpu_seq, cpu_seq_end, args.n))}")
+        print(f"CPU, {args.clients} clients: raw sbatch {cpu_line(cpu_per_item(cpu0, cpu1, args.burst))}")
+        print(f"CPU, {args.clients} clients: API {cpu_line(cpu_per_item(cpu1, cpu2, args.burst))}")
         async_p50 = statistics.median(async_lat)
         print(f"async (Prefer: respond-async): one client p50 {async_p50 * 1000:.1f} ms "
               f"(p95 {pct(async_lat, 95) * 1000:.1f}) = {async_p50 / statistics.median(raw_lat):.2f}x raw; "
               f"{args.clients} clients {async_rate:.0f}/s answered = {async_rate / raw_rate:.2f}x raw, all "
               f"{args.burst} in Slurm at {async_in_slurm_rate:.0f}/s = {async_in_slurm_rate / raw_rate:.2f}x raw")
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            spy = str(Path(sys.executable).with_name("py-spy"))
+            spies = [subprocess.Popen([spy, "record", "-r", "500", "-f", "raw", "--nonblocking", "-o",
+                                       str(args.profile / f"{proc.name}.txt"), "--pid", str(proc.pid())],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for proc in procs]
+            time.sleep(2)  # py-spy attached
+            sequential(args.n, via_api)
+            for spy in spies:
+                spy.send_signal(2)
+                spy.wait(30)
+            print(f"profiles (collapsed stacks) in {args.profile}")
         if args.loggers:
             under_logging(http, url, mlflow.url, secret, args.loggers, args.log_every, args.log_for)
     finally:

@@ -30,3 +30,53 @@ def make_tenant(url: str, home: Path, env: dict[str, str]) -> dict[str, str]:
     r = httpx.post(url + "/api/v1/auth/token", json={"username": "alice", "password": PASSWORD})
     r.raise_for_status()
     return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+# -- where the CPU goes ------------------------------------------------------------------------------------------
+_LABELS = (("haihe.serve", "api"), ("slurmrestd", "slurmrestd"), ("slurmctld", "slurmctld"), ("slurmdbd", "slurmdbd"),
+           ("mariadbd", "mariadb"), ("mysqld", "mariadb"), ("postgres", "postgresql"), ("mlflow", "mlflow"),
+           ("munged", "munge"))
+
+
+def cpu_snapshot() -> dict[str, float]:
+    """CPU seconds (user + system) used so far, by component: every live process on the host, labelled by its
+    command line, plus this bench (its client threads) and its reaped children (``sbatch``)."""
+    import os
+    import resource
+
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            cmd = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        label = next((name for key, name in _LABELS if key in cmd), "other")
+        out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    out["bench clients"] = me.ru_utime + me.ru_stime
+    out["sbatch processes"] = kids.ru_utime + kids.ru_stime
+    return out
+
+
+def cpu_per_item(before: dict[str, float], after: dict[str, float], items: int) -> dict[str, float]:
+    """CPU milliseconds per item, by component, between two snapshots (components that used < 0.05 ms dropped)."""
+    per = {k: 1000 * (after.get(k, 0.0) - before.get(k, 0.0)) / items for k in after}
+    return {k: v for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.05}
+
+
+def cpu_line(per: dict[str, float]) -> str:
+    total = sum(per.values())
+    cores = os_cores()
+    return (f"{total:.1f} CPU-ms per submit ({', '.join(f'{k} {v:.1f}' for k, v in per.items())}); "
+            f"{cores} cores allow at most {1000 * cores / total:.0f}/s")
+
+
+def os_cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))

@@ -222,6 +222,33 @@ def test_max_jobs_and_gpus(qenv: QEnv, tmp_path: Path) -> None:
         qenv.submit()
 
 
+def test_max_gpus_counts_nodes_times_gpus_times_sweep_and_a_submit_never_loads_the_queue(qenv: QEnv) -> None:
+    from sqlalchemy import event
+
+    gpu = {**SPEC, "resources": {**SPEC["resources"], "nodes": 2, "gpus_per_node": 2}}  # type: ignore[dict-item]
+    qenv.set_quota(max_gpus=12, max_jobs=500)
+    qenv.submit(gpu)  # 4 GPUs
+    qenv.submit({**gpu, "sweep": {"lr": [0.1, 0.2]}})  # an array of 2: 8 GPUs, 12 in all
+    with pytest.raises(QuotaExceeded, match="max_gpus") as refused:
+        qenv.submit({**gpu, "resources": {**gpu["resources"], "nodes": 1, "gpus_per_node": 1}})  # type: ignore[dict-item]
+    assert refused.value.details["left"] == 0 and refused.value.details["need"] == 1
+    for _ in range(60):  # a busy org: many jobs queued
+        qenv.submit()
+    statements: list[str] = []
+
+    def seen(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(qenv.ctx.db.engine, "before_cursor_execute", seen)
+    try:
+        qenv.submit()
+    finally:
+        event.remove(qenv.ctx.db.engine, "before_cursor_execute", seen)
+    # the concurrency check reads the queue as one aggregate row, not the 63 active jobs
+    reads = [st for st in statements if st.lstrip().upper().startswith("SELECT") and "FROM jobs" in st]
+    assert reads and all("count(" in st.lower() for st in reads), reads
+
+
 def test_three_hundred_jobs_ending_in_one_cycle_settle_once_in_a_bounded_number_of_statements(qenv: QEnv) -> None:
     from sqlalchemy import event
 

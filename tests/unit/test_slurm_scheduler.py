@@ -237,3 +237,17 @@ def test_array_folding() -> None:
                                               ("OUT_OF_MEMORY", JobState.FAILED), ("COMPLETED", JobState.SUCCEEDED)])
 def test_state_map(slurm: str, state: JobState) -> None:
     assert map_state(slurm) == state
+
+
+def test_admission_reads_the_clusters_shape_not_its_queue(sched: SlurmScheduler, fake: FakeSlurm,
+                                                           tmp_path: Path) -> None:
+    for i in range(3):
+        sched.submit(lau(tag=f"q{i}"))
+    sched = build(f"slurm+cli://?jobs={tmp_path}", runner=fake, job_env={"PATH": "/bin"})  # nothing cached yet
+    assert isinstance(sched, SlurmScheduler)
+    fake.calls.clear()
+    sched.admit(lau(partition="gpu", resources=Resources(gpus_per_node=1, time_limit_min=10)))
+    with pytest.raises(InvalidInput, match="unknown partition"):
+        sched.admit(lau(partition="nope"))
+    assert "squeue" not in fake.calls and fake.calls.count("sinfo") == 1  # cached: one read for both
+    assert sched.describe().queue_length == 3  # the cluster page still counts the queue

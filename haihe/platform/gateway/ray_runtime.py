@@ -21,7 +21,10 @@ from haihe.platform.gateway.runtimes import DeployPlan, Probe
 
 log = logging.getLogger(__name__)
 
-_STATUS_TTL_S = 0.5
+_STATUS_TTL_S = 0.5  # while an app deploys, scales or is unhealthy: the supervisor sees changes at once
+_STEADY_TTL_S = 5.0  # while every app runs healthy: Serve's status() is costly (its configs are rebuilt and
+# pickled on each call: 7 % of a serving API process's CPU when asked every second), and Serve itself replaces a
+# failed replica; a failed model call asks again at once
 
 
 RAY_GCS_PORT = 6379  # Ray's own defaults, for a cluster whose URL does not say
@@ -89,23 +92,27 @@ class RayServeRuntime:
         self.deploy(DeployPlan(plan.org, plan.endpoint, record["app"], plan.config, plan.min_replicas,
                                plan.max_replicas, plan.cpus_per_replica, plan.options))
 
-    def _statuses(self) -> dict[str, Any]:
+    def _statuses(self, name: str) -> dict[str, Any]:
+        """Serve's applications, read again unless a recent read holds ``name`` (sooner unless all were steady)."""
         stamp, cached = self._status
-        if time.monotonic() - stamp < _STATUS_TTL_S:
+        if name in cached and time.monotonic() - stamp < (_STEADY_TTL_S if _steady(cached) else _STATUS_TTL_S):
             return cached
-        self.connect()
-        from ray import serve
-
-        apps = dict(serve.status().applications)
+        apps = self._read_statuses()
         self._status = (time.monotonic(), apps)
         return apps
 
+    def _read_statuses(self) -> dict[str, Any]:
+        self.connect()
+        from ray import serve
+
+        return dict(serve.status().applications)
+
     def probe(self, record: dict[str, Any]) -> Probe:
         name = record["app"]
-        app = self._statuses().get(name)
+        app = self._statuses(name).get(name)
         if app is None:
             return Probe("gone", f"Serve application {name} is not running")
-        status = str(getattr(app.status, "value", app.status))
+        status = _state(app)
         message = (app.message or "").strip().splitlines()
         detail = message[-1][:500] if message else ""
         replicas = {"replicas": _running_replicas(app)}  # what the endpoint is charged for (endpoint_quota)
@@ -151,6 +158,7 @@ class RayServeRuntime:
         except ServiceUnavailable:
             raise
         except Exception as exc:  # RayTaskError, replica died, app deleted: the SDK's errors stop here
+            self._status = (0.0, {})  # the supervisor's next probe asks Serve again
             raise ServiceUnavailable(f"model server error: {type(exc).__name__}") from None
         return result
 
@@ -164,6 +172,16 @@ class RayServeRuntime:
 
     def close(self) -> None:
         self._handles.clear()
+
+
+def _state(obj: Any) -> str:
+    return str(getattr(obj.status, "value", obj.status))
+
+
+def _steady(apps: dict[str, Any]) -> bool:
+    """Every app RUNNING with every deployment HEALTHY (none deploying, scaling or unhealthy); False for none."""
+    return bool(apps) and all(_state(app) == "RUNNING" and all(
+        _state(d) == "HEALTHY" for d in (getattr(app, "deployments", None) or {}).values()) for app in apps.values())
 
 
 def _running_replicas(app: Any) -> int:

@@ -113,18 +113,19 @@ def _sums(session: Session, org_id: int, project_id: int | None, period: str | N
 
 
 def _active_jobs(session: Session, org_id: int, project_id: int | None, exclude: str | None) -> tuple[int, int]:
-    """(count, GPUs) of the scope's jobs that hold resources or may soon."""
-    q = select(Job).where(Job.org_id == org_id, Job.state.in_(ACTIVE))
+    """(count, GPUs) of the scope's jobs that hold resources or may soon: one aggregate row, whatever the number of
+    queued jobs (a submit asks this of an org with a ``max_jobs``/``max_gpus`` quota, and such an org may have
+    thousands queued)."""
+    resources = Job.spec["resources"]
+    nodes, per_node = resources["nodes"].as_integer(), resources["gpus_per_node"].as_integer()
+    gpus = func.coalesce(nodes, 1) * func.coalesce(per_node, 0) * func.coalesce(func.nullif(Job.array_size, 0), 1)
+    q = select(func.count(), func.coalesce(func.sum(gpus), 0)).where(Job.org_id == org_id, Job.state.in_(ACTIVE))
     if project_id is not None:
         q = q.where(Job.project_id == project_id)
     if exclude is not None:
         q = q.where(Job.id != exclude)
-    jobs = session.scalars(q).all()
-    gpus = 0
-    for j in jobs:
-        res = j.spec.get("resources", {})
-        gpus += int(res.get("nodes", 1)) * int(res.get("gpus_per_node", 0)) * max(1, j.array_size)
-    return len(jobs), gpus
+    count, total = session.execute(q).one()
+    return int(count), int(total)
 
 
 def balances(session: Session, quota: Quota | None, org_id: int, project_id: int | None,

@@ -103,9 +103,11 @@ class SlurmScheduler(BaseScheduler):
         self._ctld_ok_at = now
 
     def _cached_info(self) -> ClusterInfo:
+        """The cluster's shape for admission (partitions, nodes, QoS), read again after ``describe_ttl``; not the
+        queue, whose listing grows with the jobs and is no part of what a job may ask for."""
         now = time.monotonic()
         if self._info is None or now - self._info[0] > self.describe_ttl:
-            self._info = (now, self._describe())
+            self._info = (now, self._describe(queue=False))
         return self._info[1]
 
     def admit(self, launch: Launch) -> None:
@@ -311,11 +313,11 @@ class SlurmScheduler(BaseScheduler):
         self._address_scan[ref] = (offset + len(whole), address)
         return address
 
-    def _describe(self) -> ClusterInfo:
+    def _describe(self, queue: bool = True) -> ClusterInfo:
         self._require_ctld()
         nodes = tuple(records.parse_node(n) for n in self.transport.nodes())
         parts = tuple(records.parse_partition(p, nodes) for p in self.transport.partitions())
-        jobs = [records.from_squeue(j) for j in self.transport.jobs()]
+        jobs = [records.from_squeue(j) for j in self.transport.jobs()] if queue else []
         waiting = len({j.ref for j in jobs if j.state in (JobState.QUEUED, JobState.PENDING)})
         running = len({j.ref for j in jobs if j.state == JobState.RUNNING})
         qos = self.platform_qos if self.platform_qos is not None else tuple(self.transport.qos_names() or ())
