@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from bench_support import cpu_line, cpu_per_item, cpu_snapshot, make_tenant, pct
+from bench_support import cpu_line, cpu_per_item, cpu_snapshot, make_tenant, pct, py_spy
 
 from haihe.cluster.mlflow_server import MlflowServer
 from haihe.cluster.ports import PortPlan
@@ -277,7 +277,6 @@ def main() -> None:
         rest_rate = concurrent(args.burst, args.clients, raw_rest)
         cpu_seq = cpu_snapshot()
         api_lat = sequential(args.n, via_api)
-        cpu_seq_end = cpu_snapshot()
         cpu0 = cpu_snapshot()
         raw_rate = concurrent(args.burst, args.clients, lambda i: raw(args.n + i))
         cpu1 = cpu_snapshot()
@@ -315,7 +314,7 @@ def main() -> None:
               f"({args.workers} workers, PostgreSQL, {args.transport} transport)")
         print(f"ratios: p50 API/raw = {statistics.median(api_lat) / statistics.median(raw_lat):.2f}x (target <= 1.5x);"
               f" throughput API/raw = {api_rate / raw_rate:.2f}x (target >= 0.5x)")
-        print(f"CPU, one client: API {cpu_line(cpu_per_item(cpu_seq, cpu_seq_end, args.n))}")
+        print(f"CPU, one client: API {cpu_line(cpu_per_item(cpu_seq, cpu0, args.n))}")
         print(f"CPU, {args.clients} clients: raw sbatch {cpu_line(cpu_per_item(cpu0, cpu1, args.burst))}")
         print(f"CPU, {args.clients} clients: API {cpu_line(cpu_per_item(cpu1, cpu2, args.burst))}")
         async_p50 = statistics.median(async_lat)
@@ -324,11 +323,7 @@ def main() -> None:
               f"{args.clients} clients {async_rate:.0f}/s answered = {async_rate / raw_rate:.2f}x raw, all "
               f"{args.burst} in Slurm at {async_in_slurm_rate:.0f}/s = {async_in_slurm_rate / raw_rate:.2f}x raw")
         if args.profile:
-            args.profile.mkdir(parents=True, exist_ok=True)
-            spy = str(Path(sys.executable).with_name("py-spy"))
-            spies = [subprocess.Popen([spy, "record", "-r", "500", "-f", "raw", "--nonblocking", "-o",
-                                       str(args.profile / f"{proc.name}.txt"), "--pid", str(proc.pid())],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for proc in procs]
+            spies = [py_spy(proc.pid() or 0, args.profile / f"{proc.name}.txt", 500) for proc in procs]
             time.sleep(2)  # py-spy attached
             sequential(args.n, via_api)
             for spy in spies:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bench_support import py_spy
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -167,11 +168,7 @@ def main() -> None:
             app = _serve_apps(ray)[0]
             spy = None
             if args.profile and name == "mlp":
-                args.profile.mkdir(parents=True, exist_ok=True)
-                spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-r", "200", "-f",
-                                        "raw", "--nonblocking", "-o", str(args.profile / "gateway.txt"), "--pid",
-                                        str(api.pid), "-d", str(int(args.seconds))],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                spy = py_spy(api.pid, args.profile / "gateway.txt", 200, int(args.seconds))
             rounds = args.rounds if name == "mlp" else 1
             direct = f"http://127.0.0.1:{plan.serve_http}/{app}"
             if name == "mlp":

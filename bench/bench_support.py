@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -41,7 +42,6 @@ _LABELS = (("haihe.serve", "api"), ("slurmrestd", "slurmrestd"), ("slurmctld", "
 def cpu_snapshot() -> dict[str, float]:
     """CPU seconds (user + system) used so far, by component: every live process on the host, labelled by its
     command line, plus this bench (its client threads) and its reaped children (``sbatch``)."""
-    import os
     import resource
 
     tick = os.sysconf("SC_CLK_TCK")
@@ -71,12 +71,14 @@ def cpu_per_item(before: dict[str, float], after: dict[str, float], items: int) 
 
 def cpu_line(per: dict[str, float]) -> str:
     total = sum(per.values())
-    cores = os_cores()
+    cores = len(os.sched_getaffinity(0))
     return (f"{total:.1f} CPU-ms per submit ({', '.join(f'{k} {v:.1f}' for k, v in per.items())}); "
             f"{cores} cores allow at most {1000 * cores / total:.0f}/s")
 
 
-def os_cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
+def py_spy(pid: int, out: Path, rate: int, seconds: int | None = None) -> subprocess.Popen[bytes]:
+    """py-spy (the venv's) recording ``pid`` as collapsed stacks into ``out``: for ``seconds``, else until SIGINT."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [str(Path(sys.executable).with_name("py-spy")), "record", "-r", str(rate), "-f", "raw", "--nonblocking",
+            "-o", str(out), "--pid", str(pid), *(["-d", str(seconds)] if seconds else [])]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
