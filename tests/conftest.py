@@ -29,3 +29,39 @@ def pytest_configure(config: pytest.Config) -> None:
     root = Path(tempfile.gettempdir()) / f"haihe-tests-{os.environ.get('HAIHE_TEST_PORT_BASE', '21000')}"
     root.mkdir(mode=0o755, exist_ok=True)
     os.environ["PYTEST_DEBUG_TEMPROOT"] = str(root)
+
+
+# ``HAIHE_TEST_SHARD``: CI runs the integration suite as two sessions side by side, each on its own port base and its
+# own services (scripts/setup-and-test.sh). A module goes to the ``slurm`` shard when any of its tests uses the Slurm
+# cluster (whole modules, so no two sessions ever run one module's tests at once), or when it is listed below to even
+# the two out; every other module goes to ``rest``. Unset: one session runs everything.
+SHARDS = ("slurm", "rest")
+SLURM_SHARD_EXTRA = frozenset({  # no Slurm, but CPU the Ray-heavy ``rest`` shard has less of to spare
+    "tests/reliability/test_load_jobs_table.py",
+    "tests/integration/test_quotas.py",
+})
+
+
+def shard_of_modules(items: list[pytest.Item]) -> dict[str, str]:
+    """Each collected module's shard (keys: the module's path relative to the root, as in a node id)."""
+    shards: dict[str, str] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        uses_slurm = "slurm_cluster" in getattr(item, "fixturenames", ()) or module in SLURM_SHARD_EXTRA
+        if uses_slurm or module not in shards:
+            shards[module] = "slurm" if uses_slurm else "rest"
+    return shards
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    shard = os.environ.get("HAIHE_TEST_SHARD", "")
+    if not shard:
+        return
+    if shard not in SHARDS:
+        raise pytest.UsageError(f"HAIHE_TEST_SHARD={shard!r}: expected one of {', '.join(SHARDS)}")
+    shards = shard_of_modules(items)
+    keep = [i for i in items if shards[i.nodeid.split("::", 1)[0]] == shard]
+    dropped = [i for i in items if shards[i.nodeid.split("::", 1)[0]] != shard]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = keep
