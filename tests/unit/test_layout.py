@@ -160,6 +160,22 @@ def test_jobs_runtime_and_cli_do_not_import_fastapi() -> None:
     assert out == ["False", "False", "False"]  # the SDK's models come from schemas that need neither
 
 
+def test_a_jobs_runtime_loads_neither_torch_nor_the_zoo_registry_to_run_a_command() -> None:
+    """Every rank of every job starts this runtime: torch alone cost 2-4 s of CPU there, before the user's command."""
+    code = ("import sys, haihe.jobs.runtime.main as m; from haihe.jobs.runtime.distributed import detect; detect({}); "
+            "print(*(name in sys.modules for name in ('torch', 'mlflow', 'haihe.model_zoo.registry')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", "False"]
+
+
+def test_the_zoo_package_exports_what_it_loads_lazily() -> None:
+    import haihe.model_zoo as zoo
+
+    assert sorted(zoo.__all__) == sorted(zoo._WHERE)
+    for name in zoo.__all__:
+        assert getattr(zoo, name) is getattr(importlib.import_module(f"haihe.model_zoo.{zoo._WHERE[name]}"), name)
+
+
 def _literals(tree: ast.AST) -> list[tuple[int, list[str]]]:
     """Every tuple, list or set literal of strings, and every ``Literal[...]``, with its line."""
     found = []

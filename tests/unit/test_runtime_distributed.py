@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from haihe.errors import InvalidInput
@@ -124,3 +128,17 @@ def test_tasks_on_node_refuses_garbage() -> None:
         tasks_on_node("2(x", 0)
     with pytest.raises(InvalidInput):
         tasks_on_node("2(x2)", 2)
+
+
+def test_no_gpu_device_file_answers_no_cuda_without_importing_torch(tmp_path: Path) -> None:
+    """A job on a node without GPU device files never pays for importing torch to learn it has no CUDA."""
+    absent = str(tmp_path / "nvidiactl")
+    code = ("import sys; from haihe.jobs.runtime import distributed as d; "
+            f"print(d._cuda_available(({absent!r},)), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "False"], out.stderr[-2000:]
+    present = tmp_path / "kfd"
+    present.touch()  # a device file: torch gives the answer
+    code = code.replace(repr(absent), repr(str(present)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split()[1:] == ["True"], out.stderr[-2000:]

@@ -18,6 +18,7 @@ N (the other N-1 ranks would never come), so the Slurm reading requires a step (
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Callable, Mapping
@@ -119,7 +120,15 @@ def _check_output(argv: list[str]) -> str:
         raise DistInitError(f"{' '.join(argv[:3])} failed: {exc}") from None
 
 
-def _cuda_available() -> bool:
+# Device files a GPU torch can use: NVIDIA's, and AMD's (ROCm builds answer torch.cuda too). Without any of them
+# CUDA cannot be available, and the answer needs no torch: importing it costs a job process 2-4 s of CPU before
+# the user's command starts, on every rank of every job.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")
+
+
+def _cuda_available(device_files: tuple[str, ...] = GPU_DEVICE_FILES) -> bool:
+    if not any(os.path.exists(f) for f in device_files):
+        return False
     import torch
 
     return bool(torch.cuda.is_available())
