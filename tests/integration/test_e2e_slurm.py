@@ -172,7 +172,7 @@ def test_impossible_requests_are_refused_before_anything_is_stored(live: LivePla
              ({"partition": "cpu", "time_limit": "2-00:00:00"}, "resources.time_limit_min")]
     for resources, field in cases:
         spec = {"name": "impossible", "entrypoint": ["true"], "resources": {"time_limit": 5, **resources}}
-        r = httpx.post(f"{live.url}/api/v1/orgs/acme/projects/vision/jobs", json={"spec": spec}, headers=h)
+        r = httpx.post(f"{live.url}/api/v1/orgs/acme/projects/vision/jobs", json={"spec": spec}, headers=h, timeout=30)
         assert r.status_code == 422, (resources, r.text)
         assert r.json()["error"]["field"] == field, (resources, r.json())
     path = tmp_path / "bad.yaml"
@@ -183,7 +183,7 @@ def test_impossible_requests_are_refused_before_anything_is_stored(live: LivePla
     # a base model that does not exist (MLflow is live here): refused, not silently ignored
     spec = {"name": "impossible", "entrypoint": ["true"], "model": {"from_zoo": "acme/no-such-model@production"},
             "resources": {"partition": "cpu", "time_limit": 5}}
-    r = httpx.post(f"{live.url}/api/v1/orgs/acme/projects/vision/jobs", json={"spec": spec}, headers=h)
+    r = httpx.post(f"{live.url}/api/v1/orgs/acme/projects/vision/jobs", json={"spec": spec}, headers=h, timeout=30)
     assert r.status_code == 422 and r.json()["error"]["field"] == "model.from_zoo", r.text
     # the portal's form, posted as a browser does: the refusal next to its field, the form kept
     portal = portal_client(live, "alice")
