@@ -120,10 +120,10 @@ def _check_output(argv: list[str]) -> str:
         raise DistInitError(f"{' '.join(argv[:3])} failed: {exc}") from None
 
 
-# Device files a GPU torch can use: NVIDIA's, and AMD's (ROCm builds answer torch.cuda too). Without any of them
+# Device files a GPU torch can use: NVIDIA's, AMD's (ROCm builds answer torch.cuda too) and WSL2's. Without them
 # CUDA cannot be available, and the answer needs no torch: importing it costs a job process 2-4 s of CPU before
 # the user's command starts, on every rank of every job.
-GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 
 
 def _cuda_available(device_files: tuple[str, ...] = GPU_DEVICE_FILES) -> bool:
