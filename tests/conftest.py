@@ -31,10 +31,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PYTEST_DEBUG_TEMPROOT"] = str(root)
 
 
-# ``HAIHE_TEST_SHARD``: CI runs the integration suite as two sessions side by side, each on its own port base and its
-# own services (scripts/setup-and-test.sh). A module goes to the ``slurm`` shard when any of its tests uses the Slurm
-# cluster (whole modules, so no two sessions ever run one module's tests at once), or when it is listed below to even
-# the two out; every other module goes to ``rest``. Unset: one session runs everything.
+# ``HAIHE_TEST_SHARD``: on 4 cores or more CI runs the integration suite as two sessions side by side, each on its own
+# port base and its own services (scripts/setup-and-test.sh). A module goes to the ``slurm`` shard when any of its
+# tests uses the Slurm cluster (whole modules, so no two sessions ever run one module's tests at once), or when it is
+# listed below to even the two out; every other module goes to ``rest``. Unset: one session runs everything.
 SHARDS = ("slurm", "rest")
 SLURM_SHARD_EXTRA = frozenset({  # no Slurm, but CPU the Ray-heavy ``rest`` shard has less of to spare
     "tests/reliability/test_load_jobs_table.py",
@@ -42,14 +42,16 @@ SLURM_SHARD_EXTRA = frozenset({  # no Slurm, but CPU the Ray-heavy ``rest`` shar
 })
 
 
+def _module(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
 def shard_of_modules(items: list[pytest.Item]) -> dict[str, str]:
     """Each collected module's shard (keys: the module's path relative to the root, as in a node id)."""
-    shards: dict[str, str] = {}
+    shards = {_module(i): "slurm" if _module(i) in SLURM_SHARD_EXTRA else "rest" for i in items}
     for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        uses_slurm = "slurm_cluster" in getattr(item, "fixturenames", ()) or module in SLURM_SHARD_EXTRA
-        if uses_slurm or module not in shards:
-            shards[module] = "slurm" if uses_slurm else "rest"
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            shards[_module(item)] = "slurm"
     return shards
 
 
@@ -60,8 +62,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if shard not in SHARDS:
         raise pytest.UsageError(f"HAIHE_TEST_SHARD={shard!r}: expected one of {', '.join(SHARDS)}")
     shards = shard_of_modules(items)
-    keep = [i for i in items if shards[i.nodeid.split("::", 1)[0]] == shard]
-    dropped = [i for i in items if shards[i.nodeid.split("::", 1)[0]] != shard]
+    dropped = [i for i in items if shards[_module(i)] != shard]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-    items[:] = keep
+        items[:] = [i for i in items if shards[_module(i)] == shard]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.conftest import SLURM_SHARD_EXTRA, shard_of_modules
 
@@ -24,8 +25,6 @@ def test_a_module_with_one_slurm_test_goes_whole_to_the_slurm_shard() -> None:
 
 
 def test_the_balance_list_names_modules_that_exist_and_moves_them() -> None:
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[2]
     for module in SLURM_SHARD_EXTRA:
         assert (root / module).is_file(), module
