@@ -162,25 +162,20 @@ def test_a_job_that_must_register_waits_for_a_busy_mlflow_and_one_that_need_not_
         return answers[min(len(calls) - 1, len(answers) - 1)]
 
     class Client:
-        def __init__(self, uri: str) -> None:
+        def __init__(self, uri: str, token: str = "") -> None:
             pass
 
-        def get_experiment_by_name(self, name: str) -> None:
-            return None
-
-        def create_experiment(self, name: str) -> str:
+        def experiment_id(self, name: str) -> str:
             return "1"
 
-        def search_runs(self, *a: object, **k: object) -> list[object]:
-            return []
+        def find_run(self, experiment_id: str, filter_string: str) -> None:
+            return None
 
-        def create_run(self, experiment_id: str, tags: object = None, run_name: object = None) -> object:
-            return type("Run", (), {"info": type("Info", (), {"run_id": "a" * 32})()})()
-
-    import mlflow
+        def create_run(self, experiment_id: str, tags: object, run_name: object = None) -> str:
+            return "a" * 32
 
     monkeypatch.setattr(tracking, "probe", probe)
-    monkeypatch.setattr(mlflow, "MlflowClient", Client)
+    monkeypatch.setattr(tracking, "RestTrackingClient", Client)
     slept: list[float] = []
     env = RuntimeEnv(job_id="j", org="acme", project="p", tracking_uri="http://127.0.0.1:9", cache_dir="/tmp")
     tracker = tracking.start(env, is_main=True, required=True, wait_s=60, sleep=slept.append, system_metrics=False)

@@ -19,7 +19,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from haihe.errors import TrackingUnavailable
-from haihe.jobs.runtime.contract import RuntimeEnv
+from haihe.jobs.runtime import system_metrics as sampling
+from haihe.jobs.runtime.contract import DEFAULT_TRACKING_WAIT_S, RuntimeEnv
+from haihe.jobs.runtime.mlflow_rest import Metric, Param, RestTrackingClient, RunTag
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,8 @@ def probe(uri: str, timeout: float = 5.0) -> str | None:
 
 
 class MlflowTracker:
-    """The job's MLflow run, through ``MlflowClient`` (no global fluent state, so user code may use its own).
+    """The job's MLflow run, through a :class:`RestTrackingClient` (MLflow's REST API without importing MLflow,
+    and no global fluent state, so user code may use its own).
 
     A failed write is kept, not dropped: it is sent again with backoff by a later flush, so an MLflow restart
     mid-training loses nothing. MLflow ignores a metric logged twice with the same key, step, timestamp and
@@ -117,6 +120,7 @@ class MlflowTracker:
         self._down_since: float | None = None
         self._buffered_since: float | None = None  # when the oldest unsent metric value was logged
         self.dropped: dict[str, list[int]] = {}  # metric key -> steps that were never recorded
+        self.sampler: sampling.SystemSampler | None = None  # the node's figures, stopped at the end
 
     @property
     def active(self) -> bool:
@@ -153,15 +157,11 @@ class MlflowTracker:
         self._flush()
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
         items = [Param(str(k), str(v)[:MAX_PARAM_LEN]) for k, v in sorted(params.items())]
         for start in range(0, len(items), 100):
             self._write("log_params", params=items[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         self._buffer.extend(Metric(k, float(v), now, step or 0) for k, v in metrics.items())
         if len(self._buffer) > self._max_pending:  # a long outage: keep the newest, name the oldest as lost
@@ -205,8 +205,6 @@ class MlflowTracker:
         return True
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        from mlflow.entities import RunTag
-
         self._write("set_tags", tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_model(self, model: Any, name: str = "model", **kwargs: Any) -> str | None:
@@ -244,6 +242,8 @@ class MlflowTracker:
         return str(info.model_uri)
 
     def end(self, status: str = "FINISHED") -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
         if not self._drain():
             for m in self._buffer:
                 self.dropped.setdefault(m.key, []).append(m.step)
@@ -290,21 +290,21 @@ def unrecorded(dropped: Mapping[str, list[int]]) -> str:
     return "; ".join(parts)
 
 
-def _find_run(client: Any, experiment_id: str, env: RuntimeEnv) -> str | None:
+def _find_run(client: RestTrackingClient, experiment_id: str, env: RuntimeEnv) -> str | None:
     """The run of an earlier attempt of this job (requeue), found by its tags."""
     if not env.job_id:
         return None
     query = f"tags.`haihe.job_id` = '{env.job_id}'"
     if env.array_index is not None:
         query += f" and tags.`haihe.array_index` = '{env.array_index}'"
-    runs = client.search_runs([experiment_id], filter_string=query, max_results=1, order_by=["start_time DESC"])
-    return runs[0].info.run_id if runs else None
+    return client.find_run(experiment_id, query)
 
 
-REQUIRED_WAIT_S = 90.0  # a job that must register a model waits this long for MLflow before it gives up
+REQUIRED_WAIT_S = DEFAULT_TRACKING_WAIT_S  # a job that must register a model waits this long (HAIHE_TRACKING_WAIT_S)
 
 
 def start(env: RuntimeEnv, *, is_main: bool, run_name: str = "", system_metrics: bool = True,
+          system_metrics_every_s: float = sampling.DEFAULT_EVERY_S,
           required: bool = False, wait_s: float = REQUIRED_WAIT_S,
           sleep: Callable[[float], None] = time.sleep) -> Tracker:
     """Rank 0: start (or, after a requeue, continue) the job's run; other ranks and failures: a NullTracker.
@@ -328,41 +328,20 @@ def start(env: RuntimeEnv, *, is_main: bool, run_name: str = "", system_metrics:
     if reason:
         log.warning("MLflow at %s is unavailable (%s): training continues without tracking", env.tracking_uri, reason)
         return NullTracker(reason)
-    # MLflow retries a dead server for minutes by default; a job should notice within seconds.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     try:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(env.tracking_uri)
-        experiment = client.get_experiment_by_name(env.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(env.experiment)
+        client = RestTrackingClient(env.tracking_uri, token=env.tracking_token)
+        experiment_id = client.experiment_id(env.experiment)
         run_id = _find_run(client, experiment_id, env)
         if run_id:
             client.update_run(run_id, status="RUNNING")
             log.info("continuing MLflow run %s", run_id)
         else:
-            name = run_name or env.job_name or None
-            run_id = client.create_run(experiment_id, tags=env.tags(), run_name=name).info.run_id
+            run_id = client.create_run(experiment_id, env.tags(), run_name=run_name or env.job_name or None)
     except Exception as exc:
         log.warning("MLflow run could not start (%s: %s): training continues without tracking",
                     type(exc).__name__, exc)  # fmt: skip
         return NullTracker(str(exc))
     tracker = MlflowTracker(client, run_id)
     if system_metrics:
-        _start_system_metrics(env.tracking_uri, run_id)
+        tracker.sampler = sampling.start(client, run_id, system_metrics_every_s)
     return tracker
-
-
-def _start_system_metrics(uri: str, run_id: str) -> None:
-    """CPU/GPU/memory every 10 s through MLflow's monitor, when psutil is installed (cheap; skipped otherwise)."""
-    try:
-        import psutil  # noqa: F401 - MLflow's monitor needs it
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-    except ImportError:
-        log.info("system metrics off: psutil is not installed")
-        return
-    try:
-        SystemMetricsMonitor(run_id, sampling_interval=10, resume_logging=True).start()
-    except Exception as exc:
-        log.info("system metrics off: %s", exc)
