@@ -44,9 +44,11 @@ def test_mlflow_down_does_not_stop_training(tmp_path: Path) -> None:
 
 
 def test_mlflow_down_fails_fast_when_the_job_must_register(tmp_path: Path) -> None:
-    env = env_for(tmp_path, MLFLOW_TRACKING_URI=closed_url(), HAIHE_REGISTER_AS="org1/digits")
+    env = env_for(tmp_path, MLFLOW_TRACKING_URI=closed_url(), HAIHE_REGISTER_AS="org1/digits",
+                  HAIHE_TRACKING_WAIT_S="3")  # the default 90 s of asking again: tests/unit/test_tracking_outage.py
     proc = runtime("--recipe", "digits-cnn", env=env)
     assert proc.returncode == ExitCode.TRACKING_UNAVAILABLE, proc.stderr[-3000:]
+    assert "the job needs it: trying again in 1 s" in proc.stderr  # it did ask again, within the budget
     assert "epoch 1" not in proc.stderr  # refused before training, not after it
 
 

@@ -25,9 +25,11 @@ def test_round_trip_through_the_environment() -> None:
                      tracking_uri="http://mlflow:5000", dataset="acme/digits@v3", cache_dir="/scratch/haihe", s3_endpoint="http://s3:9000",
                      s3_access_key="AK", s3_secret_key="SECRET", checkpoint_uri="s3://ckpt/j-1",
                      checkpoint_every=50, checkpoint_keep=3, register_as="acme/cnn", from_zoo="acme/base@production",
-                     array_index=2, params={"lr": 0.1}, sweep=({"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}))
+                     array_index=2, params={"lr": 0.1}, sweep=({"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}),
+                     tracking_wait_s=12.5)
     environ = env.to_environ()
     assert environ["HAIHE_CHECKPOINT_EVERY"] == "50" and environ["AWS_SECRET_ACCESS_KEY"] == "SECRET"
+    assert environ["HAIHE_TRACKING_WAIT_S"] == "12.5"
     back = RuntimeEnv.from_environ(environ)
     assert back.to_environ() == environ
     assert back.effective_params() == {"lr": 0.3}
@@ -41,6 +43,7 @@ def test_defaults() -> None:
     env = RuntimeEnv.from_environ({"HAIHE_ORG": "acme", "HAIHE_PROJECT": "p1"})
     assert env.experiment == "acme/p1" and env.checkpoint_keep == 2 and env.checkpoint_every == 0
     assert env.datasets_bucket == "haihe-datasets" and env.cache_dir
+    assert env.tracking_wait_s == 90 and "HAIHE_TRACKING_WAIT_S" not in env.to_environ()
     assert RuntimeEnv.from_environ({}).experiment == "haihe"
 
 
@@ -49,7 +52,8 @@ def test_defaults() -> None:
     [("HAIHE_PARAMS", "{not json"), ("HAIHE_PARAMS", "[1]"), ("HAIHE_SWEEP", '{"a": 1}'), ("HAIHE_SWEEP", "[1]"),
      ("HAIHE_CHECKPOINT_EVERY", "often"), ("HAIHE_CHECKPOINT_EVERY", "-1"), ("HAIHE_CHECKPOINT_KEEP", "0"),
      ("HAIHE_DATASET", "Acme/digits@v1"), ("HAIHE_DATASET", "acme/digits@v0"), ("HAIHE_REGISTER_AS", "acme/m@x"),
-     ("HAIHE_FROM_ZOO", "acme"), ("HAIHE_ARRAY_INDEX", "one")],
+     ("HAIHE_FROM_ZOO", "acme"), ("HAIHE_ARRAY_INDEX", "one"), ("HAIHE_TRACKING_WAIT_S", "-1"),
+     ("HAIHE_TRACKING_WAIT_S", "nan")],
 )
 def test_bad_values_name_their_variable(variable: str, value: str) -> None:
     with pytest.raises(InvalidInput) as err:

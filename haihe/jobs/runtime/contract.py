@@ -15,7 +15,7 @@ HAIHE_PROJECT              project name (tag ``haihe.project``)
 HAIHE_USER                 submitting user (tag ``haihe.user``)
 HAIHE_EXPERIMENT           MLflow experiment, ``<org>/<project>`` by default
 MLFLOW_TRACKING_URI        MLflow server (unset: no tracking, a warning)
-MLFLOW_TRACKING_TOKEN      the job's credential at the platform's MLflow proxy (read by the MLflow client itself)
+MLFLOW_TRACKING_TOKEN      the job's credential at the platform's MLflow proxy (sent as a bearer token)
 HAIHE_DATASET              dataset version ``org/name@vN`` (optional; ``@latest`` or no ``@``: the newest)
 HAIHE_DATASET_MOUNT        path where the staged version appears (a symlink into the cache; optional)
 HAIHE_DATASETS_BUCKET      bucket holding datasets (default ``haihe-datasets``)
@@ -47,6 +47,8 @@ HAIHE_CONTAINER            JSON ``{"runtime": "podman"|"apptainer", "args": [...
 HAIHE_ENV_DIR              where environments are cached (default ``$HAIHE_CACHE_DIR/envs``; a site's shared path)
 HAIHE_JOB_ATTEMPT          1, then 2, 3, ... when the platform runs the job again after the infrastructure lost
                            an attempt (spec ``retries``)
+HAIHE_TRACKING_WAIT_S      how long a job that must register a model waits for an unreachable MLflow before it
+                           exits 5 (default 90; a job that only logs never waits)
 =========================  ==============================================================================
 """
 
@@ -210,9 +212,11 @@ def parse_zoo(value: str, field_name: str = "HAIHE_FROM_ZOO", *, allow_ref: bool
     return ref
 
 
-_NOT_STRINGS = ("env_keep_days", "experiment", "checkpoint_every", "checkpoint_keep", "stop_check_every",
-                "array_index", "params", "sweep", "attempt")
+_NOT_STRINGS = ("env_keep_days", "tracking_wait_s", "experiment", "checkpoint_every", "checkpoint_keep",
+                "stop_check_every", "array_index", "params", "sweep", "attempt")
 DEFAULT_ENV_KEEP_DAYS = 30.0
+DEFAULT_TRACKING_WAIT_S = 90.0
+_DEFAULTS_LEFT_OUT = (("env_keep_days", DEFAULT_ENV_KEEP_DAYS), ("tracking_wait_s", DEFAULT_TRACKING_WAIT_S))
 
 
 def _json(environ: Mapping[str, str], name: str, kind: type, default: Any) -> Any:
@@ -312,6 +316,7 @@ class RuntimeEnv:
     env_dir: str = ""  # HAIHE_ENV_DIR
     container: str = ""  # HAIHE_CONTAINER  (JSON object)
     env_keep_days: float = DEFAULT_ENV_KEEP_DAYS  # HAIHE_ENV_KEEP_DAYS
+    tracking_wait_s: float = DEFAULT_TRACKING_WAIT_S  # HAIHE_TRACKING_WAIT_S
 
     # ---- names of the variables, in one table ----
     VARIABLES: ClassVar[dict[str, str]] = {
@@ -350,6 +355,7 @@ class RuntimeEnv:
         "env_dir": "HAIHE_ENV_DIR",
         "container": "HAIHE_CONTAINER",
         "env_keep_days": "HAIHE_ENV_KEEP_DAYS",
+        "tracking_wait_s": "HAIHE_TRACKING_WAIT_S",
     }
 
     def __post_init__(self) -> None:
@@ -397,6 +403,7 @@ class RuntimeEnv:
             array_index=_int(env, v["array_index"], None),
             attempt=_int(env, v["attempt"], 1, minimum=1) or 1,
             env_keep_days=_float(env, v["env_keep_days"], DEFAULT_ENV_KEEP_DAYS),
+            tracking_wait_s=_float(env, v["tracking_wait_s"], DEFAULT_TRACKING_WAIT_S),
             params=params,
             sweep=tuple(sweep),
         )
@@ -411,7 +418,7 @@ class RuntimeEnv:
             value = getattr(self, f.name)
             if value is None or value == "" or (f.name in ("params", "sweep", "stop_check_every") and not value):
                 continue
-            if f.name == "env_keep_days" and value == DEFAULT_ENV_KEEP_DAYS:
+            if (f.name, value) in _DEFAULTS_LEFT_OUT:
                 continue
             var = self.VARIABLES[f.name]
             if f.name == "params":

@@ -160,7 +160,7 @@ def run_recipe(env: RuntimeEnv, dist: DistEnv, name: str) -> int:
     tracker: tracking.Tracker = tracking.NullTracker()
     try:
         tracker = tracking.start(env, is_main=dist.is_main, run_name=env.job_name or name,
-                                 required=bool(env.register_as))
+                                 required=bool(env.register_as), wait_s=env.tracking_wait_s)
         if env.register_as and dist.is_main and not tracker.active:
             from haihe.errors import TrackingUnavailable
 
