@@ -62,10 +62,13 @@ def _setup_logging(dist: DistEnv | None) -> None:
 
 def _stage(env: RuntimeEnv, dist: DistEnv) -> tuple[Path | None, str | None, Path | None]:
     """Code bundle and dataset version onto this node; errors become DataError (or StorageUnavailable)."""
-    from haihe.datasets.hashing import IntegrityError
     from haihe.jobs.runtime.staging import stage_code, stage_dataset
 
     code_dir = stage_code(env)
+    if not env.dataset:
+        return None, None, code_dir
+    from haihe.datasets.hashing import IntegrityError
+
     try:
         staged = stage_dataset(env, local_main=dist.is_local_main)
     except StorageUnavailable:

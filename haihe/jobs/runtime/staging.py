@@ -57,12 +57,12 @@ def stage_dataset(env: RuntimeEnv, *, store: Any = None, local_main: bool = True
 
     With ``HAIHE_DATASET_MOUNT`` the local main rank also points that path (a symlink) at the staged tree.
     """
-    from haihe.datasets.stage import stage
-    from haihe.datasets.versions import latest_version
-
     ref = env.dataset_ref
     if ref is None:
         return None
+    from haihe.datasets.stage import stage  # pydantic manifests and the S3 client: 0.2 s, only when staging
+    from haihe.datasets.versions import latest_version
+
     store = store if store is not None else s3_store(env, env.datasets_bucket)
     version = ref.version if ref.version is not None else latest_version(store, ref.org, ref.name)
     tree = stage(store, ref.org, ref.name, version, Path(env.cache_dir) / "datasets")
