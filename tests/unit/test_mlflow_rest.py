@@ -134,3 +134,16 @@ def test_a_batch_is_strict_json_with_non_finite_values_spelt_as_mlflow_reads_the
     assert body["metrics"][3] == {"key": "acc", "value": 0.5, "timestamp": 1, "step": 2}
     assert body["params"] == [{"key": "lr", "value": "0.1"}] and body["tags"] == [{"key": "t", "value": "v"}]
     assert body["run_id"] == "r1"
+
+
+def test_the_health_probe_carries_the_token_and_says_why_not(server: tuple[Scripted, str]) -> None:
+    from haihe.jobs.runtime import tracking
+
+    script, url = server
+    script.answers["/health"] = [(200, {})]
+    assert RestTrackingClient(url, token="hjt_job", environ={}).health(5) is None
+    assert script.seen[-1][1] == "/health" and script.seen[-1][2]["Authorization"] == "Bearer hjt_job"
+    script.answers["/health"] = [(503, {})]
+    assert client(url).health(5) == "HTTP 503"
+    assert (tracking.probe("http://127.0.0.1:9", timeout=2) or "").startswith("URLError")
+    assert tracking.probe("file:///tmp/mlruns") is None  # only http(s) servers are probed

@@ -124,6 +124,17 @@ class RestTrackingClient:
             self._sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
+    def health(self, timeout: float) -> str | None:
+        """None when the server answers ``/health`` with 200; otherwise why not (asked once, no retries)."""
+        request = urllib.request.Request(self.tracking_uri + "/health", headers=self._headers)  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=timeout, context=self._context) as resp:  # noqa: S310
+                return None if resp.status == 200 else f"HTTP {resp.status}"
+        except urllib.error.HTTPError as exc:
+            return f"HTTP {exc.code}"
+        except OSError as exc:
+            return f"{type(exc).__name__}: {exc}"
+
     # ---- experiments ----
     def get_experiment_id(self, name: str) -> str | None:
         try:

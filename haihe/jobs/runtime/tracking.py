@@ -12,9 +12,7 @@ A requeued job continues its MLflow run: the run is found again by its tags (job
 from __future__ import annotations
 
 import logging
-import os
 import time
-import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -84,18 +82,12 @@ class NullTracker:
 
 
 def probe(uri: str, timeout: float = 5.0) -> str | None:
-    """None when the tracking server answers ``/health``; otherwise why not (only http(s) URIs are probed)."""
+    """None when the tracking server answers ``/health``; otherwise why not (only http(s) URIs are probed). Asked
+    with the client's own token, auth and TLS settings (the platform's MLflow proxy wants the job's token on every
+    call, /health included)."""
     if not uri.startswith(("http://", "https://")):
         return None
-    request = urllib.request.Request(uri.rstrip("/") + "/health")  # noqa: S310 - http(s) only, checked above
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    if token:  # the platform's MLflow proxy wants the job's token on every call, /health included
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - http(s) only
-            return None if resp.status == 200 else f"HTTP {resp.status}"
-    except OSError as exc:
-        return f"{type(exc).__name__}: {exc}"
+    return RestTrackingClient(uri).health(timeout)
 
 
 class MlflowTracker:
@@ -300,12 +292,9 @@ def _find_run(client: RestTrackingClient, experiment_id: str, env: RuntimeEnv) -
     return client.find_run(experiment_id, query)
 
 
-REQUIRED_WAIT_S = DEFAULT_TRACKING_WAIT_S  # a job that must register a model waits this long (HAIHE_TRACKING_WAIT_S)
-
-
 def start(env: RuntimeEnv, *, is_main: bool, run_name: str = "", system_metrics: bool = True,
           system_metrics_every_s: float = sampling.DEFAULT_EVERY_S,
-          required: bool = False, wait_s: float = REQUIRED_WAIT_S,
+          required: bool = False, wait_s: float = DEFAULT_TRACKING_WAIT_S,
           sleep: Callable[[float], None] = time.sleep) -> Tracker:
     """Rank 0: start (or, after a requeue, continue) the job's run; other ranks and failures: a NullTracker.
     ``required`` (the job registers a model): a server that does not answer is asked again with backoff for
