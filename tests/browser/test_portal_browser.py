@@ -46,8 +46,11 @@ def submit_form(page: Any, server: Server, name: str, partition: str = "debug", 
     page.locator("#f-partition").select_option(partition)
     page.locator("#f-gpus_per_node").fill(gpus)
     page.locator("#f-time_limit").fill(walltime)
-    page.locator("#submit-job").click()
-    page.wait_for_load_state()
+    # wait for the redirect to the job's page: a later step that clears cookies or navigates must not race the
+    # post (a navigation still in flight lands on /login and replaces the sign-in form's token cookie)
+    with page.expect_navigation():
+        page.locator("#submit-job").click()
+    page.wait_for_url(re.compile(re.escape(server.url) + r"/jobs/(?!new)[^/?]+(\?.*)?$"))
 
 
 def test_sign_in_language_switch_and_dashboard(server: Server, browser_context: Any) -> None:

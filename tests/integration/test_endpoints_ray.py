@@ -206,6 +206,30 @@ def _set_rate(stack: Platform, org: str, rate: float, burst: int) -> None:
              "the gateway to see the new rate limit")
 
 
+def test_a_process_that_has_not_joined_the_cluster_serves_through_serves_proxy(
+        stack: Platform, digits: dict[str, Any]) -> None:
+    """A restarted API worker answers before it has joined Ray: its first calls go through Serve's HTTP proxy on
+    the head, and give what the handle gives once warmed."""
+    import numpy as np
+
+    from haihe.platform.gateway.ray_runtime import RayServeRuntime
+
+    warm = stack.hub.runtime("ray")
+    assert isinstance(warm, RayServeRuntime)
+    target = next(v.target for k, v in stack.hub.routes.items() if k[1] == "digits")
+    assert target is not None
+    rows = [np.asarray(r, dtype=np.float32) for r in digits["x"][:4]]
+    fresh = RayServeRuntime(warm.gcs_address, warm.http_port)
+    before = warm.stats(target)["rows"]
+    proxied = asyncio.run(fresh._via_proxy(target, rows, 30.0))
+    assert proxied is not None, "Serve's proxy on the head did not take the call"
+    assert warm.stats(target)["rows"] == before + 4  # the model answered it, once
+    warm.warm(target, 30.0)
+    direct = asyncio.run(warm.infer(target, rows, 30.0))
+    assert np.allclose(np.asarray(proxied, dtype=np.float64), np.asarray(direct, dtype=np.float64))
+    assert asyncio.run(RayServeRuntime(warm.gcs_address, 1)._via_proxy(target, rows, 5.0)) is None  # no proxy there
+
+
 def test_gates_never_reach_the_model(stack: Platform, tenant: dict[str, Any], digits: dict[str, Any]) -> None:
     from haihe.platform.gateway.ray_runtime import RayServeRuntime
 

@@ -89,6 +89,7 @@ class FakeRuntime:
         self.served_by: dict[str, int] = {}
         self.removed: list[str] = []
         self.fail_infer = False
+        self.warmed: list[str] = []  # targets made ready before a first request
 
     def deploy(self, plan: DeployPlan) -> dict[str, Any]:
         self.apps[plan.app_name] = {"state": self.next_state, "plan": plan, "rescaled": 0}
@@ -108,6 +109,9 @@ class FakeRuntime:
     def remove(self, record: dict[str, Any]) -> None:
         self.apps.pop(record["app"], None)
         self.removed.append(record["app"])
+
+    def warm(self, target: str, timeout_s: float) -> None:
+        self.warmed.append(target)
 
     async def infer(self, target: str, rows: list[Any], timeout_s: float) -> list[Any]:
         if target not in self.apps or self.fail_infer:

@@ -308,3 +308,37 @@ def test_the_ray_cluster_of_the_gateway_comes_from_its_scheduler_url() -> None:
     assert serve_addresses("ray://10.0.0.5:8265") == ("10.0.0.5:6379", 8000)  # Ray's own defaults at a site
     settings = Settings(schedulers={"ray": "ray://h:8265"}, gateway=GatewayConfig(rate_per_s=7))
     assert settings.gateway.rate_per_s == 7
+
+
+def test_each_process_warms_a_ready_target_once_and_a_failed_warm_again_later(world: World,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor's cycle makes one round trip to every target that became ready (leader or not), so a
+    process's first request does not pay for joining the cluster; a target that could not be warmed is tried
+    again after WARM_RETRY_S, not on every cycle."""
+    from haihe.platform.gateway import hub as hub_module
+
+    w = world
+    w.create("warmed")
+    assert _ready(w, "warmed")["state"] == "ready"
+    target = next(v.target for k, v in w.hub.routes.items() if k[1] == "warmed")
+    assert w.runtime.warmed == [target]
+    for _ in range(3):
+        w.hub.supervise_once()
+    assert w.runtime.warmed == [target]  # once
+
+    clock = [1000.0]
+    monkeypatch.setattr(hub_module.time, "monotonic", lambda: clock[0])
+    failures: list[str] = []
+
+    def cold(name: str, timeout_s: float) -> None:
+        failures.append(name)
+        raise ConnectionError("cluster away")
+
+    w.create("cold")
+    monkeypatch.setattr(w.runtime, "warm", cold)
+    _ready(w, "cold")
+    assert len(failures) == 1  # the failure is remembered: the cycles after it do not ask again
+    clock[0] += hub_module.WARM_RETRY_S + 1
+    w.hub.supervise_once()
+    assert len(failures) == 2
+    assert w.infer("cold", w.key).status_code == 200  # requests are served meanwhile (their own path)

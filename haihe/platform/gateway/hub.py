@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 SERVABLE = ("ready", "degraded")  # endpoint states the gateway sends requests to
 CONTRACT_RETRY_S = 30.0  # a model contract the zoo could not give is asked for again after this long
 REREAD_S = 0.5  # a route held as not servable is read again from the database at most this often
+WARM_TIMEOUT_S = 10.0  # one warming round trip to a serving target
+WARM_RETRY_S = 30.0  # a target that could not be warmed is tried again after this long
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class EndpointsHub:
         self._reread_at: dict[int, float] = {}
         self._inflight: Counter[str] = Counter()
         self._contracts: dict[tuple[str, str], tuple[float, bool, ModelContract]] = {}
+        self._warmed: dict[str, float] = {}  # serving target -> when to warm it again (inf: done)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher: Flusher | None = None
@@ -184,19 +187,26 @@ class EndpointsHub:
             rows = s.scalars(select(Endpoint)).all()
             self.routes = {(ep.org_id, ep.name): Route.of(ep) for ep in rows}
 
-    def _warm_handles(self) -> None:
-        """A process that does not step endpoints still serves them: it makes each ready Ray app's handle here, in
-        the supervisor's thread, as the leader's probe does, so no request waits for joining the cluster."""
+    def warm(self, timeout_s: float = WARM_TIMEOUT_S) -> int:
+        """Read the routes and warm every servable target (``ServingRuntime.warm``), each once per process: the
+        app's lifespan calls this before the process accepts connections, so a restarted API worker does not make
+        its first callers wait while it joins the Ray cluster; the supervisor's cycle warms targets that appear
+        later. Returns how many targets were warmed; a failure is logged and left to the requests' own 503."""
+        self.refresh_routes()
+        warmed = 0
         for route in list(self.routes.values()):
-            if route.state not in SERVABLE or not route.target:
+            target = route.target
+            if route.state not in SERVABLE or not target or self._warmed.get(target, 0.0) > time.monotonic():
                 continue
             try:
-                runtime = self.runtime(route.scheduler)
-                make = getattr(runtime, "handle", None)
-                if runtime.backend == "ray" and make is not None:
-                    make(route.target)
-            except Exception as exc:  # the cluster may be away: requests then get their own 503
-                log.debug("warming the handle of %s failed: %s", route.name, exc)
+                self.runtime(route.scheduler).warm(target, timeout_s)
+            except Exception as exc:  # the cluster may be away, the app being replaced
+                log.info("warming endpoint %s (%s) failed: %s: %s", route.name, target, type(exc).__name__, exc)
+                self._warmed[target] = time.monotonic() + WARM_RETRY_S
+                continue
+            self._warmed[target] = float("inf")
+            warmed += 1
+        return warmed
 
     def lookup(self, org_id: int, name: str) -> Route | None:
         """The route, from memory; a miss reads the database (an endpoint created since the last cycle)."""
@@ -228,8 +238,7 @@ class EndpointsHub:
         """One cycle over every endpoint; an endpoint whose backend fails is skipped, the others go on. Only the
         leader (when a lease is set) steps endpoints; every process refreshes its routes."""
         if self.leader is not None and not self.leader.renew():
-            self.refresh_routes()
-            self._warm_handles()
+            self.warm()
             self.cycles += 1
             return
         with self.ctx.db.session() as s:
@@ -250,7 +259,7 @@ class EndpointsHub:
                     endpoint_quota.meter(s, ep, self.config.quota_window_s, now)
             except Exception:
                 log.exception("supervising endpoint %s failed; retrying next cycle", endpoint_id)
-        self.refresh_routes()
+        self.warm()  # the routes, and a first round trip to a target that just became ready
         self.cycles += 1
 
     def _supervise_loop(self) -> None:

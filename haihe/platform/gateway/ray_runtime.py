@@ -4,6 +4,11 @@ The platform process joins the Ray cluster lazily, on the first Ray endpoint (``
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` so Ray keeps to loopback like the head does), and starts Serve with its HTTP
 proxy on ``PortPlan.serve_http`` so it never takes a port someone else planned for. A handle call skips Serve's
 HTTP proxy: it was the fastest path measured here (ENVIRONMENT.md).
+
+Until this process has made one round trip through an app's handle (``warm``, from the endpoint supervisor's
+thread), a request goes through Serve's HTTP proxy on the head instead: a restarted API worker answers at once,
+while joining the cluster (seconds of CPU) happens beside it. Where that proxy cannot be reached (an API host that
+is not the head: the proxy listens on the head's loopback) the request joins the cluster itself, as before.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import threading
 import time
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+import httpx
 
 from haihe.errors import SchedulerUnavailable, ServiceUnavailable
 from haihe.platform.gateway.runtimes import DeployPlan, Probe
@@ -50,12 +57,15 @@ def serve_addresses(url: str) -> tuple[str, int]:
 class RayServeRuntime:
     backend = "ray"
 
-    def __init__(self, gcs_address: str, http_port: int) -> None:
+    def __init__(self, gcs_address: str, http_port: int, *, proxy: httpx.AsyncClient | None = None) -> None:
         self.gcs_address = gcs_address
         self.http_port = http_port
         self._lock = threading.Lock()
         self._connected = False
         self._handles: dict[str, Any] = {}
+        self._warm: set[str] = set()  # apps whose handle made a round trip in this process
+        self._proxy_url = f"http://{gcs_address.rsplit(':', 1)[0]}:{http_port}"
+        self._proxy = proxy  # made on first use unless given (tests)
         self._status: tuple[float, dict[str, Any]] = (0.0, {})
 
     def connect(self) -> None:
@@ -132,6 +142,7 @@ class RayServeRuntime:
 
         name = record["app"]
         self._handles.pop(name, None)
+        self._warm.discard(name)
         serve.delete(name, _blocking=False)
         self._status = (0.0, {})
 
@@ -145,7 +156,18 @@ class RayServeRuntime:
             h = self._handles[name] = serve.get_app_handle(name)
         return h
 
+    def warm(self, target: str, timeout_s: float) -> None:
+        """Join the cluster, open the app's handle and make one round trip through it (its router learns the
+        replicas on the first call: seconds on a busy node that a client's request would otherwise wait)."""
+        handle = self.handle(target)
+        handle.stats.remote().result(timeout_s=timeout_s)
+        self._warm.add(target)
+
     async def infer(self, target: str, rows: list[Any], timeout_s: float) -> list[Any]:
+        if target not in self._warm:
+            outputs = await self._via_proxy(target, rows, timeout_s)
+            if outputs is not None:
+                return outputs
         handle: Any = self._handles.get(target)
         if handle is None:
             handle = await asyncio.to_thread(self.handle, target)
@@ -162,6 +184,29 @@ class RayServeRuntime:
             raise ServiceUnavailable(f"model server error: {type(exc).__name__}") from None
         return result
 
+    async def _via_proxy(self, target: str, rows: list[Any], timeout_s: float) -> list[Any] | None:
+        """The rows through Serve's HTTP proxy (``POST /<app>``, the app's own route); None where the proxy is not
+        reachable from here or does not know the app, so the caller takes the handle path."""
+        if self._proxy is None:
+            self._proxy = httpx.AsyncClient(base_url=self._proxy_url, trust_env=False,
+                                            timeout=httpx.Timeout(timeout_s, connect=1.0))
+        payload = {"rows": [r.tolist() if hasattr(r, "tolist") else r for r in rows]}
+        try:
+            r = await self._proxy.post(f"/{target}", json=payload, timeout=httpx.Timeout(timeout_s, connect=1.0))
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            return None
+        except httpx.TimeoutException:
+            raise ServiceUnavailable(f"the model did not answer within {timeout_s:g}s") from None
+        except httpx.HTTPError as exc:
+            log.debug("Serve proxy call to %s failed: %s", target, exc)
+            return None
+        if r.status_code in (404, 503):  # no such route (yet, or any more), or the proxy sheds load: the handle queues
+            return None
+        if r.status_code != 200:
+            raise ServiceUnavailable(f"model server answered {r.status_code}")
+        outputs: list[Any] = r.json()["outputs"]
+        return outputs
+
     def stats(self, target: str) -> dict[str, Any]:
         """Per-replica counters of one app: model calls, rows, batch sizes formed, time in the model."""
         self.connect()
@@ -172,6 +217,8 @@ class RayServeRuntime:
 
     def close(self) -> None:
         self._handles.clear()
+        self._warm.clear()
+        self._proxy = None  # its connections close with the event loop
 
 
 def _state(obj: Any) -> str:

@@ -126,6 +126,9 @@ class SlurmRuntime:
         with contextlib.suppress(HaiheError):
             self.scheduler.cancel(record["ref"])
 
+    def warm(self, target: str, timeout_s: float) -> None:
+        """Nothing to prepare: a model server is a plain HTTP address."""
+
     async def infer(self, target: str, rows: Sequence[Any], timeout_s: float) -> list[Any]:
         payload = {"rows": [r.tolist() if hasattr(r, "tolist") else r for r in rows]}
         try:
