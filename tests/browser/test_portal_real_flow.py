@@ -244,8 +244,8 @@ def test_train_on_gpu_watch_deploy_and_call_with_the_pages_curl(stack: RealStack
 
     # an API key, shown once, and the page's own curl example run as it stands
     page.locator("#key-name").fill("ci-key")
-    page.locator("#create-key").click()
-    page.wait_for_load_state()
+    with page.expect_navigation():  # the post's answer, not the page it was sent from
+        page.locator("#create-key").click()
     key = page.locator("#new-key").inner_text().strip()
     curl = page.locator("#ex-curl").inner_text()
     assert key and key in curl
@@ -268,8 +268,8 @@ def test_train_on_gpu_watch_deploy_and_call_with_the_pages_curl(stack: RealStack
     page.goto(f"{stack.url}/lang/zh?next=/endpoints/{org}/{endpoint}")
     page.wait_for_selector('html[lang="zh-CN"]')
     page.locator("#key-name").fill("ci-key-zh")
-    page.locator("#create-key").click()
-    page.wait_for_load_state()
+    with page.expect_navigation():  # the post's answer, not the page it was sent from
+        page.locator("#create-key").click()
     assert page.locator("#new-key").inner_text().strip() in page.locator("#ex-curl").inner_text()
     page.screenshot(path=str(SHOTS / "08-api-key-zh.png"), full_page=True)
     page.goto(f"{stack.url}/lang/en?next=/endpoints/{org}/{endpoint}")
@@ -297,8 +297,8 @@ def test_admin_lowers_the_gpu_quota_and_the_next_submit_is_refused_at_the_field(
         admin.wait_for_selector(f'html[lang="{html_lang}"]')
         admin.locator("#q__gpu_hours").fill("1e309")
         admin.locator("#q__cpu_hours").fill("nan")
-        admin.locator("#quota-form-org button[type=submit]").click()
-        admin.wait_for_load_state()
+        with admin.expect_navigation():  # the post's answer, not the page it was sent from
+            admin.locator("#quota-form-org button[type=submit]").click()
         for field in ("gpu_hours", "cpu_hours"):
             err = admin.locator(f"#err-q__{field}")
             expect(err).to_be_visible()
@@ -322,8 +322,8 @@ def test_admin_lowers_the_gpu_quota_and_the_next_submit_is_refused_at_the_field(
         researcher.wait_for_selector(f'html[lang="{html_lang}"]')
         fill_gpu_job(researcher, stack, "too-big")
         assert researcher.locator("#est-over").is_visible()  # the estimate warns before the submit
-        researcher.locator("#submit-job").click()
-        researcher.wait_for_load_state()
+        with researcher.expect_navigation():  # the post's answer, not the page it was sent from
+            researcher.locator("#submit-job").click()
         err = researcher.locator("#err-resources")
         expect(err).to_be_visible()
         assert "gpu_hours" in err.inner_text()
