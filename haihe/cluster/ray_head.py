@@ -227,9 +227,10 @@ class RayHead:
 
     def _guard_sets(self) -> tuple[list[int], list[int]]:
         """(every port of this head, its control ports): Slurm jobs may use none of them, Ray's own jobs not the
-        control ports (the Jobs API would let a sandboxed job submit an unsandboxed one)."""
-        every = [self.ports.ray(i) for i in range(100)]
-        control = [self.ports.ray(DASHBOARD), self.ports.ray(CLIENT_SERVER)]
+        control ports (the Jobs API would let a sandboxed job submit an unsandboxed one; Serve's HTTP proxy would
+        let a job call any org's endpoint without a key, its rate limit or its meter: only the gateway may)."""
+        every = [self.ports.ray(i) for i in range(100)] + [self.ports.serve_http]
+        control = [self.ports.ray(DASHBOARD), self.ports.ray(CLIENT_SERVER), self.ports.serve_http]
         return every, control
 
     def _guard(self) -> None:

@@ -13,8 +13,10 @@ end SUCCEEDED (it was not killed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from haihe.cluster.procs import port_open
 from tests.fixtures.live_platform import Cli, LivePlatform, job_log, start_live_platform
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ray, pytest.mark.s3, pytest.mark.mlflow, pytest.mark.slow]
@@ -173,7 +176,7 @@ def probe(live: LivePlatform, tenants: dict[str, Any], s3_server: Any, mlflow_se
             "mlflow_paths": {"model artifact": artifact_path},
             "mlflow_direct": {"model artifact": mlflow_server.url + artifact_path},
             "ray_dashboard": ray_head.dashboard_url,
-            "tcp": {"the MLflow server": mlflow_server.port,
+            "tcp": {"the MLflow server": mlflow_server.port, "Ray Serve's HTTP proxy": ray_head.ports.serve_http,
                     **({"the Ray head's GCS": int(ray_head.gcs_address.rsplit(":", 1)[1])}
                        if scheduler == "slurm" else {})},
             "paths": {
@@ -195,7 +198,11 @@ def probe(live: LivePlatform, tenants: dict[str, Any], s3_server: Any, mlflow_se
                        headers=tenants["alice"], timeout=30)
         assert r.status_code == 201, r.text
         probe_id = r.json()["id"]
-        ended = _wait_job(live, tenants["alice"], probe_id, lambda j: j["state"] in TERMINAL, 300, "the probe ends")
+        # Serve's proxy runs only once an endpoint was deployed: something listens there meanwhile, so a refused
+        # connection is the firewall's doing, not an empty port's
+        with _listening(ray_head.ports.serve_http):
+            ended = _wait_job(live, tenants["alice"], probe_id, lambda j: j["state"] in TERMINAL, 300,
+                              "the probe ends")
         text = _log(live, tenants["alice"], probe_id)
         results = _line(text, "HAIHE_PROBE")
         assert results is not None, f"probe ended {ended['state']} ({ended.get('reason')}):\n{text[-4000:]}"
@@ -211,6 +218,16 @@ def probe(live: LivePlatform, tenants: dict[str, Any], s3_server: Any, mlflow_se
         return results
 
     return run
+
+
+@contextlib.contextmanager
+def _listening(port: int) -> Iterator[None]:
+    """A TCP listener on 127.0.0.1:``port`` for the block, unless something listens there already."""
+    if port_open("127.0.0.1", port):
+        yield
+        return
+    with socket.create_server(("127.0.0.1", port)):
+        yield
 
 
 def _admin_s3(s3_server: Any) -> Any:
@@ -262,6 +279,7 @@ ATTACKS = (
     "read org B's model artifact straight from the MLflow server",
     "submit an unsandboxed job to the Ray head's Jobs API",
     "connect to the MLflow server",
+    "connect to Ray Serve's HTTP proxy",
     "read the platform's state directory",
     "read the platform's database",
     "read the MLflow server's database",

@@ -100,6 +100,13 @@ def test_a_proxy_that_cannot_take_the_call_leaves_it_to_the_handle(proxy: _Proxy
     assert handle.rows == ["x"]
 
 
+def test_rows_json_cannot_carry_go_through_the_handle(monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = _Proxy()
+    rt, handle = _runtime(proxy, monkeypatch)
+    assert asyncio.run(rt.infer("app-1", [b"raw"], 5.0)) == [["handle"]]
+    assert proxy.calls == [] and handle.rows == [b"raw"]
+
+
 def test_a_model_error_behind_the_proxy_is_a_503_not_a_second_try(monkeypatch: pytest.MonkeyPatch) -> None:
     proxy = _Proxy(status=500)
     rt, handle = _runtime(proxy, monkeypatch)

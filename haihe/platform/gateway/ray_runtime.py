@@ -195,6 +195,8 @@ class RayServeRuntime:
             r = await self._proxy.post(f"/{target}", json=payload, timeout=httpx.Timeout(timeout_s, connect=1.0))
         except (httpx.ConnectError, httpx.ConnectTimeout):
             return None
+        except (TypeError, ValueError):  # rows JSON cannot carry: the handle takes Python objects
+            return None
         except httpx.TimeoutException:
             raise ServiceUnavailable(f"the model did not answer within {timeout_s:g}s") from None
         except httpx.HTTPError as exc:
