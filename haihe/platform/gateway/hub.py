@@ -188,10 +188,10 @@ class EndpointsHub:
             self.routes = {(ep.org_id, ep.name): Route.of(ep) for ep in rows}
 
     def warm(self, timeout_s: float = WARM_TIMEOUT_S) -> int:
-        """Read the routes and warm every servable target (``ServingRuntime.warm``), each once per process: the
-        app's lifespan calls this before the process accepts connections, so a restarted API worker does not make
-        its first callers wait while it joins the Ray cluster; the supervisor's cycle warms targets that appear
-        later. Returns how many targets were warmed; a failure is logged and left to the requests' own 503."""
+        """Read the routes and warm every servable target (``ServingRuntime.warm``), each once per process, at the
+        end of every supervisor cycle (leader or not): a Ray app's requests go through Serve's proxy until then, so
+        a restarted API worker answers while it joins the cluster. Returns how many targets were warmed; a failure
+        is logged, and tried again after ``WARM_RETRY_S``."""
         self.refresh_routes()
         warmed = 0
         for route in list(self.routes.values()):
