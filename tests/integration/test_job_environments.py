@@ -75,6 +75,17 @@ def alice(live: LivePlatform) -> dict[str, str]:
     return live.token("alice")
 
 
+def _forget_environments(org: str, user: str) -> None:
+    """Remove what an earlier run on this host left in the job account's node-local environment cache (the
+    default, ``$TMPDIR/haihe-cache-<uid>/envs``: the account and its cache outlive a test session), so the first
+    job below builds and the later ones are seen to reuse it."""
+    from haihe.cluster.unix import local_account_name, lookup
+
+    account = lookup(local_account_name(org, user))
+    if account is not None:
+        shutil.rmtree(Path(tempfile.gettempdir()) / f"haihe-cache-{account.uid}" / "envs", ignore_errors=True)
+
+
 def _submit(live: LivePlatform, h: dict[str, str], spec: dict[str, Any]) -> str:
     r = httpx.post(f"{live.url}/api/v1/orgs/envorg/projects/lab/jobs", json={"spec": spec}, headers=h, timeout=30)
     assert r.status_code == 201, r.text
@@ -109,6 +120,7 @@ def test_slurm_two_nodes_cache_lineage_resubmit_and_a_bad_package(live: LivePlat
     import sklearn
 
     assert sklearn.__version__ != OTHER_SKLEARN  # the job must really get a different one
+    _forget_environments("envorg", "alice")
     two = _submit(live, alice, {"name": "env-two-nodes", "entrypoint": PRINT, "launcher": "mpi", "environment": PIP,
                                 "resources": {"partition": "cpu", "nodes": 2, "time_limit": 15}})
     bad = _submit(live, alice, {"name": "env-bad", "entrypoint": ["python", "-c", "print('never')"],
