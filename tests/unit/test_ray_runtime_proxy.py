@@ -22,8 +22,10 @@ class _Proxy:
     def __init__(self, status: int = 200, refuse: bool = False) -> None:
         self.status, self.refuse = status, refuse
         self.calls: list[tuple[str, Any]] = []
+        self.attempts = 0
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.attempts += 1
         if self.refuse:
             raise httpx.ConnectError("connection refused", request=request)
         body = json.loads(request.content)
@@ -98,6 +100,8 @@ def test_a_proxy_that_cannot_take_the_call_leaves_it_to_the_handle(proxy: _Proxy
     rt, handle = _runtime(proxy, monkeypatch)
     assert asyncio.run(rt.infer("app-1", ["x"], 5.0)) == [["handle"]]
     assert handle.rows == ["x"]
+    asyncio.run(rt.infer("app-1", ["y"], 5.0))  # an unreachable proxy is not tried again; a 404/503 one is
+    assert proxy.attempts == (1 if proxy.refuse else 2)
 
 
 def test_rows_json_cannot_carry_go_through_the_handle(monkeypatch: pytest.MonkeyPatch) -> None:

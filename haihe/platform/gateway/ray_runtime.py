@@ -66,6 +66,7 @@ class RayServeRuntime:
         self._warm: set[str] = set()  # apps whose handle made a round trip in this process
         self._proxy_url = f"http://{gcs_address.rsplit(':', 1)[0]}:{http_port}"
         self._proxy = proxy  # made on first use unless given (tests)
+        self._proxy_reachable = True
         self._status: tuple[float, dict[str, Any]] = (0.0, {})
 
     def connect(self) -> None:
@@ -164,7 +165,7 @@ class RayServeRuntime:
         self._warm.add(target)
 
     async def infer(self, target: str, rows: list[Any], timeout_s: float) -> list[Any]:
-        if target not in self._warm:
+        if target not in self._warm and self._proxy_reachable:
             outputs = await self._via_proxy(target, rows, timeout_s)
             if outputs is not None:
                 return outputs
@@ -188,12 +189,12 @@ class RayServeRuntime:
         """The rows through Serve's HTTP proxy (``POST /<app>``, the app's own route); None where the proxy is not
         reachable from here or does not know the app, so the caller takes the handle path."""
         if self._proxy is None:
-            self._proxy = httpx.AsyncClient(base_url=self._proxy_url, trust_env=False,
-                                            timeout=httpx.Timeout(timeout_s, connect=1.0))
+            self._proxy = httpx.AsyncClient(base_url=self._proxy_url, trust_env=False)
         payload = {"rows": [r.tolist() if hasattr(r, "tolist") else r for r in rows]}
         try:
             r = await self._proxy.post(f"/{target}", json=payload, timeout=httpx.Timeout(timeout_s, connect=1.0))
         except (httpx.ConnectError, httpx.ConnectTimeout):
+            self._proxy_reachable = False  # not from this host: every later request takes the handle path at once
             return None
         except (TypeError, ValueError):  # rows JSON cannot carry: the handle takes Python objects
             return None
